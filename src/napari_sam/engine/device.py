@@ -1,0 +1,67 @@
+"""Choosing the compute device and the numeric precision."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import torch
+
+from .errors import InputError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def select_device(device: str | torch.device | None = None) -> torch.device:
+    """The requested device, or the best available one: CUDA, then Apple MPS, then CPU."""
+    if device is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise InputError(f"Unknown device {device!r}: use 'cpu', 'cuda', 'cuda:N' or 'mps'.") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("Device 'cuda' was requested but PyTorch sees no CUDA GPU; use device='cpu' or None.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError("Device 'mps' was requested but Apple MPS is not available; use device='cpu' or None.")
+    return device
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 matrix instructions (AVX-512 BF16 or AMX), where bf16 is fast."""
+    if sys.platform != "linux":
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device``; None means plain fp32.
+
+    ``auto`` picks bf16 on CUDA GPUs that support it and on CPUs with native bf16,
+    fp32 elsewhere (MPS included: its bf16 autocast is not reliably faster).
+    """
+    if precision not in PRECISIONS:
+        raise InputError(f"Unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        if device.type == "cpu":
+            raise InputError("fp16 is not supported on the CPU; use 'bf16' or 'fp32'.")
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type == "cpu" and cpu_supports_bf16():
+        return torch.bfloat16
+    return None

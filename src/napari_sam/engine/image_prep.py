@@ -1,0 +1,151 @@
+"""Turning any 2D image into what SAM's released models expect.
+
+SAM was trained on 8-bit RGB photographs: the longest side resized to the model's
+input size ``S`` (bilinear, antialiased), normalised with the ImageNet mean/std
+(in 0-255 units) and zero-padded at the bottom/right to ``S x S``.
+
+* uint8 RGB passes unchanged; uint8 RGBA drops alpha; uint8 grayscale is repeated
+  to three channels.
+* Other dtypes (uint16, int, float, bool) are scaled to 0-255 with robust
+  percentiles (0.5 and 99.5 by default), per channel, never min-max; a stack or a
+  set of tiles should pass one ``intensity_range`` so every slice is scaled alike.
+* Two channels become (c0, c1, 0); more than four channels must be reduced by the user.
+
+Image arrays are (H, W) or (H, W, C) in napari's (row, col) pixel frame.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..model.config import SamConfig
+
+DEFAULT_PERCENTILES = (0.5, 99.5)
+_MAX_SAMPLES = 2_000_000  # pixels used to estimate percentiles of a large or lazy image
+
+
+def validate_image(image) -> np.ndarray | object:
+    """Check shape (H, W) or (H, W, C<=4) and non-emptiness; returns the array-like untouched."""
+    shape = tuple(getattr(image, "shape", ()))
+    if len(shape) not in (2, 3):
+        raise InputError(
+            f"Expected a 2D image of shape (H, W) or (H, W, C), got shape {shape}. "
+            "For a 3D/4D stack pass one 2D slice (e.g. image[z])."
+        )
+    if any(s == 0 for s in shape):
+        raise InputError(f"The image is empty (shape {shape}).")
+    if len(shape) == 3 and shape[2] > 4:
+        raise InputError(
+            f"Got an image of shape {shape}: {shape[2]} channels in the last axis. SAM takes up to 3 "
+            "channels; pass a 2D slice if this is a stack, or choose up to three channels."
+        )
+    return image
+
+
+def _subsample(image, max_samples: int = _MAX_SAMPLES) -> np.ndarray:
+    """A strided view of at most ~max_samples pixels (lazy arrays only load that)."""
+    h, w = image.shape[:2]
+    step = max(1, int(np.ceil(np.sqrt(h * w / max_samples))))
+    return np.asarray(image[::step, ::step])
+
+
+def intensity_range(
+    image, percentiles: tuple[float, float] = DEFAULT_PERCENTILES, channel_axis: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Robust (low, high) intensities of ``image``, for scaling to 0-255.
+
+    ``image`` may be any array-like (numpy, dask, zarr) of any dimensionality; a
+    subsample is read. With ``channel_axis`` the result is per channel (shape (C,)),
+    otherwise scalars (shape ()). NaNs are ignored here (``to_uint8_rgb`` refuses them).
+    """
+    data = image
+    if channel_axis is not None:
+        data = np.moveaxis(np.asarray(data) if not hasattr(data, "transpose") else data, channel_axis, -1)
+    # flatten leading axes lazily: sample a few planes of a stack rather than reading it all
+    while data.ndim > (3 if channel_axis is not None else 2):
+        n = data.shape[0]
+        picks = np.unique(np.linspace(0, n - 1, num=min(n, 8)).astype(int))
+        data = np.concatenate([np.asarray(data[i]) for i in picks], axis=0)
+    sample = _subsample(data).astype(np.float64, copy=False)
+    if channel_axis is not None:
+        sample = sample.reshape(-1, sample.shape[-1])
+        lo, hi = np.nanpercentile(sample, percentiles, axis=0)
+    else:
+        lo, hi = np.nanpercentile(sample, percentiles)
+    return np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+
+
+_estimate_intensity_range = intensity_range  # to_uint8_rgb's argument of that name shadows it
+
+
+def _to_hwc(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 2:
+        return image[:, :, None]
+    return image
+
+
+def to_uint8_rgb(image, intensity_range: tuple | None = None) -> np.ndarray:
+    """Convert a 2D image to (H, W, 3) uint8 RGB as described in the module docstring.
+
+    ``intensity_range`` (from the function of that name) overrides the per-image
+    percentiles; pass the same one for all slices/tiles of one dataset.
+    """
+    validate_image(image)
+    image = np.asarray(image)
+    if image.dtype.kind not in "biuf":
+        raise InputError(f"Unsupported image dtype {image.dtype}; expected numbers or booleans.")
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        raise InputError("The image contains NaN or infinite values; fill or mask them before segmenting.")
+    hwc = _to_hwc(image)
+    channels = hwc.shape[2]
+    if channels == 4:  # RGBA: alpha carries no content
+        hwc = hwc[:, :, :3]
+    if hwc.dtype == np.uint8 and intensity_range is None:
+        scaled = hwc
+    elif hwc.dtype == np.bool_ and intensity_range is None:
+        scaled = hwc.astype(np.uint8) * 255
+    else:
+        if intensity_range is None:
+            lo, hi = _estimate_intensity_range(hwc, channel_axis=-1)
+        else:
+            lo, hi = (np.asarray(v, dtype=np.float64) for v in intensity_range)
+        span = np.where(hi > lo, hi - lo, 1.0)
+        scaled = np.clip((hwc.astype(np.float32) - lo.astype(np.float32)) * (255.0 / span).astype(np.float32), 0, 255)
+        scaled = np.rint(scaled).astype(np.uint8)
+    if scaled.shape[2] == 1:
+        return np.ascontiguousarray(np.repeat(scaled, 3, axis=2))
+    if scaled.shape[2] == 2:
+        return np.ascontiguousarray(np.concatenate([scaled, np.zeros_like(scaled[:, :, :1])], axis=2))
+    return np.ascontiguousarray(scaled)
+
+
+def resized_shape(original_size: tuple[int, int], img_size: int) -> tuple[int, int]:
+    """(h, w) after resizing the longest side of ``original_size`` (H, W) to ``img_size``."""
+    h, w = original_size
+    scale = img_size / max(h, w)
+    return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
+
+
+def image_to_model_input(rgb: np.ndarray, config: SamConfig, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(H, W, 3) uint8 -> (1, 3, S, S) float32 tensor: resized, normalised, zero-padded bottom/right."""
+    import torch
+    import torch.nn.functional as F
+
+    s = config.img_size
+    h, w = resized_shape(rgb.shape[:2], s)
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).to(device).permute(2, 0, 1)[None].float()
+    if (h, w) != tuple(rgb.shape[:2]):
+        # antialiased bilinear + rounding to uint8 reproduces the PIL resize the released models saw
+        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        x = x.round_().clamp_(0, 255)
+    mean = torch.tensor(config.pixel_mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(config.pixel_std, device=x.device).view(1, 3, 1, 1)
+    x = (x - mean) / std
+    return F.pad(x, (0, s - w, 0, s - h))

@@ -1,0 +1,259 @@
+"""Prompted segmentation of one 2D image: SAM's predictor in napari's coordinates.
+
+Frames: prompts come in the ORIGINAL image's pixel frame as napari gives them,
+points (row, col) and boxes (min_row, min_col, max_row, max_col), pixel centres at
+integers. SAM works in the INPUT frame (x, y) of the resized image; the conversion
+lives here and nowhere else. Masks come back at the original (H, W).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .device import resolve_precision, select_device
+from .errors import InputError
+from .image_prep import image_to_model_input, resized_shape, to_uint8_rgb, validate_image
+
+
+@dataclass(frozen=True)
+class ImageEmbedding:
+    """SAM's image embedding of one 2D image.
+
+    ``features``: (1, C, E, E) float32 on the predictor's device;
+    ``original_size``: (H, W) of the image; ``input_size``: (h, w) after resizing
+    the longest side to the model's input size (before padding).
+    """
+
+    features: torch.Tensor
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+
+    def to_numpy(self) -> dict[str, np.ndarray]:
+        """Plain arrays for caching on disk."""
+        return {
+            "features": self.features.float().cpu().numpy(),
+            "original_size": np.asarray(self.original_size),
+            "input_size": np.asarray(self.input_size),
+        }
+
+    @classmethod
+    def from_numpy(cls, arrays: dict[str, np.ndarray], device: torch.device | str = "cpu") -> ImageEmbedding:
+        return cls(
+            torch.as_tensor(np.asarray(arrays["features"]), dtype=torch.float32, device=device),
+            tuple(int(v) for v in arrays["original_size"]),
+            tuple(int(v) for v in arrays["input_size"]),
+        )
+
+
+class Predictor:
+    """SAM predictor: one image embedding at a time, any number of prompt sets.
+
+    ``precision``: ``auto`` (bf16 on CUDA and on CPUs with native bf16, else fp32),
+    ``fp32``, ``bf16`` or ``fp16`` (GPU only). The model is moved to ``device``
+    (None: CUDA > MPS > CPU) and put in eval mode.
+    """
+
+    def __init__(self, model: torch.nn.Module, device: str | torch.device | None = None, precision: str = "auto"):
+        self.device = select_device(device)
+        self.autocast_dtype = resolve_precision(precision, self.device)
+        self.model = model.to(self.device).eval()
+        self.config = model.config
+        self._embedding: ImageEmbedding | None = None
+
+    # ----------------------------------------------------------------- image
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    @torch.inference_mode()
+    def compute_embedding(self, image, intensity_range: tuple | None = None) -> ImageEmbedding:
+        """Embed a 2D image (H, W) or (H, W, C) of any dtype; does not change the predictor's state."""
+        rgb = to_uint8_rgb(image, intensity_range)
+        x = image_to_model_input(rgb, self.config, self.device)
+        with self._autocast():
+            features = self.model.image_encoder(x)
+        return ImageEmbedding(
+            features.float(), tuple(rgb.shape[:2]), resized_shape(rgb.shape[:2], self.config.img_size)
+        )
+
+    def set_embedding(self, embedding: ImageEmbedding) -> None:
+        """Use a (cached) embedding for the following predictions."""
+        expected = (self.config.prompt_embed_dim, self.config.embedding_size, self.config.embedding_size)
+        if tuple(embedding.features.shape[1:]) != expected:
+            raise InputError(
+                f"This embedding has shape {tuple(embedding.features.shape)}, but the model '{self.config.name}' "
+                f"makes (1, {expected[0]}, {expected[1]}, {expected[2]}): it was computed with another model."
+            )
+        self._embedding = ImageEmbedding(
+            embedding.features.to(self.device), embedding.original_size, embedding.input_size
+        )
+
+    def set_image(self, image, intensity_range: tuple | None = None) -> None:
+        """Embed ``image`` and keep it for :meth:`predict`. On error the previous image stays set."""
+        self.set_embedding(self.compute_embedding(image, intensity_range))
+
+    def reset_image(self) -> None:
+        self._embedding = None
+
+    @property
+    def embedding(self) -> ImageEmbedding | None:
+        return self._embedding
+
+    # --------------------------------------------------------------- prompts
+    def _require_embedding(self) -> ImageEmbedding:
+        if self._embedding is None:
+            raise InputError("No image is set: call set_image(image) (or set_embedding) before predict().")
+        return self._embedding
+
+    def _points_to_input_frame(self, points, labels, emb: ImageEmbedding, batched: bool):
+        """Validate (.., N, 2) (row, col) points and (.., N) labels; return SAM (x, y) input-frame tensors."""
+        if points is None and labels is None:
+            return None
+        if points is None or labels is None:
+            raise InputError("Points and labels go together: pass both (labels: 1 positive, 0 negative).")
+        points = np.asarray(points, dtype=np.float64)
+        labels = np.asarray(labels)
+        lead = 2 if batched else 1
+        if points.ndim != lead + 1 or points.shape[-1] != 2:
+            want = "(B, N, 2)" if batched else "(N, 2)"
+            raise InputError(f"Points must have shape {want} as (row, col); got {points.shape}.")
+        if labels.shape != points.shape[:-1]:
+            raise InputError(
+                f"Got {points.shape[-2]} points but labels of shape {labels.shape}: one label per point is needed."
+            )
+        if not np.isfinite(points).all():
+            raise InputError("Points contain NaN or infinite coordinates.")
+        if not np.isin(labels, (0, 1)).all():
+            raise InputError("Point labels must be 1 (positive) or 0 (negative).")
+        h, w = emb.original_size
+        inside = (points[..., 0] >= -0.5) & (points[..., 0] < h - 0.5) & (points[..., 1] >= -0.5) & (points[..., 1] < w - 0.5)
+        if not inside.all():
+            bad = points[~inside][0]
+            raise InputError(
+                f"Point (row={bad[0]:.1f}, col={bad[1]:.1f}) is outside the image of shape ({h}, {w}); "
+                "remove it or click inside the image."
+            )
+        scale = np.array([emb.input_size[1] / w, emb.input_size[0] / h])
+        xy = points[..., ::-1] * scale
+        coords = torch.as_tensor(xy, dtype=torch.float32, device=self.device)
+        labels_t = torch.as_tensor(labels.astype(np.int64), device=self.device)
+        if not batched:
+            coords, labels_t = coords[None], labels_t[None]
+        return coords, labels_t
+
+    def _box_to_input_frame(self, boxes, emb: ImageEmbedding, batched: bool):
+        """Validate (.., 4) (min_row, min_col, max_row, max_col) boxes; return (B, 4) SAM x0,y0,x1,y1 tensor."""
+        if boxes is None:
+            return None
+        boxes = np.asarray(boxes, dtype=np.float64)
+        ok_ndim = boxes.ndim == 2 if batched else boxes.shape in ((4,), (1, 4))
+        if not ok_ndim or boxes.shape[-1] != 4:
+            shape = "(B, 4)" if batched else "(4,)"
+            raise InputError(f"A box must have shape {shape} as (min_row, min_col, max_row, max_col); got {boxes.shape}.")
+        boxes = boxes.reshape(-1, 4)
+        if not np.isfinite(boxes).all():
+            raise InputError("Box coordinates contain NaN or infinite values.")
+        if (boxes[:, 0] > boxes[:, 2]).any() or (boxes[:, 1] > boxes[:, 3]).any():
+            raise InputError(
+                f"Box {boxes[(boxes[:, 0] > boxes[:, 2]) | (boxes[:, 1] > boxes[:, 3])][0].tolist()} has min > max; "
+                "give (min_row, min_col, max_row, max_col)."
+            )
+        h, w = emb.original_size
+        if ((boxes[:, 2] < -0.5) | (boxes[:, 0] > h - 0.5) | (boxes[:, 3] < -0.5) | (boxes[:, 1] > w - 0.5)).any():
+            raise InputError(f"A box lies entirely outside the image of shape ({h}, {w}).")
+        # a box drawn past the border means "up to the border"
+        boxes = boxes.copy()
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, h - 1)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, w - 1)
+        scale = np.array([emb.input_size[1] / w, emb.input_size[0] / h] * 2)
+        xyxy = boxes[:, [1, 0, 3, 2]] * scale
+        return torch.as_tensor(xyxy, dtype=torch.float32, device=self.device)
+
+    def _mask_input(self, mask_input, batch: int, batched: bool):
+        if mask_input is None:
+            return None
+        size = self.config.low_res_mask_size
+        m = torch.as_tensor(np.asarray(mask_input, dtype=np.float32), device=self.device)
+        if not batched and m.ndim == 2:
+            m = m[None]
+        want = (batch, 1, size, size) if batched else (1, size, size)
+        if tuple(m.shape) != want:
+            raise InputError(
+                f"mask_input must be low-resolution logits of shape {want} (the logits a previous predict "
+                f"returned); got {tuple(m.shape)}."
+            )
+        return m if batched else m[None]
+
+    # ------------------------------------------------------------ prediction
+    @torch.inference_mode()
+    def _decode(self, emb: ImageEmbedding, points, boxes, masks, multimask: bool):
+        """Run prompt encoder + decoder; return low-res logits (B, K, L, L) and scores (B, K) in fp32."""
+        with self._autocast():
+            sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
+            low_res, iou = self.model.mask_decoder(
+                image_embeddings=emb.features,
+                image_pe=self.model.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask,
+            )
+        return low_res.float(), iou.float()
+
+    def upscale_logits(self, low_res: torch.Tensor, emb: ImageEmbedding | None = None) -> torch.Tensor:
+        """(B, K, L, L) low-res logits -> (B, K, H, W) logits at the original image size.
+
+        Upsample to the padded input size, crop the padding, then resize to the
+        original size, as the released models were trained to be used.
+        """
+        emb = emb or self._require_embedding()
+        s = self.config.img_size
+        h, w = emb.input_size
+        x = F.interpolate(low_res, size=(s, s), mode="bilinear", align_corners=False)[..., :h, :w]
+        return F.interpolate(x, size=emb.original_size, mode="bilinear", align_corners=False)
+
+    def predict(self, points=None, labels=None, box=None, mask_input=None, multimask: bool = True):
+        """Segment one object.
+
+        points: (N, 2) (row, col); labels: (N,) 1 positive / 0 negative; box:
+        (min_row, min_col, max_row, max_col); mask_input: (1, L, L) logits from a
+        previous call. Returns masks (K, H, W) bool, scores (K,) float32 and
+        low-res logits (K, L, L) float32, K = 3 with ``multimask`` else 1, sorted
+        as SAM outputs them (use ``scores.argmax()`` for the best).
+        """
+        emb = self._require_embedding()
+        pts = self._points_to_input_frame(points, labels, emb, batched=False)
+        boxes = self._box_to_input_frame(box, emb, batched=False)
+        masks_in = self._mask_input(mask_input, 1, batched=False)
+        if pts is None and boxes is None and masks_in is None:
+            raise InputError("Give at least one prompt: points with labels, a box, or a mask_input.")
+        low_res, iou = self._decode(emb, pts, boxes, masks_in, multimask)
+        with torch.inference_mode():
+            masks = self.upscale_logits(low_res, emb) > 0.0
+        return masks[0].cpu().numpy(), iou[0].cpu().numpy(), low_res[0].cpu().numpy()
+
+    def predict_batch(self, points=None, labels=None, boxes=None, mask_input=None, multimask: bool = False):
+        """Segment B objects in one decoder call.
+
+        points: (B, N, 2) (row, col) with labels (B, N); boxes: (B, 4); mask_input:
+        (B, 1, L, L). Returns masks (B, K, H, W) bool, scores (B, K), logits (B, K, L, L).
+        """
+        emb = self._require_embedding()
+        pts = self._points_to_input_frame(points, labels, emb, batched=True)
+        box_t = self._box_to_input_frame(boxes, emb, batched=True)
+        sizes = {t.shape[0] for t in (pts[0] if pts else None, box_t) if t is not None}
+        if not sizes:
+            raise InputError("Give at least one prompt per object: points with labels, or boxes.")
+        if len(sizes) > 1:
+            raise InputError(f"Points and boxes describe different numbers of objects: {sorted(sizes)}.")
+        batch = sizes.pop()
+        masks_in = self._mask_input(mask_input, batch, batched=True)
+        low_res, iou = self._decode(emb, pts, box_t, masks_in, multimask)
+        with torch.inference_mode():
+            masks = self.upscale_logits(low_res, emb) > 0.0
+        return masks.cpu().numpy(), iou.cpu().numpy(), low_res.cpu().numpy()

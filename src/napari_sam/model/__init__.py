@@ -1,0 +1,25 @@
+"""SAM networks, checkpoint loading and the model zoo (no napari, no engine imports).
+
+Heavy submodules (torch) are imported lazily: ``from napari_sam.model import load_model``
+only imports torch when called.
+"""
+
+from __future__ import annotations
+
+from .config import CONFIGS, SamConfig, TinyViTEncoderConfig, ViTEncoderConfig
+
+__all__ = ["CONFIGS", "SamConfig", "TinyViTEncoderConfig", "ViTEncoderConfig", "build_sam", "load_model"]
+
+
+def build_sam(config: SamConfig | str):
+    """Build a randomly initialised SAM model (``torch.nn.Module``) from a config or config name."""
+    from .sam import build_sam as _build
+
+    return _build(config)
+
+
+def load_model(name_or_path, device=None):
+    """Load a SAM model from a zoo name or a local checkpoint file; see :mod:`napari_sam.model.checkpoint`."""
+    from .checkpoint import load_model as _load
+
+    return _load(name_or_path, device=device)

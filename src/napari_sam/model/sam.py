@@ -1,0 +1,65 @@
+"""The whole SAM model (image encoder + prompt encoder + mask decoder) and its builder."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import CONFIGS, SamConfig
+from .image_encoder import ImageEncoderViT
+from .mask_decoder import MaskDecoder
+from .prompt_encoder import PromptEncoder
+
+
+class Sam(nn.Module):
+    """Segment Anything: the three networks plus the pixel normalisation constants.
+
+    ``pixel_mean`` / ``pixel_std`` are ``(3, 1, 1)`` buffers (RGB, 0-255 scale). They
+    are not saved in the state dict, so the released checkpoints load unchanged.
+    The sizes of everything are in ``config``.
+    """
+
+    mask_threshold: float = 0.0  # logits above this are foreground
+    image_format: str = "RGB"
+
+    def __init__(
+        self, config: SamConfig, image_encoder: nn.Module, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(3, 1, 1), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+
+def build_image_encoder(config: SamConfig) -> nn.Module:
+    """The image encoder named by ``config.encoder.kind``: ``(B, 3, S, S) -> (B, C, E, E)``."""
+    kind = config.encoder.kind
+    if kind == "vit":
+        return ImageEncoderViT(config)
+    if kind == "tiny_vit":
+        from .tiny_vit import TinyViT  # only MobileSAM-style models need it
+
+        return TinyViT(config)
+    raise ValueError(f"unknown image encoder kind {kind!r}")
+
+
+def build_sam(config: SamConfig | str) -> Sam:
+    """A randomly initialised :class:`Sam` in eval mode, from a config or a name in ``CONFIGS``.
+
+    Builds on the current default device, so ``with torch.device("meta"): build_sam(...)``
+    gives a weightless model (to compare state-dict shapes, or to ``load_state_dict(assign=True)``).
+    """
+    if isinstance(config, str):
+        try:
+            config = CONFIGS[config]
+        except KeyError:
+            raise KeyError(f"unknown SAM config {config!r}; known: {sorted(CONFIGS)}") from None
+    model = Sam(config, build_image_encoder(config), PromptEncoder(config), MaskDecoder(config))
+    return model.eval()

@@ -18,8 +18,11 @@ def build_sam(config: SamConfig | str):
     return _build(config)
 
 
-def load_model(name_or_path, device=None):
-    """Load a SAM model from a zoo name or a local checkpoint file; see :mod:`napari_sam.model.checkpoint`."""
+def load_model(name_or_path, device=None, **kwargs):
+    """Load a SAM model from a zoo name or a local checkpoint file (eval mode, on ``device``).
+
+    Keyword arguments (``config=``, ``progress=``) go to :func:`napari_sam.model.checkpoint.load_model`.
+    """
     from .checkpoint import load_model as _load
 
-    return _load(name_or_path, device=device)
+    return _load(name_or_path, device=device, **kwargs)

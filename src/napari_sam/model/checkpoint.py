@@ -1,0 +1,401 @@
+"""Loading and saving SAM weights: safe unpickling, container unwrapping, architecture detection.
+
+A checkpoint is untrusted input (a pickle can run code), so files are only ever read
+with ``torch.load(..., weights_only=True)``: a file holding pickled code or objects is
+refused with :class:`UnsafeCheckpointError` before anything in it runs.
+
+The architecture is identified from the tensors alone: every config in ``CONFIGS`` is
+built on the meta device (no memory, no initialisation) and its state-dict keys and
+shapes are compared with the file's. Loading then fills a meta-built model with the
+file's tensors (``assign=True``), so a 2.5 GB ViT-H is never randomly initialised first.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import pickle
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+import torch
+
+from .config import CONFIGS, SamConfig
+from .errors import (
+    ArchitectureMismatchError,
+    CheckpointError,
+    CheckpointNotFoundError,
+    UnsafeCheckpointError,
+)
+
+if TYPE_CHECKING:
+    from .sam import Sam
+
+PathLike = Union[str, os.PathLike]
+StateDict = dict[str, torch.Tensor]
+
+# Keys under which training code commonly nests the weights ({"model": sd}, torch_em's {"model_state": sd}, ...).
+_CONTAINER_KEYS = ("model", "model_state", "model_state_dict", "state_dict", "sam")
+# Key prefixes added by wrappers: DistributedDataParallel ("module."), micro-sam / torch_em training ("sam."),
+# PyTorch Lightning modules holding the network as ``self.model`` ("model."). No official key starts with these.
+_WRAPPER_PREFIXES = ("module.", "sam.", "model.")
+# State-dict entries a checkpoint may lack without changing the model (BatchNorm's step counter in TinyViT).
+_OPTIONAL_KEY_SUFFIXES = ("num_batches_tracked",)
+# How many keys an error message lists per category before summarising the rest.
+_MAX_LISTED_KEYS = 8
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def sha256sum(path: PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of the file at ``path``, read in chunks (checkpoints are GBs)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as a ``torch.device``; None picks CUDA, then Apple MPS, then CPU."""
+    if device is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"Device {device} was requested but this PyTorch build has no usable CUDA device.")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RuntimeError(f"Device {device} was requested but Apple MPS is not available here.")
+    return device
+
+
+def _resolve_config(config: SamConfig | str | None) -> SamConfig | None:
+    if config is None or isinstance(config, SamConfig):
+        return config
+    try:
+        return CONFIGS[config]
+    except KeyError:
+        raise CheckpointError(f"Unknown config {config!r}; known configs: {', '.join(CONFIGS)}.") from None
+
+
+def _list_keys(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_MAX_LISTED_KEYS])
+    more = len(keys) - _MAX_LISTED_KEYS
+    return f"{shown}, ... (+{more} more)" if more > 0 else shown
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading a file into a plain state dict
+
+
+def _describe_unpickling_refusal(error: Exception) -> str:
+    """The part of torch's weights-only refusal that names what was refused (e.g. ``GLOBAL posix.system``)."""
+    message = str(error)
+    match = re.search(r"GLOBAL ([\w.]+)", message)
+    if match:
+        return f"a reference to the Python object {match.group(1)!r}"
+    match = re.search(r"Unsupported operand \d+", message)
+    if match:
+        return f"pickle instructions the safe loader does not accept ({match.group(0).lower()})"
+    return "content the safe loader does not accept"
+
+
+def _read_file(path: Path) -> Any:
+    """``torch.load`` the file safely; every failure becomes a :class:`CheckpointError` saying why."""
+    if not path.exists():
+        raise CheckpointNotFoundError(f"No checkpoint file at {path}.")
+    if not path.is_file():
+        raise CheckpointError(f"{path} is not a file (a checkpoint is one .pth/.pt file).")
+    with open(path, "rb") as handle:
+        header = handle.read(4)
+    if not header:
+        raise CheckpointError(f"{path} is empty: not a checkpoint (an interrupted download or copy?).")
+    is_zip = header.startswith(b"PK\x03\x04")  # torch.save's format since PyTorch 1.6
+    is_pickle = header.startswith(b"\x80")  # legacy torch.save format, or a bare pickle
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if is_zip or is_pickle:
+            raise UnsafeCheckpointError(
+                f"Refused to load {path}: it is not a plain weights file. It contains "
+                f"{_describe_unpickling_refusal(error)}, i.e. pickled code or Python objects, which could run code "
+                f"when loaded, so it was not executed. Only files holding tensors (a state dict, possibly inside a "
+                f"dict) can be loaded. If you trust its source, re-save only the weights in the program that made "
+                f"it: torch.save(model.state_dict(), 'weights.pth')."
+            ) from error
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (unrecognised file format).") from error
+    except Exception as error:  # zip reader errors (RuntimeError), EOFError, KeyError on text files, ...
+        detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        kind = "a truncated or corrupted PyTorch checkpoint" if is_zip else "not a PyTorch checkpoint"
+        raise CheckpointError(
+            f"Could not read {path}: it looks like {kind} ({detail}). If it was downloaded, download it again."
+        ) from error
+
+
+def _strip_wrapper_prefixes(key: str) -> str:
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key, stripped = key[len(prefix) :], True
+    return key
+
+
+def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> StateDict:
+    """The flat ``{official key: tensor}`` dict inside a loaded checkpoint object.
+
+    Descends through common containers (``{"model": sd}``, ``{"model_state": sd}``,
+    ``{"state_dict": sd}``, ...), drops non-tensor entries (epochs, optimiser settings at
+    the same level), and strips wrapper prefixes (``module.``, ``sam.``, ``model.``) from keys.
+    """
+    for _ in range(len(_CONTAINER_KEYS) + 1):
+        if not isinstance(obj, Mapping):
+            break
+        if any(isinstance(value, torch.Tensor) for value in obj.values()):
+            break
+        nested = next((obj[key] for key in _CONTAINER_KEYS if isinstance(obj.get(key), Mapping)), None)
+        if nested is None:
+            break
+        obj = nested
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{source} holds a {type(obj).__name__}, not a dict of tensors (a state dict).")
+    tensors = {
+        _strip_wrapper_prefixes(str(key)): value for key, value in obj.items() if isinstance(value, torch.Tensor)
+    }
+    if not tensors:
+        top_keys = _list_keys([str(key) for key in obj]) or "none"
+        raise CheckpointError(f"{source} holds no tensors (top-level keys: {top_keys}).")
+    return tensors
+
+
+def read_state_dict(path: PathLike) -> StateDict:
+    """Load the file at ``path`` safely and return its state dict with official SAM keys.
+
+    Raises :class:`CheckpointNotFoundError` (missing file), :class:`UnsafeCheckpointError`
+    (pickled code or objects) or :class:`CheckpointError` (not a checkpoint, corrupted).
+    """
+    path = Path(path).expanduser()
+    return unwrap_state_dict(_read_file(path), source=str(path))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Architecture detection
+
+
+@functools.lru_cache(maxsize=None)
+def expected_shapes(config: SamConfig) -> dict[str, tuple[int, ...]]:
+    """``{state-dict key: shape}`` of the model built from ``config`` (built on the meta device: instant)."""
+    from .sam import build_sam
+
+    with torch.device("meta"):
+        model = build_sam(config)
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
+@dataclass(frozen=True)
+class StateDictDiff:
+    """How a state dict differs from what a config expects."""
+
+    config_name: str
+    matching: int
+    expected: int
+    missing: list[str]
+    unexpected: list[str]
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]]  # (key, file shape, expected shape)
+
+    @property
+    def exact(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def describe(self) -> str:
+        """Readable summary, each category truncated to a few keys."""
+        parts = [f"{self.matching} of {self.expected} expected tensors match {self.config_name!r}"]
+        if self.missing:
+            parts.append(f"missing from the file ({len(self.missing)}): {_list_keys(self.missing)}")
+        if self.unexpected:
+            parts.append(f"unexpected in the file ({len(self.unexpected)}): {_list_keys(self.unexpected)}")
+        if self.mismatched:
+            shapes = [f"{key} {tuple(got)} vs expected {tuple(want)}" for key, got, want in self.mismatched]
+            parts.append(f"shape mismatches ({len(shapes)}): {_list_keys(shapes)}")
+        return "; ".join(parts)
+
+
+def compare_state_dict(state_dict: Mapping[str, torch.Tensor], config: SamConfig) -> StateDictDiff:
+    """Compare keys and shapes of ``state_dict`` with the model built from ``config``."""
+    expected = expected_shapes(config)
+    got = {key: tuple(value.shape) for key, value in state_dict.items()}
+    missing = sorted(
+        key for key in expected if key not in got and not key.endswith(_OPTIONAL_KEY_SUFFIXES)
+    )
+    unexpected = sorted(key for key in got if key not in expected)
+    mismatched = sorted((key, got[key], expected[key]) for key in expected if key in got and got[key] != expected[key])
+    matching = sum(1 for key in expected if got.get(key) == expected[key])
+    return StateDictDiff(config.name, matching, len(expected), missing, unexpected, mismatched)
+
+
+def detect_config(state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> SamConfig:
+    """The config in ``CONFIGS`` whose keys and shapes exactly match ``state_dict``.
+
+    Raises :class:`ArchitectureMismatchError` naming the closest config and what differs,
+    or (if several match exactly) asking for an explicit config.
+    """
+    diffs = [(compare_state_dict(state_dict, config), config) for config in CONFIGS.values()]
+    exact = [config for diff, config in diffs if diff.exact]
+    if len(exact) == 1:
+        return exact[0]
+    if len(exact) > 1:
+        names = ", ".join(config.name for config in exact)
+        raise ArchitectureMismatchError(
+            f"{source} fits several architectures ({names}); pass config= to choose one."
+        )
+    closest, _ = max(diffs, key=lambda item: (item[0].matching, -len(item[0].missing) - len(item[0].unexpected)))
+    raise ArchitectureMismatchError(
+        f"{source} does not match any known SAM architecture ({', '.join(CONFIGS)}). Closest is "
+        f"{closest.config_name!r}: {closest.describe()}. If it is a SAM variant with another layout, pass config= "
+        f"with a matching SamConfig."
+    )
+
+
+def check_config(state_dict: Mapping[str, torch.Tensor], config: SamConfig, source: str = "checkpoint") -> None:
+    """Raise :class:`ArchitectureMismatchError` unless ``state_dict`` exactly fits ``config``."""
+    diff = compare_state_dict(state_dict, config)
+    if diff.exact:
+        return
+    other = [name for name, other_config in CONFIGS.items() if compare_state_dict(state_dict, other_config).exact]
+    hint = f" It matches {other[0]!r} instead." if other else ""
+    raise ArchitectureMismatchError(f"{source} does not fit config {config.name!r}: {diff.describe()}.{hint}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building the model
+
+
+def _fill_meta_leftovers(model: torch.nn.Module, config: SamConfig) -> bool:
+    """Give real values to buffers still on the meta device after loading; False if one cannot be derived.
+
+    Only non-persistent buffers can be left over (the file held every persistent entry);
+    the pixel normalisation constants come from the config.
+    """
+    derivable = {
+        "pixel_mean": lambda: torch.tensor(config.pixel_mean, dtype=torch.float32).view(3, 1, 1),
+        "pixel_std": lambda: torch.tensor(config.pixel_std, dtype=torch.float32).view(3, 1, 1),
+    }
+    for name, buffer in list(model.named_buffers()):
+        if not buffer.is_meta:
+            continue
+        if name not in derivable:
+            return False
+        owner_name, _, attribute = name.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        setattr(owner, attribute, derivable[name]())
+    return not any(tensor.is_meta for tensor in list(model.parameters()) + list(model.buffers()))
+
+
+def build_from_state_dict(state_dict: Mapping[str, torch.Tensor], config: SamConfig) -> Sam:
+    """A :class:`Sam` for ``config`` holding the tensors of ``state_dict`` (float32, on CPU, eval mode).
+
+    The caller has checked that keys and shapes fit (:func:`check_config`).
+    """
+    from .sam import build_sam
+
+    # Floating tensors become float32 (fp16/bf16 files exist); index tensors keep their dtype.
+    tensors = {
+        key: value.float() if value.is_floating_point() else value for key, value in state_dict.items()
+    }
+    with torch.device("meta"):
+        model = build_sam(config)
+    model.load_state_dict(tensors, strict=True, assign=True)
+    if not _fill_meta_leftovers(model, config):
+        # A buffer we cannot derive stayed on meta: take the slow, always-correct path.
+        model = build_sam(config)
+        model.load_state_dict(tensors, strict=True)
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def load_model(
+    name_or_path: PathLike,
+    device: str | torch.device | None = None,
+    *,
+    config: SamConfig | str | None = None,
+    progress: bool | Any = True,
+) -> Sam:
+    """A ready :class:`Sam` (eval mode, on ``device``) from a zoo name or a checkpoint file.
+
+    Args:
+        name_or_path: a name from :func:`napari_sam.model.zoo.list_models` (fetched into the
+            cache and sha256-checked on first use) or the path of a checkpoint file. A ``str``
+            that is a zoo name is taken as the name; pass a ``Path`` to force a file.
+        device: ``"cuda"``, ``"mps"``, ``"cpu"``, a ``torch.device``, or None for the best available.
+        config: force an architecture (a ``SamConfig`` or a name in ``CONFIGS``) instead of
+            detecting it from the tensors; the file must still fit it exactly.
+        progress: download progress bar, see :func:`napari_sam.model.zoo.fetch_checkpoint`.
+
+    Raises:
+        CheckpointNotFoundError: neither a zoo name nor an existing file.
+        UnsafeCheckpointError: the file holds pickled code/objects (refused, not executed).
+        ArchitectureMismatchError: the tensors fit no known (or not the requested) architecture.
+        CheckpointError: the file is not a readable checkpoint.
+        DownloadError: a zoo checkpoint could not be downloaded or failed its sha256 check.
+    """
+    from . import zoo
+
+    target_device = resolve_device(device)
+    forced = _resolve_config(config)
+    if isinstance(name_or_path, str) and name_or_path in zoo.REGISTRY:
+        entry = zoo.get_entry(name_or_path)
+        path = zoo.fetch_checkpoint(name_or_path, progress=progress)
+        expected = forced or CONFIGS[entry.config_name]
+        source = f"zoo model {entry.name!r} ({path})"
+    else:
+        path = Path(name_or_path).expanduser()
+        if not path.exists():
+            raise CheckpointNotFoundError(
+                f"{str(name_or_path)!r} is neither an existing checkpoint file nor a zoo model name "
+                f"(known names: {', '.join(zoo.list_models())})."
+            )
+        expected = forced
+        source = str(path)
+    state_dict = read_state_dict(path)
+    if expected is None:
+        expected = detect_config(state_dict, source=source)
+    else:
+        check_config(state_dict, expected, source=source)
+    model = build_from_state_dict(state_dict, expected)
+    return model.to(target_device).eval()
+
+
+def save_checkpoint(model: torch.nn.Module, path: PathLike) -> Path:
+    """Write ``model``'s weights as a plain state dict (official key layout, CPU tensors).
+
+    The file loads with ``torch.load(weights_only=True)`` here and in the official
+    segment-anything code. Written to a temporary file first, then moved into place,
+    so an interrupted save never leaves a truncated checkpoint under ``path``.
+    """
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {key: value.detach().to("cpu").contiguous() for key, value in model.state_dict().items()}
+    handle, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        torch.save(state, tmp_name)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,337 @@
+"""The model zoo: named, published SAM checkpoints and their download.
+
+Every entry names an architecture in :data:`napari_sam.model.config.CONFIGS`, a
+download URL and the file's sha256 as published by an independent public source
+(the comment above each entry says where). A file is only ever used after its
+sha256 matched, so a mirror URL is as safe as the original one.
+
+Nothing is downloaded at import time, and this module imports neither torch nor
+pooch at module level (the napari manifest and widgets import it to list names).
+
+Cache: ``$NAPARI_SAM_CACHE_DIR`` if set, else pooch's per-user cache folder for
+"napari-sam" (``~/.cache/napari-sam`` on Linux). A user without internet access can
+copy a checkpoint there by hand under the entry's ``filename``;
+:func:`manual_install_hint` says where.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ChecksumMismatchError, DownloadError, UnknownModelError
+
+CACHE_ENV_VAR = "NAPARI_SAM_CACHE_DIR"
+
+# How entries expect their input image to be prepared before the image encoder.
+PREPROCESS_SAM = "sam"  # longest side resized to img_size, (x - pixel_mean) / pixel_std, zero-pad to a square
+PREPROCESS_MEDSAM = "medsam"  # whole image resized to img_size x img_size, min-max scaled to [0, 1]
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One published checkpoint.
+
+    ``config_name`` is a key of ``CONFIGS``; ``filename`` is the name the file gets in
+    the cache folder (and the name to use when placing it there by hand).
+    """
+
+    name: str
+    config_name: str
+    url: str
+    sha256: str
+    filename: str
+    description: str
+    license: str
+    citation: str
+    hash_source: str
+    preprocessing: str = PREPROCESS_SAM
+    notes: str = ""
+
+
+_SAM_CITATION = "Kirillov et al., Segment Anything, ICCV 2023 (arXiv:2304.02643)"
+_MICROSAM_CITATION = "Archit et al., Segment Anything for Microscopy, Nature Methods 2025 (bioRxiv 2023.08.21.554208)"
+_MICROSAM_HASH_SOURCE = (
+    "micro-sam's model registry (micro_sam/util.py, releases 0.2.x, 'first version of finetuned models on zenodo'),"
+    " github.com/computational-cell-analytics/micro-sam"
+)
+
+_ENTRIES: tuple[ZooEntry, ...] = (
+    # --- Meta's Segment Anything. sha256 published in micro-sam's registry (micro_sam/util.py, all releases up to
+    # 0.2.x) and matching the Git-LFS sha256 of many public mirrors of the same file (e.g. huggingface.co
+    # mashb1t/misc, netradrishti/sam), and numerous sha256sum checks in public Dockerfiles / setup scripts.
+    ZooEntry(
+        name="vit_b",
+        config_name="vit_b",
+        url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+        sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+        filename="sam_vit_b_01ec64.pth",
+        description="Segment Anything ViT-B (Meta), 375 MB: fastest of the original models",
+        license="Apache-2.0",
+        citation=_SAM_CITATION,
+        hash_source="micro-sam registry (micro_sam/util.py) + Git-LFS sha256 of public Hugging Face mirrors",
+    ),
+    ZooEntry(
+        name="vit_l",
+        config_name="vit_l",
+        url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+        sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+        filename="sam_vit_l_0b3195.pth",
+        description="Segment Anything ViT-L (Meta), 1.25 GB",
+        license="Apache-2.0",
+        citation=_SAM_CITATION,
+        hash_source="micro-sam registry (micro_sam/util.py) + Git-LFS sha256 of public Hugging Face mirrors",
+    ),
+    ZooEntry(
+        name="vit_h",
+        config_name="vit_h",
+        url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+        sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+        filename="sam_vit_h_4b8939.pth",
+        description="Segment Anything ViT-H (Meta), 2.56 GB: most accurate, slowest",
+        license="Apache-2.0",
+        citation=_SAM_CITATION,
+        hash_source="micro-sam registry (micro_sam/util.py) + Git-LFS sha256 of public Hugging Face mirrors",
+    ),
+    # --- MobileSAM (TinyViT encoder + SAM's decoder). sha256 published in micro-sam's registry (for its own copy of
+    # mobile_sam.pt) and recorded, with size 40,728,226 bytes, for weights/mobile_sam.pt at MobileSAM commit
+    # f706ad9c by several independent public projects. The URL is pinned to that commit.
+    ZooEntry(
+        name="vit_t",
+        config_name="vit_t",
+        url=(
+            "https://github.com/ChaoningZhang/MobileSAM/raw/"
+            "f706ad9c4eb7f219c00d9050e46328518ffb65d2/weights/mobile_sam.pt"
+        ),
+        sha256="6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
+        filename="mobile_sam.pt",
+        description="MobileSAM ViT-T (TinyViT encoder), 39 MB: runs interactively on a laptop CPU",
+        license="Apache-2.0",
+        citation=(
+            "Zhang et al., Faster Segment Anything: Towards Lightweight SAM for Mobile Applications (arXiv:2306.14289)"
+        ),
+        hash_source=(
+            "micro-sam registry (micro_sam/util.py) + public records of MobileSAM@f706ad9c weights/mobile_sam.pt"
+        ),
+    ),
+    # --- micro-sam, first published fine-tunes (Zenodo, Aug 2023). sha256 from micro-sam's own pooch registry
+    # (micro_sam/util.py in the 0.2.x releases). These files are plain state dicts in the official layout
+    # (micro-sam's exporter strips the "sam." prefix of its training checkpoints before saving); loading also
+    # copes with the un-exported form ({"model_state": {"sam.<key>": ...}}).
+    # Later micro-sam generalists (vit_*_lm / vit_*_em_organelles on bioimage.io, v2+) publish only xxh128
+    # hashes, so they are not listed here.
+    ZooEntry(
+        name="vit_b_lm_v1",
+        config_name="vit_b",
+        url="https://zenodo.org/record/8250281/files/vit_b_lm.pth?download=1",
+        sha256="5a59cc4064092d54cd4d92cd967e39168f3760905431e868e474d60fe5464ecd",
+        filename="microsam_vit_b_lm_v1.pth",
+        description="micro-sam ViT-B fine-tuned for cells and nuclei in light microscopy (v1, 2023)",
+        license="see Zenodo record 8250281 (micro-sam code: MIT)",
+        citation=_MICROSAM_CITATION,
+        hash_source=_MICROSAM_HASH_SOURCE,
+    ),
+    ZooEntry(
+        name="vit_h_lm_v1",
+        config_name="vit_h",
+        url="https://zenodo.org/record/8250299/files/vit_h_lm.pth?download=1",
+        sha256="9a65ee0cddc05a98d60469a12a058859c89dc3ea3ba39fed9b90d786253fbf26",
+        filename="microsam_vit_h_lm_v1.pth",
+        description="micro-sam ViT-H fine-tuned for cells and nuclei in light microscopy (v1, 2023)",
+        license="see Zenodo record 8250299 (micro-sam code: MIT)",
+        citation=_MICROSAM_CITATION,
+        hash_source=_MICROSAM_HASH_SOURCE,
+    ),
+    ZooEntry(
+        name="vit_b_em_v1",
+        config_name="vit_b",
+        url="https://zenodo.org/record/8250260/files/vit_b_em.pth?download=1",
+        sha256="c04a714a4e14a110f0eec055a65f7409d54e6bf733164d2933a0ce556f7d6f81",
+        filename="microsam_vit_b_em_v1.pth",
+        description="micro-sam ViT-B fine-tuned for neurites and cells in electron microscopy (v1, 2023)",
+        license="see Zenodo record 8250260 (micro-sam code: MIT)",
+        citation=_MICROSAM_CITATION,
+        hash_source=_MICROSAM_HASH_SOURCE,
+    ),
+    ZooEntry(
+        name="vit_h_em_v1",
+        config_name="vit_h",
+        url="https://zenodo.org/record/8250291/files/vit_h_em.pth?download=1",
+        sha256="ae3798a0646c8df1d4db147998a2d37e402ff57d3aa4e571792fbb911d8a979c",
+        filename="microsam_vit_h_em_v1.pth",
+        description="micro-sam ViT-H fine-tuned for neurites and cells in electron microscopy (v1, 2023)",
+        license="see Zenodo record 8250291 (micro-sam code: MIT)",
+        citation=_MICROSAM_CITATION,
+        hash_source=_MICROSAM_HASH_SOURCE,
+    ),
+    # --- MedSAM (ViT-B fine-tuned on 1.5M medical image-mask pairs). The authors distribute medsam_vit_b.pth from a
+    # Google Drive folder linked in github.com/bowang-lab/MedSAM's README, which cannot be fetched by URL; the URL
+    # below is a public Hugging Face copy pinned to a commit. sha256 (size 375,049,145 bytes) from that copy's
+    # Git-LFS pointer, matching independent public records of the official file's sha256. The official file was
+    # saved from CUDA tensors: loading must map it to CPU (we always load with map_location="cpu").
+    ZooEntry(
+        name="medsam_vit_b",
+        config_name="vit_b",
+        url=(
+            "https://huggingface.co/spaces/dennistrujillo/MedSAM_AortaTest/resolve/"
+            "9ba0bac49412ef6481f666fb2931c9262a1bdfe8/medsam_vit_b.pth"
+        ),
+        sha256="34b34b78c1d18cb8c6bf84cf9c00e135d6d6c965699f3c0e31ef1bc9dcb5be74",
+        filename="medsam_vit_b.pth",
+        description="MedSAM ViT-B fine-tuned on CT/MR/X-ray/ultrasound/endoscopy/... (box prompts)",
+        license="Apache-2.0 (github.com/bowang-lab/MedSAM)",
+        citation="Ma et al., Segment Anything in Medical Images, Nature Communications 15, 654 (2024)",
+        hash_source="Git-LFS pointer of the pinned Hugging Face copy + independent public records of the official file",
+        preprocessing=PREPROCESS_MEDSAM,
+        notes=(
+            "Trained with box prompts on images resized to 1024x1024 without keeping the aspect ratio and min-max "
+            "scaled to [0, 1] (no pixel mean/std normalisation); official download: Google Drive folder linked in "
+            "the MedSAM README."
+        ),
+    ),
+)
+
+REGISTRY: dict[str, ZooEntry] = {entry.name: entry for entry in _ENTRIES}
+
+
+def list_models() -> list[str]:
+    """Names of all zoo models, in registry order."""
+    return list(REGISTRY)
+
+
+def get_entry(name: str) -> ZooEntry:
+    """The zoo entry called ``name``; :class:`UnknownModelError` listing the known names otherwise."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UnknownModelError(
+            f"Unknown model name {name!r}. Known models: {', '.join(REGISTRY)}."
+        ) from None
+
+
+def cache_dir() -> Path:
+    """Folder holding downloaded checkpoints (``$NAPARI_SAM_CACHE_DIR`` or the per-user cache)."""
+    override = os.environ.get(CACHE_ENV_VAR)
+    if override:
+        return Path(override).expanduser()
+    import pooch
+
+    return Path(pooch.os_cache("napari-sam"))
+
+
+def cached_path(name: str) -> Path:
+    """Where the checkpoint of zoo model ``name`` lives once downloaded (it may not exist yet)."""
+    return cache_dir() / get_entry(name).filename
+
+
+def is_cached(name: str) -> bool:
+    """Whether the checkpoint of ``name`` is already in the cache (its hash is checked when it is fetched)."""
+    return cached_path(name).is_file()
+
+
+def manual_install_hint(name: str) -> str:
+    """Instructions for placing the checkpoint of ``name`` by hand, for machines without internet access."""
+    entry = get_entry(name)
+    target = cached_path(name)
+    return (
+        f"To install it by hand, download {entry.url} on a computer with internet access and copy it to\n"
+        f"    {target}\n"
+        f"(folder {target.parent}, file name {entry.filename!r}; its sha256 must be {entry.sha256}), "
+        f"or set {CACHE_ENV_VAR} to a folder holding a file of that name, "
+        f"or pass the file's path instead of the model name."
+    )
+
+
+def _verified_marker(path: Path) -> Path:
+    return path.with_name(path.name + ".verified.json")
+
+
+def _file_signature(path: Path, sha256: str) -> dict[str, Any]:
+    stat = path.stat()
+    return {"sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _already_verified(path: Path, sha256: str) -> bool:
+    """True if ``path`` was hash-checked before and has not changed since (same size and mtime).
+
+    Hashing a 2.5 GB checkpoint takes seconds; doing it once per file instead of on every
+    load keeps model switching fast. Any change to the file invalidates the marker.
+    """
+    marker = _verified_marker(path)
+    try:
+        recorded = json.loads(marker.read_text())
+        return path.is_file() and recorded == _file_signature(path, sha256)
+    except (OSError, ValueError):
+        return False
+
+
+def _record_verified(path: Path, sha256: str) -> None:
+    try:
+        _verified_marker(path).write_text(json.dumps(_file_signature(path, sha256)))
+    except OSError:
+        pass  # a read-only cache only costs a re-hash next time
+
+
+def _progress_bar_available() -> bool:
+    try:
+        import tqdm  # noqa: F401  (pooch's progress bar needs it)
+    except ImportError:
+        return False
+    return True
+
+
+def fetch_checkpoint(name: str, progress: bool | Any = True) -> Path:
+    """Path of the verified checkpoint of zoo model ``name``, downloading it first if needed.
+
+    ``progress``: True for a terminal progress bar (needs tqdm), False for none, or any
+    tqdm-like object (``update``, ``reset``, ``close``, ``total``) that pooch can drive.
+
+    The download goes to a temporary file in the cache folder and is moved into place only
+    after its sha256 matched; a mismatching file is deleted (:class:`ChecksumMismatchError`).
+    A server that cannot be reached raises :class:`DownloadError` with the URL and
+    instructions for placing the file by hand.
+    """
+    entry = get_entry(name)
+    target_dir = cache_dir()
+    target = target_dir / entry.filename
+    if _already_verified(target, entry.sha256):
+        return target
+
+    import pooch
+    import requests
+
+    if progress is True and not _progress_bar_available():
+        progress = False
+    downloader = pooch.HTTPDownloader(progressbar=progress) if entry.url.startswith(("http://", "https://")) else None
+    existed_before = target.is_file()
+    try:
+        fetched = pooch.retrieve(
+            entry.url,
+            known_hash=f"sha256:{entry.sha256}",
+            fname=entry.filename,
+            path=target_dir,
+            downloader=downloader,
+            progressbar=progress if downloader is None else False,
+        )
+    except ValueError as error:
+        # pooch raises ValueError for a hash mismatch, after deleting the temporary download.
+        if "hash" not in str(error).lower():
+            raise DownloadError(f"Could not download model {name!r} from {entry.url}: {error}") from error
+        raise ChecksumMismatchError(
+            f"The file downloaded for model {name!r} from {entry.url} does not have the published sha256 "
+            f"{entry.sha256}; it was deleted and not cached (pooch: {error}). The server may serve a different or "
+            f"truncated file.\n{manual_install_hint(name)}"
+        ) from error
+    except (requests.exceptions.RequestException, OSError) as error:
+        stale = (
+            f"A file {target} exists but its sha256 does not match, so it was not used.\n" if existed_before else ""
+        )
+        raise DownloadError(
+            f"Could not download model {name!r} from {entry.url}: {error}\n{stale}{manual_install_hint(name)}"
+        ) from error
+    path = Path(fetched)
+    _record_verified(path, entry.sha256)
+    return path

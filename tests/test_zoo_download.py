@@ -1,0 +1,217 @@
+"""Zoo downloads against a local HTTP server on 127.0.0.1 (never the internet)."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from napari_sam.model import zoo
+from napari_sam.model.errors import ChecksumMismatchError, DownloadError, UnknownModelError
+
+MODEL_NAME = "local_test_model"
+FILE_NAME = "served_weights.pth"
+
+
+class _CountingHandler(SimpleHTTPRequestHandler):
+    """Serves files from a folder and records every requested path."""
+
+    def __init__(self, *args, requests_seen: list[str], **kwargs):
+        self.requests_seen = requests_seen
+        super().__init__(*args, **kwargs)
+
+    def do_GET(self):  # noqa: N802 (http.server naming)
+        self.requests_seen.append(self.path)
+        super().do_GET()
+
+    def log_message(self, format, *args):  # keep test output clean
+        pass
+
+
+@pytest.fixture
+def file_server(tmp_path):
+    """(base URL, served folder, list of requested paths) of an HTTP server on an ephemeral port."""
+    served = tmp_path / "served"
+    served.mkdir()
+    requests_seen: list[str] = []
+    handler = partial(_CountingHandler, directory=str(served), requests_seen=requests_seen)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", served, requests_seen
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    monkeypatch.setenv(zoo.CACHE_ENV_VAR, str(folder))
+    return folder
+
+
+def _register(monkeypatch, url: str, content: bytes, config_name: str = "tiny_vit_test") -> zoo.ZooEntry:
+    entry = zoo.ZooEntry(
+        name=MODEL_NAME,
+        config_name=config_name,
+        url=url,
+        sha256=hashlib.sha256(content).hexdigest(),
+        filename="local_test_model.pth",
+        description="test entry",
+        license="test",
+        citation="test",
+        hash_source="computed in the test",
+    )
+    monkeypatch.setitem(zoo.REGISTRY, MODEL_NAME, entry)
+    return entry
+
+
+def _closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_cache_dir_follows_environment_variable(cache):
+    assert zoo.cache_dir() == cache
+    assert zoo.cached_path("vit_b") == cache / "sam_vit_b_01ec64.pth"
+
+
+def test_unknown_name_lists_known_models():
+    with pytest.raises(UnknownModelError, match="Known models: vit_b, vit_l, vit_h, vit_t"):
+        zoo.fetch_checkpoint("vit_q")
+
+
+def test_download_lands_in_cache_and_is_not_repeated(file_server, cache, monkeypatch):
+    base_url, served, requests_seen = file_server
+    content = b"pretend weights " * 5000
+    (served / FILE_NAME).write_bytes(content)
+    entry = _register(monkeypatch, f"{base_url}/{FILE_NAME}", content)
+
+    path = zoo.fetch_checkpoint(MODEL_NAME, progress=False)
+
+    assert path == cache / entry.filename
+    assert path.read_bytes() == content
+    assert requests_seen == [f"/{FILE_NAME}"]
+    assert zoo.is_cached(MODEL_NAME)
+
+    assert zoo.fetch_checkpoint(MODEL_NAME, progress=True) == path
+    assert len(requests_seen) == 1
+
+    # Without the "already verified" marker the file is hashed again, still without downloading.
+    for marker in cache.glob("*.verified.json"):
+        marker.unlink()
+    assert zoo.fetch_checkpoint(MODEL_NAME, progress=False) == path
+    assert len(requests_seen) == 1
+
+
+def test_wrong_hash_is_rejected_and_not_cached(file_server, cache, monkeypatch):
+    base_url, served, requests_seen = file_server
+    (served / FILE_NAME).write_bytes(b"tampered or truncated file")
+    entry = _register(monkeypatch, f"{base_url}/{FILE_NAME}", b"the file that was published")
+
+    with pytest.raises(ChecksumMismatchError) as info:
+        zoo.fetch_checkpoint(MODEL_NAME, progress=False)
+
+    message = str(info.value)
+    assert entry.sha256 in message
+    assert "deleted and not cached" in message
+    assert requests_seen  # it really downloaded before refusing
+    leftovers = [p for p in cache.rglob("*") if p.is_file()] if cache.exists() else []
+    assert leftovers == []
+
+
+def test_unreachable_server_explains_manual_placement(cache, monkeypatch):
+    url = f"http://127.0.0.1:{_closed_port()}/weights.pth"
+    entry = _register(monkeypatch, url, b"anything")
+
+    with pytest.raises(DownloadError) as info:
+        zoo.fetch_checkpoint(MODEL_NAME, progress=False)
+
+    assert not isinstance(info.value, ChecksumMismatchError)
+    message = str(info.value)
+    assert url in message
+    assert str(cache / entry.filename) in message
+    assert repr(entry.filename) in message
+    assert entry.sha256 in message
+    assert zoo.CACHE_ENV_VAR in message
+
+
+def test_http_error_names_the_url(file_server, cache, monkeypatch):
+    base_url, _, requests_seen = file_server
+    url = f"{base_url}/does_not_exist.pth"
+    _register(monkeypatch, url, b"anything")
+    with pytest.raises(DownloadError, match="404") as info:
+        zoo.fetch_checkpoint(MODEL_NAME, progress=False)
+    assert url in str(info.value)
+    assert requests_seen == ["/does_not_exist.pth"]
+
+
+def test_file_placed_by_hand_is_used_without_network(cache, monkeypatch):
+    content = b"copied from a USB stick"
+    entry = _register(monkeypatch, f"http://127.0.0.1:{_closed_port()}/w.pth", content)
+    cache.mkdir(parents=True)
+    (cache / entry.filename).write_bytes(content)
+    assert zoo.fetch_checkpoint(MODEL_NAME, progress=False) == cache / entry.filename
+
+
+def test_corrupted_cached_file_is_downloaded_again(file_server, cache, monkeypatch):
+    base_url, served, requests_seen = file_server
+    content = b"good weights" * 100
+    (served / FILE_NAME).write_bytes(content)
+    entry = _register(monkeypatch, f"{base_url}/{FILE_NAME}", content)
+    path = zoo.fetch_checkpoint(MODEL_NAME, progress=False)
+    path.write_bytes(b"bit rot")  # changes size and mtime: the verified marker no longer applies
+
+    assert zoo.fetch_checkpoint(MODEL_NAME, progress=False) == cache / entry.filename
+    assert path.read_bytes() == content
+    assert len(requests_seen) == 2
+
+
+def test_load_model_by_zoo_name_downloads_and_builds(file_server, cache, monkeypatch, tmp_path):
+    import torch
+
+    from napari_sam.model import build_sam
+    from napari_sam.model.checkpoint import load_model, save_checkpoint
+
+    base_url, served, requests_seen = file_server
+    torch.manual_seed(7)
+    model = build_sam("tiny_vit_test")
+    save_checkpoint(model, served / FILE_NAME)
+    _register(monkeypatch, f"{base_url}/{FILE_NAME}", (served / FILE_NAME).read_bytes())
+
+    loaded = load_model(MODEL_NAME, device="cpu", progress=False)
+
+    assert loaded.config.name == "tiny_vit_test"
+    assert len(requests_seen) == 1
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_zoo_entry_with_wrong_architecture_is_reported(file_server, cache, monkeypatch):
+    import torch
+
+    from napari_sam.model import build_sam
+    from napari_sam.model.checkpoint import load_model, save_checkpoint
+    from napari_sam.model.errors import ArchitectureMismatchError
+
+    base_url, served, _ = file_server
+    torch.manual_seed(0)
+    save_checkpoint(build_sam("tiny_vit_test"), served / FILE_NAME)
+    _register(monkeypatch, f"{base_url}/{FILE_NAME}", (served / FILE_NAME).read_bytes(), "tiny_tinyvit_test")
+
+    with pytest.raises(ArchitectureMismatchError, match="matches 'tiny_vit_test' instead"):
+        load_model(MODEL_NAME, device="cpu", progress=False)
+
+
+def test_manual_install_hint_for_a_real_entry(cache):
+    hint = zoo.manual_install_hint("vit_t")
+    entry = zoo.get_entry("vit_t")
+    assert entry.url in hint and str(Path(cache) / "mobile_sam.pt") in hint

@@ -347,3 +347,11 @@ def test_importing_zoo_does_not_import_torch_or_pooch():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_preprocessing_is_recorded_and_validated(tmp_path, tiny_vit_model):
+    path = save_checkpoint(tiny_vit_model, tmp_path / "m.pth")
+    assert load_model(path, device="cpu").preprocessing == "sam"
+    assert load_model(path, device="cpu", preprocessing="medsam").preprocessing == "medsam"
+    with pytest.raises(ValueError, match="Unknown preprocessing"):
+        load_model(path, device="cpu", preprocessing="imagenet")

@@ -82,3 +82,24 @@ def test_model_input_is_resized_normalised_and_padded():
 
 def test_one_pixel_wide_image_keeps_one_column():
     assert resized_shape((1000, 1), 256) == (256, 1)
+
+
+def test_medsam_preprocessing_fills_the_square_in_unit_range():
+    rgb = np.zeros((100, 200, 3), dtype=np.uint8)
+    rgb[:, 100:] = 200
+    x = image_to_model_input(rgb, TINY_VIT, preprocessing="medsam")
+    s = TINY_VIT.img_size
+    assert x.shape == (1, 3, s, s)
+    assert float(x.min()) == 0.0 and float(x.max()) == 1.0
+    assert float(x[0, 0, -1, -1]) == 1.0  # no padding: the image fills the whole input
+
+
+def test_medsam_model_predicts_at_original_size(tiny_model):
+    from napari_sam.engine import Predictor
+
+    tiny_model.preprocessing = "medsam"
+    p = Predictor(tiny_model, device="cpu", precision="fp32")
+    p.set_image(np.random.default_rng(0).random((40, 120)))
+    assert p.embedding.input_size == (TINY_VIT.img_size, TINY_VIT.img_size)
+    masks, _, _ = p.predict(box=[5, 10, 30, 100], multimask=False)
+    assert masks.shape == (1, 40, 120)

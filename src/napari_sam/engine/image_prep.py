@@ -11,6 +11,9 @@ input size ``S`` (bilinear, antialiased), normalised with the ImageNet mean/std
   set of tiles should pass one ``intensity_range`` so every slice is scaled alike.
 * Two channels become (c0, c1, 0); more than four channels must be reduced by the user.
 
+MedSAM-style models (``preprocessing="medsam"``) instead take the whole image
+resized to ``S x S`` (aspect ratio not kept) and min-max scaled to [0, 1].
+
 Image arrays are (H, W) or (H, W, C) in napari's (row, col) pixel frame.
 """
 
@@ -133,18 +136,36 @@ def resized_shape(original_size: tuple[int, int], img_size: int) -> tuple[int, i
     return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
 
 
-def image_to_model_input(rgb: np.ndarray, config: SamConfig, device: torch.device | str = "cpu") -> torch.Tensor:
-    """(H, W, 3) uint8 -> (1, 3, S, S) float32 tensor: resized, normalised, zero-padded bottom/right."""
+def model_input_size(original_size: tuple[int, int], img_size: int, preprocessing: str = "sam") -> tuple[int, int]:
+    """(h, w) of the image content inside the model's S x S input (the rest is padding)."""
+    if preprocessing == "medsam":
+        return img_size, img_size
+    return resized_shape(original_size, img_size)
+
+
+def image_to_model_input(
+    rgb: np.ndarray, config: SamConfig, device: torch.device | str = "cpu", preprocessing: str = "sam"
+) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (1, 3, S, S) float32 tensor.
+
+    ``sam``: longest side resized, ImageNet-normalised, zero-padded bottom/right.
+    ``medsam``: resized to S x S, min-max scaled to [0, 1].
+    """
     import torch
     import torch.nn.functional as F
 
+    if preprocessing not in ("sam", "medsam"):
+        raise InputError(f"Unknown preprocessing {preprocessing!r}; expected 'sam' or 'medsam'.")
     s = config.img_size
-    h, w = resized_shape(rgb.shape[:2], s)
+    h, w = model_input_size(rgb.shape[:2], s, preprocessing)
     x = torch.from_numpy(np.ascontiguousarray(rgb)).to(device).permute(2, 0, 1)[None].float()
     if (h, w) != tuple(rgb.shape[:2]):
         # antialiased bilinear + rounding to uint8 reproduces the PIL resize the released models saw
         x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
         x = x.round_().clamp_(0, 255)
+    if preprocessing == "medsam":
+        lo, hi = x.amin(), x.amax()
+        return (x - lo) / (hi - lo).clamp_min(1e-8)
     mean = torch.tensor(config.pixel_mean, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(config.pixel_std, device=x.device).view(1, 3, 1, 1)
     x = (x - mean) / std

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .device import resolve_precision, select_device
 from .errors import InputError
-from .image_prep import image_to_model_input, resized_shape, to_uint8_rgb, validate_image
+from .image_prep import image_to_model_input, model_input_size, to_uint8_rgb
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,8 @@ class Predictor:
         self.autocast_dtype = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self.config = model.config
+        # how the checkpoint expects its input ("sam", or "medsam" for MedSAM-style fine-tunes)
+        self.preprocessing = getattr(model, "preprocessing", "sam")
         self._embedding: ImageEmbedding | None = None
 
     # ----------------------------------------------------------------- image
@@ -75,12 +77,11 @@ class Predictor:
     def compute_embedding(self, image, intensity_range: tuple | None = None) -> ImageEmbedding:
         """Embed a 2D image (H, W) or (H, W, C) of any dtype; does not change the predictor's state."""
         rgb = to_uint8_rgb(image, intensity_range)
-        x = image_to_model_input(rgb, self.config, self.device)
+        x = image_to_model_input(rgb, self.config, self.device, self.preprocessing)
         with self._autocast():
             features = self.model.image_encoder(x)
-        return ImageEmbedding(
-            features.float(), tuple(rgb.shape[:2]), resized_shape(rgb.shape[:2], self.config.img_size)
-        )
+        input_size = model_input_size(rgb.shape[:2], self.config.img_size, self.preprocessing)
+        return ImageEmbedding(features.float(), tuple(rgb.shape[:2]), input_size)
 
     def set_embedding(self, embedding: ImageEmbedding) -> None:
         """Use a (cached) embedding for the following predictions."""

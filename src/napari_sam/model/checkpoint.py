@@ -334,6 +334,7 @@ def load_model(
     *,
     config: SamConfig | str | None = None,
     progress: bool | Any = True,
+    preprocessing: str | None = None,
 ) -> Sam:
     """A ready :class:`Sam` (eval mode, on ``device``) from a zoo name or a checkpoint file.
 
@@ -345,6 +346,9 @@ def load_model(
         config: force an architecture (a ``SamConfig`` or a name in ``CONFIGS``) instead of
             detecting it from the tensors; the file must still fit it exactly.
         progress: download progress bar, see :func:`napari_sam.model.zoo.fetch_checkpoint`.
+        preprocessing: how the model expects its input image (``"sam"`` or ``"medsam"``, see
+            :mod:`napari_sam.model.zoo`); default: the zoo entry's, or ``"sam"`` for a file.
+            Stored as ``model.preprocessing`` for the engine.
 
     Raises:
         CheckpointNotFoundError: neither a zoo name nor an existing file.
@@ -357,8 +361,11 @@ def load_model(
 
     target_device = resolve_device(device)
     forced = _resolve_config(config)
+    if preprocessing is not None and preprocessing not in zoo.PREPROCESSINGS:
+        raise ValueError(f"Unknown preprocessing {preprocessing!r}; choose one of {', '.join(zoo.PREPROCESSINGS)}.")
     if isinstance(name_or_path, str) and name_or_path in zoo.REGISTRY:
         entry = zoo.get_entry(name_or_path)
+        preprocessing = preprocessing or entry.preprocessing
         path = zoo.fetch_checkpoint(name_or_path, progress=progress)
         expected = forced or CONFIGS[entry.config_name]
         source = f"zoo model {entry.name!r} ({path})"
@@ -377,6 +384,7 @@ def load_model(
     else:
         check_config(state_dict, expected, source=source)
     model = build_from_state_dict(state_dict, expected)
+    model.preprocessing = preprocessing or zoo.PREPROCESS_SAM
     return model.to(target_device).eval()
 
 

@@ -29,6 +29,7 @@ CACHE_ENV_VAR = "NAPARI_SAM_CACHE_DIR"
 # How entries expect their input image to be prepared before the image encoder.
 PREPROCESS_SAM = "sam"  # longest side resized to img_size, (x - pixel_mean) / pixel_std, zero-pad to a square
 PREPROCESS_MEDSAM = "medsam"  # whole image resized to img_size x img_size, min-max scaled to [0, 1]
+PREPROCESSINGS = (PREPROCESS_SAM, PREPROCESS_MEDSAM)
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,18 @@ def resized_shape(original_size: tuple[int, int], img_size: int) -> tuple[int, i
     return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
 
 
+def resize_uint8(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize (H, W, 3) uint8 to ``size`` (h, w) with PIL's antialiased bilinear filter.
+
+    PIL is what the released models were trained and evaluated with; torch's
+    antialiased interpolation differs by one grey level on ~14% of pixels.
+    """
+    from PIL import Image
+
+    h, w = size
+    return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize((w, h), Image.Resampling.BILINEAR))
+
+
 def model_input_size(original_size: tuple[int, int], img_size: int, preprocessing: str = "sam") -> tuple[int, int]:
     """(h, w) of the image content inside the model's S x S input (the rest is padding)."""
     if preprocessing == "medsam":
@@ -158,11 +170,9 @@ def image_to_model_input(
         raise InputError(f"Unknown preprocessing {preprocessing!r}; expected 'sam' or 'medsam'.")
     s = config.img_size
     h, w = model_input_size(rgb.shape[:2], s, preprocessing)
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).to(device).permute(2, 0, 1)[None].float()
     if (h, w) != tuple(rgb.shape[:2]):
-        # antialiased bilinear + rounding to uint8 reproduces the PIL resize the released models saw
-        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-        x = x.round_().clamp_(0, 255)
+        rgb = resize_uint8(rgb, (h, w))
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).to(device).permute(2, 0, 1)[None].float()
     if preprocessing == "medsam":
         lo, hi = x.amin(), x.amax()
         return (x - lo) / (hi - lo).clamp_min(1e-8)

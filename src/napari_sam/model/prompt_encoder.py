@@ -34,6 +34,8 @@ class PositionEmbeddingRandom(nn.Module):
 
     def encode_unit_coords(self, coords: torch.Tensor) -> torch.Tensor:
         """``(..., 2)`` (x, y) in ``[0, 1]`` -> ``(..., 2 * num_feats)``."""
+        # Follow the model's dtype, so a model cast to bf16/fp16 accepts fp32 pixel coordinates.
+        coords = coords.to(self.positional_encoding_gaussian_matrix.dtype)
         projected = (2 * coords - 1) @ self.positional_encoding_gaussian_matrix
         projected = 2 * math.pi * projected
         return torch.cat([torch.sin(projected), torch.cos(projected)], dim=-1)
@@ -149,8 +151,8 @@ class PromptEncoder(nn.Module):
         masks: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self._batch_size(points, boxes, masks)
-        device = self.no_mask_embed.weight.device
-        sparse_parts = [torch.empty(batch, 0, self.embed_dim, device=device)]
+        weight = self.no_mask_embed.weight
+        sparse_parts = [torch.empty(batch, 0, self.embed_dim, device=weight.device, dtype=weight.dtype)]
         if points is not None:
             coords, labels = points
             sparse_parts.append(self._embed_points(coords, labels, pad=boxes is None))

@@ -25,6 +25,7 @@ RUNNING_MEAN_STD = 0.1
 LEARNED_TOKEN_STD = 1.0  # nn.Embedding-like tables (prompt tokens), N(0, 1) as at initialisation
 POSITION_TABLE_STD = 0.5  # absolute position embedding of the ViT
 POSITION_BIAS_STD = 0.2  # relative-position tables (ViT rel_pos_*, TinyViT attention_biases)
+UPSCALING_TAP_NOISE = 0.3  # share of the mask decoder's transposed-conv taps that is independent per tap
 
 # Keys that are not learnt and must keep the model's own values when given as tensors.
 _CONSTANT_KEY_SUFFIXES = ("pixel_mean", "pixel_std")
@@ -66,6 +67,13 @@ def _draw(key: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
     if name == "weight" and len(shape) == 1:
         # Every 1-D weight is a norm's affine scale (LayerNorm, LayerNorm2d, BatchNorm).
         return 1.0 + NORM_WEIGHT_STD * rng.standard_normal(shape)
+    if "output_upscaling" in key and len(shape) == 4:
+        # Mostly shared across the kernel taps: random taps draw a checkerboard into every
+        # upscaled embedding pixel and turn all masks into speckle; trained SAMs upscale smoothly.
+        shared = rng.standard_normal((*shape[:2], 1, 1))
+        per_tap = rng.standard_normal(shape)
+        mixed = np.sqrt(1 - UPSCALING_TAP_NOISE**2) * shared + UPSCALING_TAP_NOISE * per_tap
+        return mixed / np.sqrt(_fan_in(key, shape))
     if len(shape) >= 2:
         return rng.standard_normal(shape) / np.sqrt(_fan_in(key, shape))
     raise ValueError(f"no rule to fill {key!r} with shape {shape}")

@@ -16,6 +16,7 @@ objects numbered 1..N without gaps.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -208,22 +209,23 @@ def _place_objects(
     volume = float(np.prod(physical))
     mean_r = float(np.exp(np.mean(np.log(style.radius_range))))
     object_volume = np.pi * mean_r**2 if ndim == 2 else 4 / 3 * np.pi * mean_r**3
-    target = max(1, int(round(style.coverage * volume / object_volume)))
+    target = max(1, round(style.coverage * volume / object_volume))
     shapes: list[_Shape] = []
-    centres = np.zeros((0, ndim))
-    radii = np.zeros(0)
+    centres = np.zeros((target, ndim))  # physical units, filled as objects are accepted
+    radii = np.zeros(target)
     attempts = 0
     while len(shapes) < target and attempts < 4 * target + 20:
         attempts += 1
         centre_px = rng.uniform(0, 1, ndim) * np.asarray(image_shape)
         shape = _random_shape(rng, style, centre_px, spacing)
-        if len(shapes):
-            distances = np.sqrt((((centres - centre_px) * spacing) ** 2).sum(axis=1))
-            if np.any(distances < (1 - style.max_overlap) * (radii + shape.radius)):
+        n = len(shapes)
+        if n:
+            distances = np.sqrt(((centres[:n] - centre_px * spacing) ** 2).sum(axis=1))
+            if np.any(distances < (1 - style.max_overlap) * (radii[:n] + shape.radius)):
                 continue
+        centres[n] = centre_px * spacing
+        radii[n] = shape.radius
         shapes.append(shape)
-        centres = np.vstack([centres, centre_px])
-        radii = np.append(radii, shape.radius)
     return shapes
 
 
@@ -382,6 +384,46 @@ def synthetic_volume(
     return _generate(tuple(int(s) for s in shape), seed, style, dtype, (float(z_spacing), 1.0, 1.0), min_size)
 
 
+class SyntheticDataset(Sequence):
+    """A lazy sequence of ``count`` 2D samples; item ``i`` is generated on access with seed ``seed + i``.
+
+    With ``vary_style`` every image draws its own variation of ``style`` (see
+    ``random_style``), seeded by its own seed, so the dataset is deterministic and
+    any item can be regenerated alone. Nothing is stored: a training run can use
+    millions of images without memory.
+    """
+
+    def __init__(
+        self,
+        count: int,
+        shape: tuple[int, int] = (256, 256),
+        seed: int = 0,
+        style: str | SyntheticStyle = "mixed",
+        vary_style: bool = False,
+        dtype=np.float32,
+    ) -> None:
+        self.count = int(count)
+        self.shape = tuple(shape)
+        self.seed = int(seed)
+        self.style = get_style(style)
+        self.vary_style = vary_style
+        self.dtype = dtype
+
+    def __len__(self) -> int:
+        return self.count
+
+    def style_of(self, index: int) -> SyntheticStyle:
+        if not self.vary_style:
+            return self.style
+        return random_style(np.random.default_rng([self.seed + index, 7919]), self.style)
+
+    def __getitem__(self, index: int) -> SyntheticSample:
+        if not -self.count <= index < self.count:
+            raise IndexError(index)
+        index %= self.count
+        return synthetic_image(self.shape, self.seed + index, self.style_of(index), self.dtype)
+
+
 def synthetic_dataset(
     count: int,
     shape: tuple[int, int] = (256, 256),
@@ -390,16 +432,5 @@ def synthetic_dataset(
     vary_style: bool = False,
     dtype=np.float32,
 ) -> list[SyntheticSample]:
-    """``count`` 2D samples with seeds ``seed, seed + 1, ...``.
-
-    With ``vary_style`` every image draws its own variation of ``style`` (see
-    ``random_style``), seeded by its own seed, so the dataset stays deterministic.
-    """
-    samples = []
-    for index in range(count):
-        image_seed = seed + index
-        image_style = style
-        if vary_style:
-            image_style = random_style(np.random.default_rng([image_seed, 7919]), style)
-        samples.append(synthetic_image(shape, image_seed, image_style, dtype))
-    return samples
+    """``count`` 2D samples with seeds ``seed, seed + 1, ...`` (see ``SyntheticDataset``), as a list."""
+    return list(SyntheticDataset(count, shape, seed, style, vary_style, dtype))

@@ -113,3 +113,20 @@ TINY_TINYVIT = SamConfig(
 )
 
 CONFIGS: dict[str, SamConfig] = {c.name: c for c in (VIT_B, VIT_L, VIT_H, VIT_T, TINY_VIT, TINY_TINYVIT)}
+
+# The tiny model trained here on synthetic microscopy (tests/data/tiny_sam_synthetic.pt): a TEST FIXTURE for
+# end-to-end quality tests, not a model for users. Patch size 8 gives a 32x32 embedding and 128x128 low-res
+# masks, fine enough for the small objects of a 256 input.
+TINY_TRAINED = SamConfig(
+    "tiny_trained_test",
+    # windowed attention only (2x2 windows of 16x16 patches): global attention over all 1024 patches would
+    # double the cost of training on a CPU; the decoder attends globally anyway
+    ViTEncoderConfig(embed_dim=64, depth=4, num_heads=4, global_attn_indexes=(), window_size=16, patch_size=8),
+    img_size=256,
+    prompt_embed_dim=64,
+    mask_in_chans=16,
+    decoder_num_heads=4,
+    decoder_mlp_dim=256,
+    iou_head_hidden_dim=64,
+)
+CONFIGS[TINY_TRAINED.name] = TINY_TRAINED

@@ -1,0 +1,120 @@
+"""Screenshots of the annotator in use, for docs/usage.md (run under Xvfb on a headless machine).
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/make_screenshots.py \
+        [--model tests/data/tiny_sam_synthetic.pt] [--out docs/images]
+
+Drives the widget as a user would (clicks through the Points layer, a box, commits)
+on synthetic nuclei with the tiny model trained here, then saves the whole window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _wait(app, condition, timeout=120.0):
+    start = time.time()
+    while not condition():
+        app.processEvents()
+        time.sleep(0.02)
+        if time.time() - start > timeout:
+            raise TimeoutError("the embedding did not finish")
+    for _ in range(20):
+        app.processEvents()
+        time.sleep(0.01)
+
+
+def _centers(labels, ids):
+    from scipy import ndimage
+
+    out = []
+    for i in ids:
+        distance = ndimage.distance_transform_edt(labels == i)
+        out.append(np.array(np.unravel_index(np.argmax(distance), labels.shape), dtype=float))
+    return out
+
+
+def _largest(labels, count):
+    ids, sizes = np.unique(labels[labels > 0], return_counts=True)
+    return list(ids[np.argsort(-sizes)][:count])
+
+
+def _save(viewer, path: Path) -> None:
+    from skimage.io import imsave
+
+    imsave(path, viewer.screenshot(canvas_only=False, flash=False), check_contrast=False)
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(ROOT / "tests" / "data" / "tiny_sam_synthetic.pt"))
+    parser.add_argument("--out", default=str(ROOT / "docs" / "images"))
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_sam._napari.demo import open_annotator
+    from napari_sam.engine.synthetic import synthetic_image, synthetic_volume
+    from napari_sam.model import load_model
+
+    model = load_model(args.model, device="cpu")
+    app = QApplication.instance() or QApplication([])
+
+    # --- 2D: three objects committed, a fourth being refined with a negative click
+    sample = synthetic_image((320, 320), seed=21, style="mixed")
+    viewer = napari.Viewer(title="napari-sam")
+    viewer.window.resize(1500, 950)
+    viewer.add_image(sample.image, name="nuclei", colormap="gray")
+    widget = open_annotator(viewer, sample=None, model=None)
+    widget.set_model(model, Path(args.model).name)
+    _wait(app, lambda: widget.controller.has_embedding() and not widget.is_embedding())
+    controller = widget.controller
+    ids = _largest(sample.labels, 6)
+    centers = _centers(sample.labels, ids)
+    for center in centers[:3]:
+        controller.add_point(center)
+        controller.commit()
+    rows, cols = np.nonzero(sample.labels == ids[3])
+    box = np.array([[rows.min() - 3, cols.min() - 3], [rows.max() + 3, cols.max() + 3]], dtype=float)
+    controller.boxes_layer.add_rectangles(np.array([box[0], [box[0, 0], box[1, 1]], box[1], [box[1, 0], box[0, 1]]]))
+    controller.commit()
+    controller.add_point(centers[4])
+    controller.add_point(centers[5], positive=False)
+    viewer.reset_view()
+    _wait(app, lambda: True)
+    _save(viewer, out / "annotator_2d.png")
+
+    # --- 3D stack: a slice in the middle being annotated
+    viewer.close()
+    volume = synthetic_volume((16, 160, 160), seed=5, z_spacing=2.0)
+    viewer = napari.Viewer(title="napari-sam")
+    viewer.window.resize(1500, 950)
+    viewer.add_image(volume.image, name="nuclei stack", scale=(2.0, 1.0, 1.0), colormap="gray")
+    viewer.dims.set_point(0, 8 * 2.0)
+    widget = open_annotator(viewer, sample=None, model=None)
+    widget.set_model(model, Path(args.model).name)
+    _wait(app, lambda: widget.controller.has_embedding() and not widget.is_embedding())
+    controller = widget.controller
+    plane = volume.labels[8]
+    for center in _centers(plane, _largest(plane, 3)):
+        controller.add_point([8, *center])
+        controller.commit()
+    controller.add_point([8, *_centers(plane, _largest(plane, 4)[3:])[0]])
+    viewer.reset_view()
+    _wait(app, lambda: True)
+    _save(viewer, out / "annotator_3d.png")
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Open napari with a sample image and the Segment Anything annotator docked.
+
+    python -m napari_sam._napari.demo                 # scikit-image 'cell', MobileSAM (vit_t)
+    python -m napari_sam._napari.demo --sample nuclei_stack --model vit_b
+    python -m napari_sam._napari.demo --model /path/to/sam_vit_b_01ec64.pth
+
+The model is loaded (and downloaded into the cache on first use) when the window
+is up; ``--no-load`` leaves that to the "Load model" button.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+SAMPLES = ("cell", "coins", "nuclei_stack")
+PLUGIN = "napari-sam"
+WIDGET = "Segment Anything annotator"
+
+
+def open_annotator(viewer, sample: str | None = "cell", model: str | None = "vit_t", load: bool = True):
+    """Add ``sample`` to ``viewer``, dock the annotator and start loading ``model``; returns the widget."""
+    if sample:
+        viewer.open_sample(PLUGIN, sample)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    if model:
+        from .widget import LOCAL_FILE
+
+        if model in widget.model_choice.choices:
+            widget.model_choice.value = model
+        else:
+            widget.model_choice.value = LOCAL_FILE
+            widget.model_file.value = model
+        if load:
+            widget.load_model()
+    return widget
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="napari with the Segment Anything annotator on a sample image.")
+    parser.add_argument("--sample", choices=SAMPLES, default="cell", help="sample image (default: cell)")
+    parser.add_argument("--model", default="vit_t", help="zoo name or checkpoint file (default: vit_t, MobileSAM)")
+    parser.add_argument("--no-load", action="store_true", help="do not load the model at start")
+    args = parser.parse_args(argv)
+
+    import napari
+
+    viewer = napari.Viewer(title="napari-sam")
+    open_annotator(viewer, args.sample, args.model, load=not args.no_load)
+    napari.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,489 @@
+"""Automatic ("segment everything") mask generation for one SAM input.
+
+A regular grid of single positive points is decoded in large batches, three
+masks per point. Everything that can be decided at the decoder's LOW resolution
+(``L x L`` logits, ``L = config.low_res_mask_size``) is decided there, so the
+expensive full-resolution work is spent only on the few hundred survivors out of
+thousands of proposals:
+
+1. predicted-IoU filter (``pred_iou_thresh``), and masks must contain their own prompt point,
+2. stability filter: area above logit ``+offset`` over area above ``-offset``
+   (``stability_thresh``; area ratios do not depend on the resolution),
+3. greedy non-maximum suppression on the low-resolution boxes (``nms_thresh``),
+   run after every batch so memory stays bounded by the survivors.
+
+Survivors are then upsampled exactly as the predictor upsamples (bilinear to the
+padded input, crop the padding, bilinear to the original size), but only inside
+each mask's bounding box, using two separable interpolation matrices. Small holes
+and specks are removed, masks are painted largest first (smaller, more specific
+masks on top), masks that end up mostly hidden under others are dropped, and the
+result is an instance label image.
+
+Frames: images are (H, W) or (H, W, C) in napari's (row, col) pixel frame; the
+label image has the same (H, W). Points are placed at the centres of an
+``n x n`` grid of cells covering the image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+    from .predictor import ImageEmbedding, Predictor
+
+
+@dataclass(frozen=True)
+class AutomaticParams:
+    """Settings of automatic mask generation (defaults follow the reference generator)."""
+
+    points_per_side: int = 32
+    """The point grid is ``points_per_side x points_per_side`` over the image."""
+    points_per_batch: int | None = None
+    """Prompts decoded at once; None picks a batch that keeps decoder memory near ``batch_memory_bytes``."""
+    pred_iou_thresh: float = 0.88
+    """Drop masks whose predicted IoU is below this."""
+    stability_thresh: float = 0.95
+    """Drop masks whose stability score is below this."""
+    stability_offset: float = 1.0
+    """Logit offset of the stability score."""
+    nms_thresh: float = 0.7
+    """Box IoU above which the lower-scoring of two masks is suppressed."""
+    nested_thresh: float | None = None
+    """If set: a mask is also suppressed when this fraction of the smaller of it and a better-scoring
+    mask lies inside the other (a part inside its object, an object inside its cluster); None: off."""
+    min_area: int = 0
+    """Objects, holes and specks smaller than this many pixels (original frame) are removed."""
+    require_point_inside: bool = True
+    """Drop masks that do not contain their own prompt point (checked on the low-res logits): a
+    positive point says "this pixel is in the object", so a mask elsewhere answers another question."""
+    max_hidden_fraction: float = 0.5
+    """A mask more than this fraction covered by smaller masks painted over it is dropped."""
+    batch_memory_bytes: int = 1 << 30
+
+    def validate(self) -> None:
+        if int(self.points_per_side) < 1:
+            raise InputError(f"points_per_side must be at least 1, got {self.points_per_side}.")
+        if self.points_per_batch is not None and int(self.points_per_batch) < 1:
+            raise InputError(f"points_per_batch must be at least 1 (or None), got {self.points_per_batch}.")
+        if self.nested_thresh is not None and not 0.0 < float(self.nested_thresh) <= 1.0:
+            raise InputError(f"nested_thresh must lie in (0, 1] or be None, got {self.nested_thresh}.")
+        for name in ("pred_iou_thresh", "stability_thresh", "nms_thresh", "max_hidden_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= float(value) <= 1.0:
+                raise InputError(f"{name} must lie in [0, 1], got {value}.")
+        if int(self.min_area) < 0:
+            raise InputError(f"min_area must be >= 0, got {self.min_area}.")
+
+
+@dataclass
+class MaskProposals:
+    """Masks that survived the low-resolution filters and NMS, best first.
+
+    ``logits`` (N, L, L) float32 low-resolution logits over the padded input;
+    ``scores`` (N,) predicted IoU; ``stability`` (N,); ``boxes`` (N, 4) as
+    (min_row, min_col, max_row + 1, max_col + 1) in low-resolution pixels;
+    ``original_size`` (H, W) and ``input_size`` (h, w) as in ``ImageEmbedding``.
+    """
+
+    logits: torch.Tensor
+    scores: torch.Tensor
+    stability: torch.Tensor
+    boxes: torch.Tensor
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def point_grid(points_per_side: int, size: tuple[int, int]) -> np.ndarray:
+    """(n*n, 2) points (row, col) at the centres of an n x n grid of cells over an (H, W) image.
+
+    Coordinates are continuous (0 = the image's top/left edge), as SAM's prompt frame.
+    """
+    n = int(points_per_side)
+    h, w = size
+    centres = (np.arange(n, dtype=np.float64) + 0.5) / n
+    rows, cols = np.meshgrid(centres * h, centres * w, indexing="ij")
+    return np.stack([rows.ravel(), cols.ravel()], axis=1)
+
+
+def lattice_points(spacing: tuple[float, float], origin: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """(N, 2) points (row, col) of a lattice fixed to a larger image, inside one window of it.
+
+    The lattice has points at ``(k + 0.5) * spacing`` in the large image's frame; the
+    window starts at ``origin`` there and has ``size`` (H, W). Points come back in the
+    window's frame. Tiles of one image thus prompt the same image locations wherever
+    their windows fall, so moving the tile grid does not move the prompts.
+    """
+    axes = []
+    for step, start, length in zip(spacing, origin, size):
+        first = int(np.ceil(start / step - 0.5))
+        last = int(np.ceil((start + length) / step - 0.5))  # exclusive
+        axes.append((np.arange(first, last, dtype=np.float64) + 0.5) * step - start)
+    rows, cols = np.meshgrid(*axes, indexing="ij")
+    return np.stack([rows.ravel(), cols.ravel()], axis=1)
+
+
+def _decoder_batch_size(config, params: AutomaticParams) -> int:
+    """Prompts per decoder call so that activations stay near ``params.batch_memory_bytes``."""
+    if params.points_per_batch is not None:
+        return int(params.points_per_batch)
+    c, e, low = config.prompt_embed_dim, config.embedding_size, config.low_res_mask_size
+    # per prompt: the expanded image tokens through the two-way transformer (a few copies),
+    # the upscaled features (C/8 channels) and the output logits, all in fp32
+    per_prompt = 4 * (6 * c * e * e + (c // 8 + 3) * low * low)
+    return int(np.clip(params.batch_memory_bytes // per_prompt, 16, 4096))
+
+
+def stability_scores(logits: torch.Tensor, offset: float) -> torch.Tensor:
+    """(N, h, w) logits -> (N,) area above ``+offset`` / area above ``-offset`` (1 for empty masks)."""
+    import torch
+
+    flat = logits.flatten(1)
+    inner = (flat > offset).sum(1, dtype=torch.int32)
+    outer = (flat > -offset).sum(1, dtype=torch.int32)
+    ratio = inner.float() / outer.clamp(min=1).float()
+    return torch.where(outer > 0, ratio, torch.ones_like(ratio))
+
+
+def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """(N, h, w) bool -> (N, 4) int64 (min_row, min_col, max_row + 1, max_col + 1); empty -> zeros."""
+    import torch
+
+    n, h, w = masks.shape
+    rows = masks.any(2)
+    cols = masks.any(1)
+    row_idx = torch.arange(h, device=masks.device)
+    col_idx = torch.arange(w, device=masks.device)
+    min_row = torch.where(rows, row_idx, h).amin(1)
+    max_row = torch.where(rows, row_idx, -1).amax(1) + 1
+    min_col = torch.where(cols, col_idx, w).amin(1)
+    max_col = torch.where(cols, col_idx, -1).amax(1) + 1
+    boxes = torch.stack([min_row, min_col, max_row, max_col], 1)
+    return torch.where(rows.any(1, keepdim=True), boxes, torch.zeros_like(boxes))
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(N, 4) x (M, 4) boxes (min_row, min_col, max_row, max_col), half-open -> (N, M) IoU."""
+    import torch
+
+    area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
+    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
+    top_left = torch.maximum(a[:, None, :2], b[None, :, :2])
+    bottom_right = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (bottom_right - top_left).clamp(min=0).prod(2)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return inter.float() / union.clamp(min=1e-9).float()
+
+
+def box_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thresh: float) -> torch.Tensor:
+    """Greedy NMS: indices of kept boxes, highest score first (ties: lower index first)."""
+    import torch
+
+    if boxes.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.int64)
+    order = torch.sort(scores, descending=True, stable=True).indices
+    overlaps = (box_iou(boxes[order], boxes[order]) > iou_thresh).cpu().numpy()
+    suppressed = np.zeros(len(order), dtype=bool)
+    keep = []
+    for i in range(len(order)):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        # only later (lower-scoring) boxes can be suppressed by box i
+        suppressed[i + 1 :] |= overlaps[i, i + 1 :]
+    return order[torch.as_tensor(keep, dtype=torch.int64)]
+
+
+def nested_suppression(masks: torch.Tensor, scores: torch.Tensor, thresh: float) -> torch.Tensor:
+    """Greedy suppression of nested masks: indices kept, best score first.
+
+    ``masks`` (N, h, w) bool. Mask j is suppressed by a better-scoring kept mask i when
+    ``|i & j| >= thresh * min(|i|, |j|)``.
+    """
+    import torch
+
+    order = torch.sort(scores, descending=True, stable=True).indices
+    flat = masks[order].flatten(1).float()
+    inter = (flat @ flat.T).cpu().numpy()
+    area = np.diag(inter).copy()
+    nested = inter >= thresh * np.minimum(area[:, None], area[None, :])
+    suppressed = np.zeros(len(order), dtype=bool)
+    keep = []
+    for i in range(len(order)):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        suppressed[i + 1 :] |= nested[i, i + 1 :]
+    return order[torch.as_tensor(keep, dtype=torch.int64)]
+
+
+def bilinear_matrix(in_size: int, out_size: int) -> torch.Tensor:
+    """(out_size, in_size) matrix M with ``M @ x`` == 1D bilinear resize (align_corners=False) of x."""
+    import torch
+    import torch.nn.functional as F
+
+    eye = torch.eye(in_size, dtype=torch.float32)[None]  # (1, in, in): channel k is the unit vector e_k
+    return F.interpolate(eye, size=out_size, mode="linear", align_corners=False)[0].T.contiguous()
+
+
+def upsampling_matrices(config, input_size: tuple[int, int], original_size: tuple[int, int]):
+    """Separable maps from low-res logits (L, L) to the original frame: rows (H, L), cols (W, L).
+
+    ``rows @ logits @ cols.T`` equals the predictor's upsampling: bilinear to the
+    padded input (S, S), crop to (h, w), bilinear to (H, W).
+    """
+    s, low = config.img_size, config.low_res_mask_size
+    to_input = bilinear_matrix(low, s)
+    rows = bilinear_matrix(input_size[0], original_size[0]) @ to_input[: input_size[0]]
+    cols = bilinear_matrix(input_size[1], original_size[1]) @ to_input[: input_size[1]]
+    return rows, cols
+
+
+def remove_small_regions(mask: np.ndarray, min_area: int) -> np.ndarray:
+    """Fill holes and drop specks smaller than ``min_area`` pixels (4-connected objects, 8-connected holes)."""
+    if min_area <= 1 or not mask.any():
+        return mask
+    from scipy import ndimage
+
+    specks, count = ndimage.label(mask)
+    if count > 1 or (count == 1 and mask.sum() < min_area):
+        sizes = np.bincount(specks.ravel())
+        keep = sizes >= min_area
+        keep[0] = False
+        mask = keep[specks]
+    holes, count = ndimage.label(~mask, structure=np.ones((3, 3), dtype=bool))
+    if count:
+        sizes = np.bincount(holes.ravel())
+        # background regions that touch the crop border are outside, not holes
+        border = np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))
+        fill = sizes < min_area
+        fill[0] = False
+        fill[border] = False
+        if fill.any():
+            mask = mask | fill[holes]
+    return mask
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def _autocast(predictor: Predictor):
+    import torch
+
+    if predictor.autocast_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(predictor.device.type, dtype=predictor.autocast_dtype)
+
+
+def propose_masks(
+    predictor: Predictor, embedding: ImageEmbedding, params: AutomaticParams, points: np.ndarray | None = None
+) -> MaskProposals:
+    """Decode the point grid (or ``points`` (N, 2) (row, col), continuous coordinates in the
+    original frame) and keep the masks that pass the low-resolution filters and NMS."""
+    import torch
+
+    params.validate()
+    config = predictor.config
+    model = predictor.model
+    device = predictor.device
+    s, low = config.img_size, config.low_res_mask_size
+    h_in, w_in = embedding.input_size
+    # the part of the low-res grid that covers the image rather than the padding
+    low_h = max(1, int(np.ceil(h_in * low / s)))
+    low_w = max(1, int(np.ceil(w_in * low / s)))
+
+    grid = point_grid(params.points_per_side, embedding.original_size) if points is None else np.asarray(points)
+    if grid.shape[0] == 0:
+        raise InputError("No prompt points: the point grid is empty.")
+    scale = np.array([h_in / embedding.original_size[0], w_in / embedding.original_size[1]])
+    xy = torch.as_tensor((grid * scale)[:, ::-1].copy(), dtype=torch.float32, device=device)
+    features = embedding.features.to(device)
+    dense_pe = model.prompt_encoder.get_dense_pe()
+    batch = _decoder_batch_size(config, params)
+
+    kept_logits = torch.zeros((0, low, low), dtype=torch.float32, device=device)
+    kept_scores = torch.zeros(0, device=device)
+    kept_stability = torch.zeros(0, device=device)
+    kept_boxes = torch.zeros((0, 4), dtype=torch.int64, device=device)
+    with torch.inference_mode():
+        for start in range(0, xy.shape[0], batch):
+            coords = xy[start : start + batch, None, :]
+            labels = torch.ones(coords.shape[:2], dtype=torch.int64, device=device)
+            with _autocast(predictor):
+                sparse, dense = model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+                logits, iou = model.mask_decoder(
+                    image_embeddings=features,
+                    image_pe=dense_pe,
+                    sparse_prompt_embeddings=sparse,
+                    dense_prompt_embeddings=dense,
+                    multimask_output=True,
+                )
+            logits = logits.float().flatten(0, 1)  # (B*3, L, L)
+            iou = iou.float().flatten()
+            keep = iou >= params.pred_iou_thresh
+            if params.require_point_inside:
+                # logit at each prompt's low-res pixel, for all of its masks
+                cells = (coords[:, 0, :] * (low / s)).long().clamp_(0, low - 1)  # (B, 2) as (x, y)
+                per_prompt = logits.shape[0] // coords.shape[0]
+                cells = cells.repeat_interleave(per_prompt, dim=0)
+                at_point = logits[torch.arange(logits.shape[0], device=device), cells[:, 1], cells[:, 0]]
+                keep &= at_point > 0
+            logits, iou = logits[keep], iou[keep]
+            valid = logits[:, :low_h, :low_w]
+            stability = stability_scores(valid, params.stability_offset)
+            keep = stability >= params.stability_thresh
+            logits, iou, stability, valid = logits[keep], iou[keep], stability[keep], valid[keep]
+            boxes = mask_boxes(valid > 0)
+            keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            # NMS over everything kept so far plus this batch keeps memory bounded by the survivors
+            kept_logits = torch.cat([kept_logits, logits[keep]])
+            kept_scores = torch.cat([kept_scores, iou[keep]])
+            kept_stability = torch.cat([kept_stability, stability[keep]])
+            kept_boxes = torch.cat([kept_boxes, boxes[keep]])
+            order = box_nms(kept_boxes, kept_scores, params.nms_thresh).to(device)
+            kept_logits, kept_scores = kept_logits[order], kept_scores[order]
+            kept_stability, kept_boxes = kept_stability[order], kept_boxes[order]
+        if params.nested_thresh is not None and kept_scores.numel() > 1:
+            order = nested_suppression(kept_logits[:, :low_h, :low_w] > 0, kept_scores, params.nested_thresh)
+            kept_logits, kept_scores = kept_logits[order], kept_scores[order]
+            kept_stability, kept_boxes = kept_stability[order], kept_boxes[order]
+    return MaskProposals(
+        kept_logits,
+        kept_scores,
+        kept_stability,
+        kept_boxes,
+        tuple(embedding.original_size),
+        tuple(embedding.input_size),
+    )
+
+
+def proposals_to_masks(proposals: MaskProposals, config, min_area: int = 0):
+    """Upsample each proposal inside its box only.
+
+    Yields ``(index, (row0, col0), mask)`` with ``mask`` a bool crop in the
+    original frame starting at (row0, col0); empty masks are skipped.
+    """
+    import torch
+
+    if len(proposals) == 0:
+        return
+    rows_map, cols_map = upsampling_matrices(config, proposals.input_size, proposals.original_size)
+    rows_map = rows_map.to(proposals.logits.device)
+    cols_map = cols_map.to(proposals.logits.device)
+    # a full-resolution pixel can only be positive where a positive low-res pixel contributes to it,
+    # because every interpolation weight is >= 0: the box's support bounds the crop exactly
+    row_support = rows_map > 0
+    col_support = cols_map > 0
+    boxes = proposals.boxes.cpu().numpy()
+    with torch.inference_mode():
+        for index in range(len(proposals)):
+            r0, c0, r1, c1 = (int(v) for v in boxes[index])
+            rows = torch.nonzero(row_support[:, r0:r1].any(1)).flatten()
+            cols = torch.nonzero(col_support[:, c0:c1].any(1)).flatten()
+            if rows.numel() == 0 or cols.numel() == 0:
+                continue
+            row0, row1 = int(rows[0]), int(rows[-1]) + 1
+            col0, col1 = int(cols[0]), int(cols[-1]) + 1
+            crop = rows_map[row0:row1] @ proposals.logits[index] @ cols_map[col0:col1].T
+            mask = (crop > 0).cpu().numpy()
+            mask = remove_small_regions(mask, min_area)
+            rows_any, cols_any = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+            if rows_any.size:
+                # trim to the mask's own bounding box
+                top, bottom, left, right = rows_any[0], rows_any[-1] + 1, cols_any[0], cols_any[-1] + 1
+                yield index, (row0 + int(top), col0 + int(left)), mask[top:bottom, left:right]
+
+
+def paint_labels(masks, shape: tuple[int, int], min_area: int = 0, max_hidden_fraction: float = 0.5) -> np.ndarray:
+    """Instance labels (H, W) int32 from ``(row0, col0), mask`` crops.
+
+    Larger masks are painted first so smaller, more specific ones stay on top;
+    masks whose visible part falls below ``1 - max_hidden_fraction`` of their area,
+    or below ``min_area`` pixels, are removed. Labels are 1..N without gaps, in
+    painting order (deterministic: ties keep the input order).
+    """
+    masks = list(masks)
+    labels = np.zeros(shape, dtype=np.int32)
+    if not masks:
+        return labels
+    areas = np.array([int(m.sum()) for _, m in masks])
+    order = np.argsort(-areas, kind="stable")
+    for label, index in enumerate(order, start=1):
+        (row0, col0), mask = masks[index]
+        labels[row0 : row0 + mask.shape[0], col0 : col0 + mask.shape[1]][mask] = label
+    visible = np.bincount(labels.ravel(), minlength=len(masks) + 1)[1:]
+    keep = (visible >= np.maximum(min_area, 1)) & (visible >= (1.0 - max_hidden_fraction) * areas[order])
+    relabel = np.zeros(len(masks) + 1, dtype=np.int32)
+    relabel[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    return relabel[labels]
+
+
+def generate_labels(
+    predictor: Predictor,
+    image=None,
+    params: AutomaticParams | None = None,
+    intensity_range: tuple | None = None,
+    embedding: ImageEmbedding | None = None,
+    points: np.ndarray | None = None,
+) -> np.ndarray:
+    """Segment everything in one 2D image that fits one SAM input: (H, W) int32 labels, 0 = background.
+
+    ``image`` is (H, W) or (H, W, C) of any dtype (or pass a precomputed ``embedding``);
+    ``intensity_range`` as in ``image_prep.to_uint8_rgb``; ``points`` (N, 2) (row, col)
+    replaces the regular grid (see ``lattice_points``). Images larger than the model's
+    input are resized to it; use ``segment_everything`` to tile them instead.
+    """
+    params = params or AutomaticParams()
+    params.validate()
+    if embedding is None:
+        if image is None:
+            raise InputError("Give an image or its embedding.")
+        embedding = predictor.compute_embedding(image, intensity_range)
+    if points is not None and len(points) == 0:
+        return np.zeros(embedding.original_size, dtype=np.int32)
+    proposals = propose_masks(predictor, embedding, params, points)
+    masks = [(origin, mask) for _, origin, mask in proposals_to_masks(proposals, predictor.config, params.min_area)]
+    return paint_labels(masks, embedding.original_size, params.min_area, params.max_hidden_fraction)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def match_instances(truth: np.ndarray, found: np.ndarray, iou_thresh: float = 0.5) -> tuple[int, int, int]:
+    """(true positives, truth objects, found objects): pairs of labels with IoU >= ``iou_thresh``.
+
+    With ``iou_thresh >= 0.5`` a pair is unique on both sides, so no assignment step is needed.
+    """
+    if iou_thresh < 0.5:
+        raise InputError("match_instances counts one-to-one matches only for iou_thresh >= 0.5.")
+    t = np.asarray(truth).ravel().astype(np.int64)
+    f = np.asarray(found).ravel().astype(np.int64)
+    nt, nf = int(t.max(initial=0)), int(f.max(initial=0))
+    area_t = np.bincount(t, minlength=nt + 1)
+    area_f = np.bincount(f, minlength=nf + 1)
+    both = (t > 0) & (f > 0)
+    pairs, inter = np.unique(t[both] * (nf + 1) + f[both], return_counts=True)
+    ti, fi = pairs // (nf + 1), pairs % (nf + 1)
+    iou = inter / (area_t[ti] + area_f[fi] - inter)
+    return int((iou >= iou_thresh).sum()), int((area_t[1:] > 0).sum()), int((area_f[1:] > 0).sum())
+
+
+def f1_score(truth: np.ndarray, found: np.ndarray, iou_thresh: float = 0.5) -> float:
+    """Instance F1 at ``iou_thresh`` (1.0 when both are empty)."""
+    true_pos, n_truth, n_found = match_instances(truth, found, iou_thresh)
+    if n_truth + n_found == 0:
+        return 1.0
+    return 2.0 * true_pos / (n_truth + n_found)

@@ -1,0 +1,165 @@
+"""Running tiles as independent tasks on a Dask cluster.
+
+Each tile's task takes the window's pixels and returns its label image (window
+frame). Given a ``dask.distributed`` scheduler address (or a ``Client``), tasks run
+on the cluster's workers; the model is shipped once per worker by a worker plugin,
+which builds it there and keeps it for all tasks. (Without a scheduler,
+``everything`` runs the same tasks in this process, where
+torch already uses every core for one tile; this module, and the ``distributed``
+package, are then never imported.)
+
+The driver reads windows and stitches results, keeping at most ``max_in_flight``
+tasks submitted at a time, so memory stays bounded however many tiles there are.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from distributed import Client, WorkerPlugin, as_completed, get_worker
+
+from .tiling import TileGrid, read_window, segment_tile
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a worker needs to rebuild the model: a zoo name / checkpoint path, or a config and state dict."""
+
+    name_or_path: str | None = None
+    config: object | None = None
+    state_dict: dict | None = None
+
+    @classmethod
+    def from_model(cls, model) -> ModelSpec:
+        if isinstance(model, str) or hasattr(model, "__fspath__"):
+            return cls(name_or_path=str(model))
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        return cls(config=model.config, state_dict=state)
+
+    def build(self):
+        from ..model import build_sam, load_model
+
+        if self.name_or_path is not None:
+            return load_model(self.name_or_path, device="cpu", progress=False)
+        model = build_sam(self.config)
+        model.load_state_dict(self.state_dict)
+        return model.eval()
+
+
+class SamWorkerPlugin(WorkerPlugin):
+    """Dask worker plugin: builds the predictor once when a worker starts (or joins)."""
+
+    def __init__(self, spec: ModelSpec, device: str | None, precision: str):
+        self.spec = spec
+        self.device = device
+        self.precision = precision
+        self.predictor = None
+
+    def setup(self, worker) -> None:
+        import torch
+
+        from .predictor import Predictor
+
+        threads = getattr(getattr(worker, "state", None), "nthreads", None) or getattr(worker, "nthreads", None)
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.predictor = Predictor(self.spec.build(), device=self.device, precision=self.precision)
+
+    def teardown(self, worker) -> None:
+        self.predictor = None
+
+
+def _segment_on_worker(plugin_name: str, pixels: np.ndarray, params, intensity_range, window, tile_shape):
+    predictor = get_worker().plugins[plugin_name].predictor
+    return _compact(segment_tile(predictor, pixels, params, intensity_range, window, tile_shape))
+
+
+def _compact(labels: np.ndarray) -> np.ndarray:
+    """Smaller dtype for the trip back to the driver (tiles rarely hold 65535 objects)."""
+    return labels.astype(np.uint16) if labels.max() < np.iinfo(np.uint16).max else labels
+
+
+class DaskTileRunner:
+    """Runs tile tasks on a ``dask.distributed`` cluster; a context manager around one connection.
+
+    ``scheduler`` is an address string (``tcp://host:8786``) or a ``Client``. Entering
+    registers the worker plugin (the model goes to each worker once), leaving removes
+    it and closes a client this runner opened.
+    """
+
+    def __init__(self, scheduler, model, device: str | None = None, precision: str = "auto",
+                 max_in_flight: int | None = None):
+        self.scheduler = scheduler
+        self.spec = ModelSpec.from_model(model)
+        self.device, self.precision = device, precision
+        self.max_in_flight = max_in_flight
+        self.client = None
+        self.plugin_name = f"napari-sam-{uuid.uuid4().hex[:12]}"
+        self._own_client = False
+        self._registered = False
+
+    def __enter__(self) -> DaskTileRunner:
+        self._own_client = not isinstance(self.scheduler, Client)
+        self.client = Client(self.scheduler) if self._own_client else self.scheduler
+        try:
+            plugin = SamWorkerPlugin(self.spec, self.device, self.precision)
+            self.client.register_plugin(plugin, name=self.plugin_name)
+            self._registered = True
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._registered:
+            self.client.unregister_worker_plugin(self.plugin_name)
+            self._registered = False
+        if self._own_client and self.client is not None:
+            self.client.close()
+        self.client = None
+
+    def iter_tile_labels(
+        self, image, grid: TileGrid, params, intensity_range=None
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(tile index, labels in the window frame)`` for every tile of ``grid`` of a 2D
+        array-like ``image`` (H, W[, C]), in completion order. At most ``max_in_flight`` tiles
+        (default: two per worker, plus two) are submitted at a time, so the driver holds a
+        bounded number of windows."""
+        client = self.client
+        workers = max(1, len(client.scheduler_info().get("workers", {})))
+        limit = self.max_in_flight or 2 * workers + 2
+        tiles = iter(grid)
+        futures = as_completed()
+        index_of = {}
+
+        def submit_next() -> bool:
+            tile = next(tiles, None)
+            if tile is None:
+                return False
+            pixels = read_window(image, tile.window)
+            future = client.submit(
+                _segment_on_worker,
+                self.plugin_name,
+                pixels,
+                params,
+                intensity_range,
+                tile.window,
+                grid.tile_shape,
+                pure=False,
+            )
+            index_of[future.key] = tile.index
+            futures.add(future)
+            return True
+
+        for _ in range(limit):
+            if not submit_next():
+                break
+        for future in futures:
+            labels = future.result()
+            index = index_of.pop(future.key)
+            future.release()
+            submit_next()
+            yield index, labels

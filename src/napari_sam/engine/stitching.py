@@ -1,0 +1,277 @@
+"""Stitching per-tile label images into one, keeping every object exactly once.
+
+The seam rule
+-------------
+Every object in the output is copied WHOLE from the segmentation of ONE tile's
+window; objects are never cut at seams and never glued from pieces.
+
+1. Candidates. An object of a tile's window is a candidate unless it touches an
+   edge of the window that is not an edge of the image (it may be cut off there;
+   a neighbouring window, which extends further, sees it whole when it is smaller
+   than the halo).
+2. Rank. Each candidate gets a rank: first whether its centroid lies in the
+   tile's core, then how far its bounding box stays from the window's inner
+   (non-image) edges, i.e. how much context the model had around it, then the
+   lower tile index, then the lower label in the tile. Ranks are a total order.
+3. Duplicates. Two candidates from different tiles are the same object when their
+   overlap covers at least ``same_object_overlap`` (default 0.5) of the smaller
+   one. A candidate is dropped when a same-object candidate from another tile
+   outranks it. Because ranks are a total order, of all the versions of one
+   object the best-ranked one survives: exactly one copy, from the tile that saw
+   it best, never zero (the best one is outranked by nobody).
+4. Painting. Surviving candidates are painted tile by tile in tile-index order
+   (inside a tile, in label order) into pixels that are still background, and
+   numbered 1, 2, ... in that order. Where two different but touching objects from
+   neighbouring tiles overlap by a few pixels, the earlier tile keeps them.
+
+Every decision depends only on the tiles' label images and the grid, not on the
+order in which tiles finish, so a distributed run gives the same labels as a
+local one. A tile is painted once all tiles whose windows overlap it have
+arrived; its candidates are forgotten once their last neighbour is painted, so
+memory holds about one row of tiles' candidates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .tiling import Box, Tile, TileGrid
+
+
+@dataclass
+class Candidate:
+    """One object of one tile in full-image coordinates.
+
+    ``box`` (row0, row1, col0, col1) half-open; ``mask`` bool of the box's shape;
+    ``rank`` sorts best first (smaller is better).
+    """
+
+    tile_index: int
+    label: int
+    box: Box
+    mask: np.ndarray
+    area: int
+    rank: tuple
+
+
+def tile_candidates(tile: Tile, labels: np.ndarray, image_shape: tuple[int, int]) -> list[Candidate]:
+    """Candidates (rule 1 and 2) from a tile's (H_w, W_w) label image in the window's frame."""
+    from scipy import ndimage
+
+    if labels.max() == 0:
+        return []
+    wr0, wr1, wc0, wc1 = tile.window
+    h, w = image_shape
+    # inner window edges (those not on the image border) as distances; the image border counts as far away
+    inner_top, inner_bottom = wr0 > 0, wr1 < h
+    inner_left, inner_right = wc0 > 0, wc1 < w
+    far = float(max(h, w))
+    cr0, cr1, cc0, cc1 = tile.core
+    candidates = []
+    for label, slices in enumerate(ndimage.find_objects(labels), start=1):
+        if slices is None:
+            continue
+        r0, r1 = slices[0].start, slices[0].stop
+        c0, c1 = slices[1].start, slices[1].stop
+        mask = labels[r0:r1, c0:c1] == label
+        area = int(mask.sum())
+        if area == 0:
+            continue
+        window_h, window_w = labels.shape
+        if (inner_top and r0 == 0) or (inner_bottom and r1 == window_h) or (inner_left and c0 == 0) or (
+            inner_right and c1 == window_w
+        ):
+            continue
+        rows, cols = np.nonzero(mask)
+        centroid_row = wr0 + r0 + rows.mean()
+        centroid_col = wc0 + c0 + cols.mean()
+        in_core = cr0 <= centroid_row < cr1 and cc0 <= centroid_col < cc1
+        context = min(
+            r0 if inner_top else far,
+            window_h - r1 if inner_bottom else far,
+            c0 if inner_left else far,
+            window_w - c1 if inner_right else far,
+        )
+        rank = (0 if in_core else 1, -context, tile.index, label)
+        candidates.append(Candidate(tile.index, label, (wr0 + r0, wr0 + r1, wc0 + c0, wc0 + c1), mask, area, rank))
+    return candidates
+
+
+def overlap_area(a: Candidate, b: Candidate) -> int:
+    """Pixels shared by two candidates' masks."""
+    r0, r1 = max(a.box[0], b.box[0]), min(a.box[1], b.box[1])
+    c0, c1 = max(a.box[2], b.box[2]), min(a.box[3], b.box[3])
+    if r0 >= r1 or c0 >= c1:
+        return 0
+    in_a = a.mask[r0 - a.box[0] : r1 - a.box[0], c0 - a.box[2] : c1 - a.box[2]]
+    in_b = b.mask[r0 - b.box[0] : r1 - b.box[0], c0 - b.box[2] : c1 - b.box[2]]
+    return int(np.count_nonzero(in_a & in_b))
+
+
+def surviving_candidates(
+    mine: list[Candidate], others: list[Candidate], same_object_overlap: float = 0.5
+) -> list[Candidate]:
+    """Rule 3: the candidates of one tile that no same-object candidate of another tile outranks."""
+    if not others:
+        return list(mine)
+    other_boxes = np.array([o.box for o in others])
+    kept = []
+    for cand in mine:
+        hits = np.nonzero(
+            (other_boxes[:, 0] < cand.box[1])
+            & (cand.box[0] < other_boxes[:, 1])
+            & (other_boxes[:, 2] < cand.box[3])
+            & (cand.box[2] < other_boxes[:, 3])
+        )[0]
+        beaten = False
+        for k in hits:
+            other = others[k]
+            if other.rank >= cand.rank:
+                continue
+            if overlap_area(cand, other) >= same_object_overlap * min(cand.area, other.area):
+                beaten = True
+                break
+        if not beaten:
+            kept.append(cand)
+    return kept
+
+
+class Stitcher:
+    """Streams tile label images into a global label array following the seam rule.
+
+    ``out`` is any (H, W) integer array supporting slicing assignment (numpy, zarr,
+    memory-mapped TIFF), zero-initialised. Call :meth:`add` with each tile's label
+    image in any order; tiles are painted in index order as soon as possible.
+    ``label_offset`` is added to all labels (for stacks: unique ids across slices).
+    """
+
+    def __init__(
+        self,
+        grid: TileGrid,
+        out,
+        same_object_overlap: float = 0.5,
+        label_offset: int = 0,
+        on_painted: Callable[[int], None] | None = None,
+    ):
+        self.grid = grid
+        self.out = out
+        self.same_object_overlap = same_object_overlap
+        self.next_label = label_offset + 1
+        self.on_painted = on_painted
+        self._neighbours = {}
+        self._candidates: dict[int, list[Candidate]] = {}
+        self._arrived: set[int] = set()
+        self._painted: set[int] = set()
+        self._next_to_paint = 0
+
+    def neighbours(self, index: int) -> list[int]:
+        if index not in self._neighbours:
+            self._neighbours[index] = [t.index for t in self.grid.neighbours(self.grid.tiles[index])]
+        return self._neighbours[index]
+
+    def add(self, index: int, labels: np.ndarray) -> None:
+        """Hand over tile ``index``'s label image (window frame); paints every tile that became ready."""
+        tile = self.grid.tiles[index]
+        if labels.shape != tile.window_shape:
+            raise ValueError(f"tile {index}: labels of shape {labels.shape}, window is {tile.window_shape}")
+        self._candidates[index] = tile_candidates(tile, labels, self.grid.image_shape)
+        self._arrived.add(index)
+        self._paint_ready()
+
+    @property
+    def done(self) -> bool:
+        return self._next_to_paint >= len(self.grid)
+
+    @property
+    def labels_used(self) -> int:
+        """The highest label written so far."""
+        return self.next_label - 1
+
+    def _paint_ready(self) -> None:
+        while self._next_to_paint < len(self.grid):
+            index = self._next_to_paint
+            if index not in self._arrived or not all(n in self._arrived for n in self.neighbours(index)):
+                return
+            others = [c for n in self.neighbours(index) for c in self._candidates[n]]
+            kept = surviving_candidates(self._candidates[index], others, self.same_object_overlap)
+            self._paint(kept)
+            self._painted.add(index)
+            self._next_to_paint += 1
+            self._forget_finished(index)
+            if self.on_painted is not None:
+                self.on_painted(index)
+
+    def _paint(self, kept: list[Candidate]) -> None:
+        if not kept:
+            return
+        r0 = min(c.box[0] for c in kept)
+        r1 = max(c.box[1] for c in kept)
+        c0 = min(c.box[2] for c in kept)
+        c1 = max(c.box[3] for c in kept)
+        # one read-modify-write of the region per tile: cheap for numpy, chunk-friendly for zarr
+        region = np.array(self.out[r0:r1, c0:c1])
+        for cand in kept:  # label order inside the tile: deterministic
+            view = region[cand.box[0] - r0 : cand.box[1] - r0, cand.box[2] - c0 : cand.box[3] - c0]
+            free = cand.mask & (view == 0)
+            if not free.any():
+                continue
+            view[free] = self.next_label
+            self.next_label += 1
+        self.out[r0:r1, c0:c1] = region
+
+    def _forget_finished(self, index: int) -> None:
+        # a tile's candidates are needed until it and all its neighbours are painted
+        for tile_index in [index, *self.neighbours(index)]:
+            if tile_index in self._candidates and tile_index in self._painted:
+                if all(n in self._painted for n in self.neighbours(tile_index)):
+                    del self._candidates[tile_index]
+
+
+def seam_statistics(truth: np.ndarray, found: np.ndarray, grid: TileGrid, iou_thresh: float = 0.5,
+                    split_fraction: float = 0.2) -> dict[str, int]:
+    """How objects that cross a seam fare compared with interior ones (for tests and benchmarks).
+
+    A ground-truth object crosses a seam when its pixels lie in more than one core of
+    ``grid``. It is found when a label of ``found`` matches it with IoU >= ``iou_thresh``,
+    and split when two or more labels each cover at least ``split_fraction`` of it.
+    Returns counts: ``seam``, ``seam_found``, ``seam_split``, ``interior``,
+    ``interior_found``, ``interior_split``.
+    """
+    row_borders = sorted({t.core[1] for t in grid})[:-1]
+    col_borders = sorted({t.core[3] for t in grid})[:-1]
+    core_row = np.searchsorted(row_borders, np.arange(truth.shape[0]), side="right")
+    core_col = np.searchsorted(col_borders, np.arange(truth.shape[1]), side="right")
+    cells = core_row[:, None] * (len(col_borders) + 1) + core_col[None, :]
+    t = truth.ravel().astype(np.int64)
+    f = found.ravel().astype(np.int64)
+    c = cells.ravel()
+    inside = t > 0
+    n_truth = int(t.max(initial=0))
+    # objects whose pixels fall in more than one core
+    first_cell = np.full(n_truth + 1, -1)
+    first_cell[t[inside]] = c[inside]
+    crosses = np.zeros(n_truth + 1, dtype=bool)
+    crosses[t[inside][c[inside] != first_cell[t[inside]]]] = True
+    area_t = np.bincount(t, minlength=n_truth + 1)
+    area_f = np.bincount(f, minlength=int(f.max(initial=0)) + 1)
+    both = inside & (f > 0)
+    pairs, inter = np.unique(np.stack([t[both], f[both]]), axis=1, return_counts=True)
+    iou = inter / (area_t[pairs[0]] + area_f[pairs[1]] - inter)
+    is_found = np.zeros(n_truth + 1, dtype=bool)
+    is_found[pairs[0][iou >= iou_thresh]] = True
+    big_pieces = np.bincount(pairs[0][inter >= split_fraction * area_t[pairs[0]]], minlength=n_truth + 1)
+    is_split = big_pieces >= 2
+    present = area_t > 0
+    present[0] = False
+    seam, interior = present & crosses, present & ~crosses
+    return {
+        "seam": int(seam.sum()),
+        "seam_found": int((seam & is_found).sum()),
+        "seam_split": int((seam & is_split).sum()),
+        "interior": int(interior.sum()),
+        "interior_found": int((interior & is_found).sum()),
+        "interior_split": int((interior & is_split).sum()),
+    }

@@ -1,0 +1,283 @@
+"""Tile grids with halo over images of any size, and per-tile automatic segmentation.
+
+The image plane (H, W) is cut into CORES of ``tile - 2 * halo`` pixels per axis
+that partition it exactly; each core's WINDOW is the core grown by ``halo`` on
+every side, shifted inwards at the image border so that it stays ``tile`` pixels
+wide whenever the image is (a window never leaves the image). Windows are what
+the model sees; cores decide ownership of objects (see ``stitching``).
+
+Images may be numpy arrays, dask arrays, zarr arrays or memory-mapped TIFFs
+(``open_image``); only one window at a time is read. Intensities are scaled to
+8 bits with ONE range for the whole image, estimated from a subsample
+(``image_prep.intensity_range``), never per tile.
+
+All coordinates are (row, col) pixels of the full image; a window or core is
+``(row0, row1, col0, col1)``, half-open.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .errors import InputError
+
+if TYPE_CHECKING:
+    from .automatic import AutomaticParams
+    from .predictor import Predictor
+
+Box = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile: ``index`` in row-major order, ``position`` (grid row, grid col), ``core`` and ``window`` boxes."""
+
+    index: int
+    position: tuple[int, int]
+    core: Box
+    window: Box
+
+    @property
+    def window_shape(self) -> tuple[int, int]:
+        return self.window[1] - self.window[0], self.window[3] - self.window[2]
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """All tiles of an (H, W) image plane, row-major; ``shape`` is (grid rows, grid cols)."""
+
+    image_shape: tuple[int, int]
+    tile_shape: tuple[int, int]
+    halo: tuple[int, int]
+    shape: tuple[int, int]
+    tiles: tuple[Tile, ...]
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __iter__(self):
+        return iter(self.tiles)
+
+    def neighbours(self, tile: Tile) -> list[Tile]:
+        """Other tiles whose windows overlap ``tile``'s window."""
+        rows, cols = self.shape
+        i, j = tile.position
+        # windows of a grid row share their row span (and a grid column its column span)
+        row_spans = [self.tiles[k * cols].window[:2] for k in range(rows)]
+        col_spans = [self.tiles[k].window[2:] for k in range(cols)]
+        near_rows = [k for k, (a, b) in enumerate(row_spans) if a < tile.window[1] and tile.window[0] < b]
+        near_cols = [k for k, (a, b) in enumerate(col_spans) if a < tile.window[3] and tile.window[2] < b]
+        return [self.tiles[r * cols + c] for r in near_rows for c in near_cols if (r, c) != (i, j)]
+
+
+def boxes_intersect(a: Box, b: Box) -> bool:
+    return a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]
+
+
+def _as_pair(value, name: str) -> tuple[int, int]:
+    if np.isscalar(value):
+        value = (value, value)
+    value = tuple(int(v) for v in value)
+    if len(value) != 2:
+        raise InputError(f"{name} must be one integer or (rows, cols); got {value}.")
+    return value
+
+
+def _axis_tiles(size: int, tile: int, halo: int, offset: int = 0) -> list[tuple[int, int, int, int]]:
+    """(core0, core1, window0, window1) along one axis; core borders at ``k * core - offset``."""
+    if size <= tile:  # one window sees the whole axis: a single tile, its core the whole axis
+        return [(0, size, 0, size)]
+    core = tile - 2 * halo
+    offset = offset % core
+    borders = [0, *range(core - offset, size, core), size]
+    borders = sorted(set(borders))
+    spans = []
+    for c0, c1 in zip(borders[:-1], borders[1:]):
+        # centred on the core, then pushed inside the image: the window keeps the model's full view
+        w0 = min(max(c0 - halo, 0), size - tile)
+        spans.append((c0, c1, w0, w0 + tile))
+    return spans
+
+
+def make_tile_grid(image_shape, tile_shape, halo, min_tile: int = 1, offset=0) -> TileGrid:
+    """The tile grid of an (H, W) plane; raises ``InputError`` for unusable tile/halo sizes.
+
+    ``offset`` (pixels, one value or (rows, cols)) shifts the seams: core borders lie at
+    ``k * core - offset``, so the first core is shorter.
+    """
+    h, w = (int(v) for v in image_shape[:2])
+    tile = _as_pair(tile_shape, "tile_shape")
+    halo = _as_pair(halo, "halo")
+    if min(tile) < min_tile:
+        raise InputError(
+            f"tile_shape {tile} is smaller than the model's input size {min_tile}: the model would only see "
+            f"upscaled pixels. Use tile_shape >= {min_tile}."
+        )
+    if min(halo) < 0:
+        raise InputError(f"halo must be >= 0, got {halo}.")
+    for axis in (0, 1):
+        if 2 * halo[axis] >= tile[axis]:
+            raise InputError(
+                f"halo {halo[axis]} leaves no core in a tile of {tile[axis]} pixels (2 * halo must be < tile): "
+                f"use a halo of at most {max(0, (tile[axis] - 1) // 2)}, typically an object diameter or two."
+            )
+    offset = _as_pair(offset, "offset")
+    rows = _axis_tiles(h, tile[0], halo[0], offset[0])
+    cols = _axis_tiles(w, tile[1], halo[1], offset[1])
+    tiles = []
+    for i, (r0, r1, wr0, wr1) in enumerate(rows):
+        for j, (c0, c1, wc0, wc1) in enumerate(cols):
+            tiles.append(Tile(len(tiles), (i, j), (r0, r1, c0, c1), (wr0, wr1, wc0, wc1)))
+    return TileGrid((h, w), tile, halo, (len(rows), len(cols)), tuple(tiles))
+
+
+# ----------------------------------------------------------------------------- image access
+
+
+def open_image(source):
+    """An array-like for ``source``: arrays pass through; a path opens lazily.
+
+    ``.zarr`` directories open with zarr (a group: its first array, e.g. level "0"
+    of a pyramid); ``.tif/.tiff`` memory-map when the file allows, else read
+    through tifffile's zarr store (tiled/compressed TIFFs); ``.npy`` memory-maps.
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        return source
+    path = os.fspath(source)
+    if not os.path.exists(path):
+        raise InputError(f"No such image file: {path}")
+    lower = path.lower().rstrip("/")
+    if lower.endswith(".zarr") or os.path.isdir(path):
+        import zarr
+
+        node = zarr.open(path, mode="r")
+        if hasattr(node, "shape"):
+            return node
+        arrays = sorted(node.array_keys())
+        if not arrays:
+            raise InputError(f"The zarr group {path} holds no arrays.")
+        return node[arrays[0]]
+    if lower.endswith((".tif", ".tiff")):
+        import tifffile
+
+        try:
+            return tifffile.memmap(path, mode="r")
+        except ValueError:  # compressed or tiled: not memory-mappable
+            import zarr
+
+            return zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+    if lower.endswith(".npy"):
+        return np.load(path, mmap_mode="r")
+    import skimage.io
+
+    return skimage.io.imread(path)
+
+
+def split_channels(shape: tuple[int, ...]) -> tuple[int, bool]:
+    """(number of leading stack axes, has channel axis) for an image shape.
+
+    (H, W): 2D; (H, W, C<=4): 2D with channels; (Z, H, W) with W > 4: a stack;
+    (Z, H, W, C<=4): a stack with channels.
+    """
+    ndim = len(shape)
+    if ndim == 2:
+        return 0, False
+    if ndim == 3:
+        return (0, True) if shape[2] <= 4 else (1, False)
+    if ndim == 4 and shape[3] <= 4:
+        return 1, True
+    raise InputError(
+        f"Cannot segment an image of shape {tuple(shape)}: expected (H, W), (H, W, C<=4), (Z, H, W) or (Z, H, W, C<=4)."
+    )
+
+
+def global_intensity_range(image, has_channels: bool):
+    """One (low, high) scaling for the whole image from a subsample; None for 8-bit images (used unchanged).
+
+    Raises ``InputError`` when the sample contains NaN or infinite values.
+    """
+    from .image_prep import _subsample, intensity_range
+
+    dtype = np.dtype(image.dtype)
+    if dtype == np.uint8:
+        return None
+    if dtype.kind == "f":
+        probe = image
+        while probe.ndim > (3 if has_channels else 2):
+            probe = probe[probe.shape[0] // 2]
+        # a NaN the sample misses is still caught when its tile is read
+        if not np.isfinite(_subsample(probe, 250_000)).all():
+            raise InputError("The image contains NaN or infinite values; fill or mask them before segmenting.")
+    return intensity_range(image, channel_axis=-1 if has_channels else None)
+
+
+def read_window(image, window: Box) -> np.ndarray:
+    """The pixels of one window as a numpy array (H_w, W_w[, C])."""
+    r0, r1, c0, c1 = window
+    return np.asarray(image[r0:r1, c0:c1])
+
+
+def window_is_blank(pixels: np.ndarray, intensity_range=None) -> bool:
+    """True when a window cannot hold objects: all its pixels are equal, or the whole image is flat.
+
+    SAM would still propose the whole window as an object; skipping also saves the work.
+    """
+    if intensity_range is not None:
+        lo, hi = (np.asarray(v, dtype=np.float64) for v in intensity_range)
+        if np.all(hi <= lo):
+            return True
+    flat = pixels.reshape(-1, pixels.shape[2]) if pixels.ndim == 3 else pixels.reshape(-1)
+    return bool(np.all(flat == flat[0]))
+
+
+def embed_windows(predictor: Predictor, windows: list[np.ndarray], intensity_range=None) -> list:
+    """Image embeddings of several windows in one encoder call (one ``ImageEmbedding`` each)."""
+    import torch
+
+    from .automatic import _autocast
+    from .image_prep import image_to_model_input, resized_shape, to_uint8_rgb
+    from .predictor import ImageEmbedding
+
+    rgbs = [to_uint8_rgb(w, intensity_range) for w in windows]
+    with torch.inference_mode():
+        batch = torch.cat([image_to_model_input(rgb, predictor.config, predictor.device) for rgb in rgbs])
+        with _autocast(predictor):
+            features = predictor.model.image_encoder(batch).float()
+    size = predictor.config.img_size
+    return [
+        ImageEmbedding(features[i : i + 1], tuple(rgb.shape[:2]), resized_shape(rgb.shape[:2], size))
+        for i, rgb in enumerate(rgbs)
+    ]
+
+
+def segment_tile(
+    predictor: Predictor,
+    pixels: np.ndarray,
+    params: AutomaticParams,
+    intensity_range=None,
+    window: Box | None = None,
+    tile_shape: tuple[int, int] | None = None,
+    embedding=None,
+) -> np.ndarray:
+    """Automatic segmentation of one window's pixels: (H_w, W_w) int32 labels in the window's frame.
+
+    With ``window`` (its place in the image) and ``tile_shape``, prompts come from one
+    lattice fixed to the whole image, ``points_per_side`` per tile side
+    (``automatic.lattice_points``), so they do not move when the tile grid moves.
+    ``embedding``: the window's precomputed ``ImageEmbedding`` (see ``embed_windows``).
+    """
+    from .automatic import generate_labels, lattice_points
+
+    if window_is_blank(pixels, intensity_range):
+        return np.zeros(pixels.shape[:2], dtype=np.int32)
+    points = None
+    if window is not None and tile_shape is not None:
+        spacing = (tile_shape[0] / params.points_per_side, tile_shape[1] / params.points_per_side)
+        points = lattice_points(spacing, (window[0], window[2]), pixels.shape[:2])
+    return generate_labels(
+        predictor, pixels, params, intensity_range=intensity_range, points=points, embedding=embedding
+    )

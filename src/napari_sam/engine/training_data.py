@@ -1,0 +1,260 @@
+"""Training data for fine-tuning: image + instance-label pairs, from folders or arrays.
+
+A pair is an image ``(H, W)`` or ``(H, W, C)`` (C <= 4, any dtype the Predictor
+takes) and an integer instance label image ``(H, W)`` (0 background, 1..N objects),
+both in napari's pixel frame. ``prepare_sample`` turns a pair into exactly what the
+``Predictor`` feeds the model at inference (``to_uint8_rgb`` then
+``image_to_model_input``) plus the labels moved into SAM's input frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+
+from .errors import InputError
+from .prompt_sampling import object_ids, validate_instance_labels
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..model.config import SamConfig
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+LABEL_SUFFIXES = (".tif", ".tiff", ".png")
+# label files may be named like their image or with one of these endings before the extension
+LABEL_NAME_ENDINGS = ("", "_labels", "_label", "_masks", "_mask", "_seg")
+
+
+class TrainingPair(NamedTuple):
+    """One image and its instance labels (pixel frame), with a name for error messages."""
+
+    image: np.ndarray
+    labels: np.ndarray
+    name: str = "image"
+
+
+def validate_pair(image, labels, name: str = "image", require_objects: bool = True) -> TrainingPair:
+    """Check one image/label pair; returns it as numpy arrays with int64 labels.
+
+    Raises ``InputError`` for mismatched shapes, non-integer labels, images that are not
+    2D (optionally with up to 4 channels last), and (``require_objects``) labels without objects.
+    """
+    image = np.asarray(image)
+    labels = validate_instance_labels(labels, name=f"labels of {name}")
+    if labels.ndim != 2:
+        raise InputError(f"labels of {name} must be 2D (H, W); got shape {labels.shape}.")
+    if image.ndim == 3 and image.shape[2] > 4:
+        raise InputError(
+            f"{name} has shape {image.shape}: expected (H, W) or (H, W, C) with C <= 4 channels last."
+        )
+    if image.ndim not in (2, 3) or image.shape[:2] != labels.shape:
+        raise InputError(
+            f"{name} has shape {image.shape} but its labels have shape {labels.shape}: an image and its "
+            "labels must cover the same pixels ((H, W) or (H, W, C) image with (H, W) labels)."
+        )
+    if image.dtype.kind not in "biuf":
+        raise InputError(f"{name} has unsupported dtype {image.dtype}.")
+    if require_objects and not labels.any():
+        raise InputError(f"The labels of {name} contain no objects (all 0); annotate at least one object.")
+    return TrainingPair(image, labels, name)
+
+
+def pairs_from_arrays(images, labels, name: str = "layer") -> list[TrainingPair]:
+    """Training pairs from in-memory arrays, e.g. napari layers' data.
+
+    Accepts one 2D image (``(H, W)`` or ``(H, W, C)``) with ``(H, W)`` labels, a stack
+    ``(Z, H, W)`` (or ``(Z, H, W, C)``) with ``(Z, H, W)`` labels (every annotated slice
+    becomes a pair; slices without objects are skipped), or lists of either.
+    """
+    if isinstance(images, (list, tuple)) or isinstance(labels, (list, tuple)):
+        if not isinstance(images, (list, tuple)) or not isinstance(labels, (list, tuple)):
+            raise InputError("Pass images and labels both as lists, or both as arrays.")
+        if len(images) != len(labels):
+            raise InputError(f"Got {len(images)} images but {len(labels)} label images.")
+        if not images:
+            raise InputError("No training images were given.")
+        pairs = []
+        for index, (image, label) in enumerate(zip(images, labels)):
+            pairs.extend(pairs_from_arrays(image, label, name=f"{name}[{index}]"))
+        return pairs
+    image = np.asarray(images)
+    label = np.asarray(labels)
+    if label.ndim == 2:
+        return [validate_pair(image, label, name)]
+    if label.ndim == 3:
+        if image.shape[: label.ndim] != label.shape:
+            raise InputError(
+                f"{name}: image stack of shape {image.shape} does not match labels of shape {label.shape}."
+            )
+        validate_instance_labels(label, name=f"labels of {name}")
+        pairs = [
+            validate_pair(image[z], label[z], f"{name} slice {z}")
+            for z in range(label.shape[0])
+            if label[z].any()
+        ]
+        if not pairs:
+            raise InputError(f"The labels of {name} contain no objects in any slice; annotate at least one object.")
+        return pairs
+    raise InputError(f"{name}: labels must be (H, W) or a stack (Z, H, W); got shape {label.shape}.")
+
+
+def read_image_file(path: Path) -> np.ndarray:
+    """Read a TIFF (tifffile) or PNG/JPEG (scikit-image) file into a numpy array."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            return np.asarray(tifffile.imread(path))
+        from skimage.io import imread
+
+        return np.asarray(imread(path))
+    except Exception as error:  # unreadable/corrupt files: say which one
+        raise InputError(f"Could not read {path}: {error}") from error
+
+
+def _files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+
+
+def load_folder_pairs(image_dir, label_dir) -> list[TrainingPair]:
+    """Training pairs from a folder of images and a folder of instance label images.
+
+    Labels are matched to images by file name: ``cell1.tif`` goes with ``cell1.tif``,
+    ``cell1.png``, ``cell1_labels.tif``, ``cell1_masks.png`` and similar. Every image
+    needs its label file; each pair is validated (see ``validate_pair``).
+    """
+    image_dir, label_dir = Path(image_dir), Path(label_dir)
+    for folder, what in ((image_dir, "image"), (label_dir, "label")):
+        if not folder.is_dir():
+            raise InputError(f"The {what} folder {folder} does not exist or is not a folder.")
+    images = _files(image_dir, IMAGE_SUFFIXES)
+    if not images:
+        raise InputError(
+            f"The image folder {image_dir} contains no images ({', '.join(IMAGE_SUFFIXES)} files)."
+        )
+    label_files = {p.stem: p for p in _files(label_dir, LABEL_SUFFIXES)}
+    if not label_files:
+        raise InputError(f"The label folder {label_dir} contains no label images ({', '.join(LABEL_SUFFIXES)}).")
+    pairs = []
+    missing = []
+    for image_path in images:
+        match = next(
+            (label_files[image_path.stem + ending] for ending in LABEL_NAME_ENDINGS
+             if image_path.stem + ending in label_files),
+            None,
+        )
+        if match is None:
+            missing.append(image_path.name)
+            continue
+        pairs.append(validate_pair(read_image_file(image_path), read_image_file(match), name=str(image_path)))
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise InputError(
+            f"No label image in {label_dir} for {shown}; name labels like their image "
+            "(e.g. img1.tif -> img1.tif or img1_labels.tif)."
+        )
+    return pairs
+
+
+# ----------------------------------------------------------------------------- model input
+
+
+@dataclass
+class PreparedSample:
+    """One training image as the model sees it.
+
+    ``model_input``: ``(1, 3, S, S)`` normalised tensor (what the Predictor feeds the
+    encoder); ``labels``: ``(S, S)`` long instance labels in the INPUT frame, 0 in the
+    padding; ``valid_size``: ``(h, w)`` of the image inside the padded input.
+    """
+
+    model_input: torch.Tensor
+    labels: torch.Tensor
+    valid_size: tuple[int, int]
+
+
+def _augment(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Random rotation by multiples of 90 degrees and flip (pixel-exact for labels)."""
+    turns = int(rng.integers(4))
+    image, labels = np.rot90(image, turns, axes=(0, 1)), np.rot90(labels, turns)
+    if rng.random() < 0.5:
+        image, labels = image[:, ::-1], labels[:, ::-1]
+    return image, labels
+
+
+def _random_crop(
+    image: np.ndarray, labels: np.ndarray, crop_size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A ``crop_size`` window (or the whole axis if shorter) that contains at least one object if it can."""
+    h, w = labels.shape
+    ch, cw = min(h, crop_size), min(w, crop_size)
+    for _ in range(10):
+        r = int(rng.integers(h - ch + 1))
+        c = int(rng.integers(w - cw + 1))
+        crop_labels = labels[r : r + ch, c : c + cw]
+        if crop_labels.any():
+            break
+    return image[r : r + ch, c : c + cw], crop_labels
+
+
+def labels_to_input_frame(labels: np.ndarray, config: SamConfig) -> tuple[np.ndarray, tuple[int, int]]:
+    """``(H, W)`` labels -> ``(S, S)`` int64 labels in SAM's input frame (nearest neighbour, zero padding)."""
+    from .image_prep import resized_shape
+
+    s = config.img_size
+    h, w = resized_shape(labels.shape, s)
+    rows = np.minimum(((np.arange(h) + 0.5) * labels.shape[0] / h).astype(np.int64), labels.shape[0] - 1)
+    cols = np.minimum(((np.arange(w) + 0.5) * labels.shape[1] / w).astype(np.int64), labels.shape[1] - 1)
+    canvas = np.zeros((s, s), dtype=np.int64)
+    canvas[:h, :w] = labels[rows[:, None], cols[None, :]]
+    return canvas, (h, w)
+
+
+def prepare_sample(
+    pair: TrainingPair,
+    config: SamConfig,
+    device: torch.device | str = "cpu",
+    rng: np.random.Generator | None = None,
+    augment: bool = False,
+    crop_size: int | None = None,
+) -> PreparedSample:
+    """Turn a pair into the model's input and input-frame labels, exactly as the Predictor prepares images.
+
+    With ``crop_size`` a random window of that many pixels (original frame) is taken
+    first, its intensities scaled with the whole image's range (as the Predictor
+    would scale the whole image); ``augment`` adds random 90-degree turns and flips.
+    """
+    import torch
+
+    from .image_prep import image_to_model_input, intensity_range, to_uint8_rgb
+
+    image, labels = pair.image, pair.labels
+    rng = rng if rng is not None else np.random.default_rng(0)
+    scale_range = None
+    if crop_size is not None and max(labels.shape) > crop_size:
+        channel_axis = -1 if image.ndim == 3 else None
+        if image.dtype != np.uint8:
+            scale_range = intensity_range(image, channel_axis=channel_axis)
+        image, labels = _random_crop(image, labels, crop_size, rng)
+    if augment:
+        image, labels = _augment(image, labels, rng)
+    rgb = to_uint8_rgb(np.ascontiguousarray(image), scale_range)
+    model_input = image_to_model_input(rgb, config, device)
+    input_labels, valid_size = labels_to_input_frame(np.ascontiguousarray(labels), config)
+    return PreparedSample(model_input, torch.from_numpy(input_labels).to(device), valid_size)
+
+
+def check_training_data(data: Sequence, what: str = "training data") -> None:
+    """Fail early with a clear message when a dataset is empty."""
+    if len(data) == 0:
+        raise InputError(f"The {what} is empty: give at least one image with instance labels.")
+
+
+def count_objects(pairs: Sequence[TrainingPair], min_size: int = 1) -> int:
+    """Total number of objects in a (small, in-memory) list of pairs."""
+    return int(sum(object_ids(p.labels, min_size).size for p in pairs))

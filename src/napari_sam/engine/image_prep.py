@@ -145,7 +145,7 @@ def resize_uint8(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     from PIL import Image
 
     h, w = size
-    return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize((w, h), Image.Resampling.BILINEAR))
+    return np.array(Image.fromarray(np.ascontiguousarray(rgb)).resize((w, h), Image.Resampling.BILINEAR))
 
 
 def model_input_size(original_size: tuple[int, int], img_size: int, preprocessing: str = "sam") -> tuple[int, int]:

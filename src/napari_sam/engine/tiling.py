@@ -239,17 +239,22 @@ def embed_windows(predictor: Predictor, windows: list[np.ndarray], intensity_ran
     import torch
 
     from .automatic import _autocast
-    from .image_prep import image_to_model_input, resized_shape, to_uint8_rgb
+    from .image_prep import image_to_model_input, model_input_size, to_uint8_rgb
     from .predictor import ImageEmbedding
 
+    if len(windows) == 1:
+        return [predictor.compute_embedding(windows[0], intensity_range)]
+    # the same preparation as Predictor.compute_embedding, for several windows in one encoder call
+    config, preprocessing = predictor.config, predictor.preprocessing
     rgbs = [to_uint8_rgb(w, intensity_range) for w in windows]
     with torch.inference_mode():
-        batch = torch.cat([image_to_model_input(rgb, predictor.config, predictor.device) for rgb in rgbs])
+        batch = torch.cat([image_to_model_input(rgb, config, predictor.device, preprocessing) for rgb in rgbs])
         with _autocast(predictor):
             features = predictor.model.image_encoder(batch).float()
-    size = predictor.config.img_size
     return [
-        ImageEmbedding(features[i : i + 1], tuple(rgb.shape[:2]), resized_shape(rgb.shape[:2], size))
+        ImageEmbedding(
+            features[i : i + 1], tuple(rgb.shape[:2]), model_input_size(rgb.shape[:2], config.img_size, preprocessing)
+        )
         for i, rgb in enumerate(rgbs)
     ]
 

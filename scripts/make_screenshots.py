@@ -41,8 +41,14 @@ def _centers(labels, ids):
 
 
 def _largest(labels, count):
-    ids, sizes = np.unique(labels[labels > 0], return_counts=True)
-    return list(ids[np.argsort(-sizes)][:count])
+    """Ids of the ``count`` objects with the largest inscribed disc that do not touch the border."""
+    from scipy import ndimage
+
+    ids = np.unique(labels[labels > 0])
+    depth = ndimage.distance_transform_edt(np.pad(labels, 1) > 0)[1:-1, 1:-1]
+    radii = dict(zip(ids, ndimage.maximum(depth, labels, ids), strict=True))
+    border = set(np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])))
+    return sorted((i for i in ids if i not in border), key=lambda i: -radii[i])[:count]
 
 
 def _save(viewer, path: Path) -> None:
@@ -65,18 +71,15 @@ def main() -> None:
 
     from napari_sam._napari.demo import open_annotator
     from napari_sam.engine.synthetic import synthetic_image, synthetic_volume
-    from napari_sam.model import load_model
 
-    model = load_model(args.model, device="cpu")
     app = QApplication.instance() or QApplication([])
 
     # --- 2D: three objects committed, a fourth being refined with a negative click
-    sample = synthetic_image((320, 320), seed=21, style="mixed")
+    sample = synthetic_image((256, 256), seed=21, style="mixed")
     viewer = napari.Viewer(title="napari-sam")
     viewer.window.resize(1500, 950)
     viewer.add_image(sample.image, name="nuclei", colormap="gray")
-    widget = open_annotator(viewer, sample=None, model=None)
-    widget.set_model(model, Path(args.model).name)
+    widget = open_annotator(viewer, sample=None, model=args.model)  # loads it as "Local checkpoint file"
     _wait(app, lambda: widget.controller.has_embedding() and not widget.is_embedding())
     controller = widget.controller
     ids = _largest(sample.labels, 6)
@@ -89,7 +92,10 @@ def main() -> None:
     controller.boxes_layer.add_rectangles(np.array([box[0], [box[0, 0], box[1, 1]], box[1], [box[1, 0], box[0, 1]]]))
     controller.commit()
     controller.add_point(centers[4])
-    controller.add_point(centers[5], positive=False)
+    # a negative click just outside the object, where its neighbour starts
+    rows, cols = np.nonzero(sample.labels == ids[4])
+    far = np.argmax((rows - centers[4][0]) ** 2 + (cols - centers[4][1]) ** 2)
+    controller.add_point(centers[4] + 1.25 * (np.array([rows[far], cols[far]]) - centers[4]), positive=False)
     viewer.reset_view()
     _wait(app, lambda: True)
     _save(viewer, out / "annotator_2d.png")
@@ -101,8 +107,7 @@ def main() -> None:
     viewer.window.resize(1500, 950)
     viewer.add_image(volume.image, name="nuclei stack", scale=(2.0, 1.0, 1.0), colormap="gray")
     viewer.dims.set_point(0, 8 * 2.0)
-    widget = open_annotator(viewer, sample=None, model=None)
-    widget.set_model(model, Path(args.model).name)
+    widget = open_annotator(viewer, sample=None, model=args.model)
     _wait(app, lambda: widget.controller.has_embedding() and not widget.is_embedding())
     controller = widget.controller
     plane = volume.labels[8]

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+from napari.utils.colormaps import DirectLabelColormap
 from psygnal import Signal
 
 from ..engine import prompts as prompt_ops
@@ -35,6 +36,7 @@ from .planes import Plane
 PROMPT_FEATURE = "prompt"
 POSITIVE, NEGATIVE = "positive", "negative"
 PROMPT_COLORS = {POSITIVE: "lime", NEGATIVE: "red"}
+PREVIEW_COLOR = "yellow"  # one colour for the preview, unlike any committed label
 
 # Viewer key bindings (chosen not to clash with napari's Points/Shapes/Labels keys).
 KEY_COMMIT = "C"
@@ -246,7 +248,8 @@ class AnnotatorController:
         self.preview_layer = self.viewer.add_labels(
             np.zeros(self._preview_shape(plane), dtype=np.uint8),
             name="SAM preview",
-            opacity=0.55,
+            opacity=0.5,
+            colormap=DirectLabelColormap(color_dict={None: PREVIEW_COLOR, 0: "transparent"}),
             metadata={ROLE: "preview"},
             **{**transform, "translate": self._preview_translate(plane)},
         )
@@ -593,7 +596,12 @@ class AnnotatorController:
                 n_candidates=len(prediction.masks) if prediction.candidates else 1,
                 score=float(prediction.scores[prediction.index]) if prediction.candidates else None,
             )
-        layer.data = data.reshape(shape)
+        if tuple(layer.data.shape) == shape:
+            # in place + refresh: a new array would make napari recompute the scene extent on every click
+            layer.data[...] = data.reshape(shape)
+            layer.refresh()
+        else:
+            layer.data = data.reshape(shape)
         self.preview_info = info or PreviewInfo()
         self.preview_changed.emit(self.preview_info)
 

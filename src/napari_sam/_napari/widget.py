@@ -108,8 +108,10 @@ class AnnotatorWidget(QWidget):
 
         # --- embeddings
         self.auto_embed = widgets.CheckBox(text="Embed each slice as I visit it", value=True)
-        self.embed_button = widgets.PushButton(text="Embed this slice")
-        self.embed_all_button = widgets.PushButton(text="Embed all slices (background)")
+        self.embed_button = widgets.PushButton(text="Embed slice", tooltip="Compute this slice's embedding now")
+        self.embed_all_button = widgets.PushButton(
+            text="Embed all", tooltip="Compute the embeddings of every slice in the background"
+        )
         self.cancel_button = widgets.PushButton(text="Cancel", enabled=False)
         self.save_button = widgets.PushButton(text="Save embeddings...")
         self.load_embeddings_button = widgets.PushButton(text="Load embeddings...")
@@ -153,13 +155,13 @@ class AnnotatorWidget(QWidget):
                 self.model_status,
             )
         )
-        buttons = widgets.Container(layout="horizontal", labels=False, widgets=[self.embed_button, self.cancel_button])
+        buttons = widgets.Container(
+            layout="horizontal", labels=False, widgets=[self.embed_button, self.embed_all_button, self.cancel_button]
+        )
         disk = widgets.Container(
             layout="horizontal", labels=False, widgets=[self.save_button, self.load_embeddings_button]
         )
-        layout.addWidget(
-            _section("Embeddings", self.auto_embed, buttons, self.embed_all_button, disk, self.embed_status)
-        )
+        layout.addWidget(_section("Embeddings", self.auto_embed, buttons, disk, self.embed_status))
         actions = widgets.Container(layout="horizontal", labels=False, widgets=[self.commit_button, self.clear_button])
         layout.addWidget(
             _section(
@@ -179,7 +181,7 @@ class AnnotatorWidget(QWidget):
         self.image_choice.changed.connect(self._on_image_chosen)
         self.model_choice.changed.connect(self._on_model_choice)
         self.load_button.clicked.connect(self.load_model)
-        self.embed_button.clicked.connect(self.embed_current_plane)
+        self.embed_button.clicked.connect(lambda: self.embed_current_plane(report=True))
         self.embed_all_button.clicked.connect(self.embed_all_planes)
         self.cancel_button.clicked.connect(self.cancel_embeddings)
         self.save_button.clicked.connect(lambda: self.save_embeddings())
@@ -284,7 +286,7 @@ class AnnotatorWidget(QWidget):
         self.controller.set_predictor(predictor, model_id)
         precision = "fp32" if predictor.autocast_dtype is None else str(predictor.autocast_dtype).replace("torch.", "")
         self.model_status.setText(
-            f"Model <b>{html.escape(str(self.controller.model_id))}</b> ({predictor.config.name}) on "
+            f"Model <b>{html.escape(Path(str(self.controller.model_id)).name)}</b> ({predictor.config.name}) on "
             f"<b>{predictor.device}</b>, {precision}."
         )
         self._auto_embed_current()
@@ -468,4 +470,9 @@ class AnnotatorWidget(QWidget):
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
         self.cancel_embeddings()
         self.controller.close()
+        for signal in (self.controller.status_changed, self.controller.preview_changed, self.controller.plane_changed):
+            signal.disconnect()
+        layer_events = self.viewer.layers.events
+        for emitter in (layer_events.inserted, layer_events.removed, layer_events.reordered):
+            emitter.disconnect(self._reset_layer_choices)
         super().closeEvent(event)

@@ -39,9 +39,9 @@ def test_local_cluster_gives_the_same_labels_as_the_local_path(cluster, tiny_mod
 
 
 def test_trained_model_on_two_workers_matches_local_tiling(cluster, trained_model):
-    sample = synthetic_image((256, 400), seed=11)
+    sample = synthetic_image((256, 320), seed=11)  # two tiles
     settings = dict(tile_shape=256, halo=40, points_per_side=10, pred_iou_thresh=0.5, nested_thresh=0.8)
     local = segment_everything(sample.image, trained_model, **settings)
     remote = segment_everything(sample.image, trained_model, scheduler=cluster.scheduler_address, **settings)
-    assert local.max() >= 15
+    assert local.max() >= 10
     np.testing.assert_array_equal(remote, local)

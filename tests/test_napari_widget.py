@@ -428,3 +428,18 @@ def test_widget_is_in_the_layers_segment_menu(make_napari_viewer):
     make_napari_viewer()
     items = get_app_model().menus.get_menu("napari/layers/segment")
     assert "napari-sam.annotator" in [getattr(item, "command", None) and item.command.id for item in items]
+
+
+def test_cli_annotate_opens_napari_with_the_sample_and_widget(make_napari_viewer, monkeypatch):
+    """The README's main job: `napari-sam annotate --sample cell` docks the annotator on the sample."""
+    import napari
+
+    from napari_sam.cli import main
+
+    viewers = []
+    monkeypatch.setattr(napari, "Viewer", lambda **kwargs: viewers.append(make_napari_viewer()) or viewers[-1])
+    monkeypatch.setattr(napari, "run", lambda: None)
+    assert main(["annotate", "--sample", "cell", "--model", "vit_t", "--no-load"]) == 0
+    (viewer,) = viewers
+    assert "cell" in viewer.layers
+    assert WIDGET in [name.split(" (")[0] for name in viewer.window.dock_widgets]

@@ -236,6 +236,31 @@ def _max_label(labels) -> int:
     return max((int(block.max(initial=0)) for block in blocks), default=0)
 
 
+# ----------------------------------------------------------------------------- annotate
+
+
+@command("annotate")
+def _add_annotate(subparsers: argparse._SubParsersAction) -> None:
+    from ._napari.demo import SAMPLES
+
+    p = subparsers.add_parser(
+        "annotate",
+        help="open napari with the Segment Anything annotator docked",
+        description="Open napari with the interactive annotator docked, optionally on a sample image.",
+    )
+    p.add_argument("--sample", choices=(*SAMPLES, "none"), default="cell", help="sample image to open (default: cell)")
+    p.add_argument("--model", default="vit_t", help="zoo name or checkpoint file (default: vit_t, MobileSAM)")
+    p.add_argument("--no-load", action="store_true", help="do not load the model at start")
+    p.set_defaults(run=_run_annotate)
+
+
+def _run_annotate(args: argparse.Namespace) -> int:
+    from ._napari.demo import launch
+
+    launch(None if args.sample == "none" else args.sample, args.model, load=not args.no_load)
+    return 0
+
+
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -244,7 +269,7 @@ class _UsageError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="napari-sam", description="Segment Anything for microscopy, headless.")
+    parser = argparse.ArgumentParser(prog="napari-sam", description="Segment Anything in napari and on the command line.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add_parser in COMMANDS.values():
         add_parser(subparsers)

@@ -41,11 +41,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="vit_t", help="zoo name or checkpoint file (default: vit_t, MobileSAM)")
     parser.add_argument("--no-load", action="store_true", help="do not load the model at start")
     args = parser.parse_args(argv)
+    launch(args.sample, args.model, load=not args.no_load)
 
+
+def launch(sample: str | None = "cell", model: str | None = "vit_t", load: bool = True) -> None:
+    """Open a napari window with the annotator (see :func:`open_annotator`) and run the event loop."""
     import napari
 
     viewer = napari.Viewer(title="napari-sam")
-    open_annotator(viewer, args.sample, args.model, load=not args.no_load)
+    open_annotator(viewer, sample, model, load=load)
     napari.run()
 
 

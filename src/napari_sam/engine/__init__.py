@@ -13,6 +13,10 @@ _LAZY = {
     "Predictor": ".predictor",
     "ImageEmbedding": ".predictor",
     "select_device": ".device",
+    "segment_everything": ".everything",
+    "segment_everything_steps": ".everything",
+    "AutomaticParams": ".automatic",
+    "generate_labels": ".automatic",
 }
 
 __all__ = ["InputError", *_LAZY]

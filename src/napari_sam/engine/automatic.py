@@ -188,6 +188,21 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter.float() / union.clamp(min=1e-9).float()
 
 
+def _greedy_keep(conflicts: np.ndarray) -> list[int]:
+    """Greedy suppression over items sorted best first: ``conflicts[i, j]`` lets kept i remove later j.
+
+    Returns the positions (in that order) of the items kept.
+    """
+    suppressed = np.zeros(len(conflicts), dtype=bool)
+    keep = []
+    for i in range(len(conflicts)):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        suppressed[i + 1 :] |= conflicts[i, i + 1 :]  # only later (lower-scoring) items can be removed
+    return keep
+
+
 def box_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thresh: float) -> torch.Tensor:
     """Greedy NMS: indices of kept boxes, highest score first (ties: lower index first)."""
     import torch
@@ -196,15 +211,7 @@ def box_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thresh: float) -> tor
         return torch.zeros(0, dtype=torch.int64)
     order = torch.sort(scores, descending=True, stable=True).indices
     overlaps = (box_iou(boxes[order], boxes[order]) > iou_thresh).cpu().numpy()
-    suppressed = np.zeros(len(order), dtype=bool)
-    keep = []
-    for i in range(len(order)):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        # only later (lower-scoring) boxes can be suppressed by box i
-        suppressed[i + 1 :] |= overlaps[i, i + 1 :]
-    return order[torch.as_tensor(keep, dtype=torch.int64)]
+    return order[torch.as_tensor(_greedy_keep(overlaps), dtype=torch.int64)]
 
 
 def nested_suppression(masks: torch.Tensor, scores: torch.Tensor, thresh: float) -> torch.Tensor:
@@ -220,14 +227,7 @@ def nested_suppression(masks: torch.Tensor, scores: torch.Tensor, thresh: float)
     inter = (flat @ flat.T).cpu().numpy()
     area = np.diag(inter).copy()
     nested = inter >= thresh * np.minimum(area[:, None], area[None, :])
-    suppressed = np.zeros(len(order), dtype=bool)
-    keep = []
-    for i in range(len(order)):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        suppressed[i + 1 :] |= nested[i, i + 1 :]
-    return order[torch.as_tensor(keep, dtype=torch.int64)]
+    return order[torch.as_tensor(_greedy_keep(nested), dtype=torch.int64)]
 
 
 def bilinear_matrix(in_size: int, out_size: int) -> torch.Tensor:

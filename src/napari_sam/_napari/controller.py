@@ -370,22 +370,23 @@ class AnnotatorController:
 
     def save_embeddings(self, path) -> int:
         """Save the current image's embeddings to a zarr directory (later ones are added as computed)."""
-        self._require_model_and_image()
-        cache = self.cache()
-        cache.set_fingerprint(self.cache_fingerprint())
-        count = cache.save(path)
+        count = self._fingerprinted_cache().save(path)
         self._set_status(f"{count} embeddings saved in {path}; new ones are added as they are computed.")
         return count
 
     def load_embeddings(self, path) -> int:
         """Use embeddings saved earlier for this image and model (InputError if they do not match)."""
-        self._require_model_and_image()
-        cache = self.cache()
-        cache.set_fingerprint(self.cache_fingerprint())
-        count = cache.load(path)
+        count = self._fingerprinted_cache().load(path)
         self._set_status(f"{count} embeddings available from {path}.")
         self.update_preview()
         return count
+
+    def _fingerprinted_cache(self):
+        """This image's embedding cache, tagged with the image and model it belongs to (for save/load)."""
+        self._require_model_and_image()
+        cache = self.cache()
+        cache.set_fingerprint(self.cache_fingerprint())
+        return cache
 
     def _require_model_and_image(self) -> None:
         if self.image_layer is None:

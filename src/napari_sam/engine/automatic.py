@@ -26,7 +26,6 @@ label image has the same (H, W). Points are placed at the centres of an
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -280,14 +279,6 @@ def remove_small_regions(mask: np.ndarray, min_area: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- generation
 
 
-def _autocast(predictor: Predictor):
-    import torch
-
-    if predictor.autocast_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(predictor.device.type, dtype=predictor.autocast_dtype)
-
-
 def propose_masks(
     predictor: Predictor, embedding: ImageEmbedding, params: AutomaticParams, points: np.ndarray | None = None
 ) -> MaskProposals:
@@ -322,7 +313,7 @@ def propose_masks(
         for start in range(0, xy.shape[0], batch):
             coords = xy[start : start + batch, None, :]
             labels = torch.ones(coords.shape[:2], dtype=torch.int64, device=device)
-            with _autocast(predictor):
+            with predictor.autocast():
                 sparse, dense = model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
                 logits, iou = model.mask_decoder(
                     image_embeddings=features,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 
@@ -13,22 +14,23 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def select_device(device: str | torch.device | None = None) -> torch.device:
-    """The requested device, or the best available one: CUDA, then Apple MPS, then CPU."""
-    if device is None:
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+    """The requested device, or the best available one: CUDA, then Apple MPS, then CPU.
+
+    The model layer's chooser (used by ``load_model``) with its errors as ``InputError``.
+    """
+    from ..model.checkpoint import resolve_device
+
     try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise InputError(f"Unknown device {device!r}: use 'cpu', 'cuda', 'cuda:N' or 'mps'.") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("Device 'cuda' was requested but PyTorch sees no CUDA GPU; use device='cpu' or None.")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise InputError("Device 'mps' was requested but Apple MPS is not available; use device='cpu' or None.")
-    return device
+        return resolve_device(device)
+    except RuntimeError as err:
+        raise InputError(f"{err} Pass device=None to use the best available device.") from err
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` to ``dtype`` on ``device``, or a no-op context for plain fp32 (``dtype`` None)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 @functools.lru_cache(maxsize=1)

@@ -694,6 +694,7 @@ def finetune(
     """
     import torch
 
+    from .device import autocast as device_autocast
     from .device import resolve_precision, select_device
 
     options = options or FinetuneOptions()
@@ -716,9 +717,7 @@ def finetune(
         _set_train_mode(model, options.freeze_image_encoder)
 
     def autocast():
-        if autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=autocast_dtype)
+        return device_autocast(device, autocast_dtype)
 
     def validate() -> dict[str, float] | None:
         if val_pairs is None:

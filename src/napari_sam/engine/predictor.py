@@ -8,14 +8,13 @@ lives here and nowhere else. Masks come back at the original (H, W).
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .device import resolve_precision, select_device
+from .device import autocast, resolve_precision, select_device
 from .errors import InputError
 from .image_prep import image_to_model_input, model_input_size, to_uint8_rgb
 
@@ -68,17 +67,16 @@ class Predictor:
         self._embedding: ImageEmbedding | None = None
 
     # ----------------------------------------------------------------- image
-    def _autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+    def autocast(self):
+        """The autocast context of this predictor's precision (a no-op for fp32)."""
+        return autocast(self.device, self.autocast_dtype)
 
     @torch.inference_mode()
     def compute_embedding(self, image, intensity_range: tuple | None = None) -> ImageEmbedding:
         """Embed a 2D image (H, W) or (H, W, C) of any dtype; does not change the predictor's state."""
         rgb = to_uint8_rgb(image, intensity_range)
         x = image_to_model_input(rgb, self.config, self.device, self.preprocessing)
-        with self._autocast():
+        with self.autocast():
             features = self.model.image_encoder(x)
         input_size = model_input_size(rgb.shape[:2], self.config.img_size, self.preprocessing)
         return ImageEmbedding(features.float(), tuple(rgb.shape[:2]), input_size)
@@ -195,7 +193,7 @@ class Predictor:
     @torch.inference_mode()
     def _decode(self, emb: ImageEmbedding, points, boxes, masks, multimask: bool):
         """Run prompt encoder + decoder; return low-res logits (B, K, L, L) and scores (B, K) in fp32."""
-        with self._autocast():
+        with self.autocast():
             sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
             low_res, iou = self.model.mask_decoder(
                 image_embeddings=emb.features,

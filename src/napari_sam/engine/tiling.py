@@ -238,7 +238,6 @@ def embed_windows(predictor: Predictor, windows: list[np.ndarray], intensity_ran
     """Image embeddings of several windows in one encoder call (one ``ImageEmbedding`` each)."""
     import torch
 
-    from .automatic import _autocast
     from .image_prep import image_to_model_input, model_input_size, to_uint8_rgb
     from .predictor import ImageEmbedding
 
@@ -249,7 +248,7 @@ def embed_windows(predictor: Predictor, windows: list[np.ndarray], intensity_ran
     rgbs = [to_uint8_rgb(w, intensity_range) for w in windows]
     with torch.inference_mode():
         batch = torch.cat([image_to_model_input(rgb, config, predictor.device, preprocessing) for rgb in rgbs])
-        with _autocast(predictor):
+        with predictor.autocast():
             features = predictor.model.image_encoder(batch).float()
     return [
         ImageEmbedding(

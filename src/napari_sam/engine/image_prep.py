@@ -70,7 +70,7 @@ def intensity_range(
     """
     data = image
     if channel_axis is not None:
-        data = np.moveaxis(np.asarray(data) if not hasattr(data, "transpose") else data, channel_axis, -1)
+        data = np.moveaxis(data, channel_axis, -1)  # lazy for dask; numpy reads arrays without .transpose
     # flatten leading axes lazily: sample a few planes of a stack rather than reading it all
     while data.ndim > (3 if channel_axis is not None else 2):
         n = data.shape[0]

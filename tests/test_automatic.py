@@ -35,7 +35,7 @@ from napari_sam.model.config import TINY_VIT
 
 
 def test_point_grid_centres_cells_in_row_col_order():
-    points = point_grid(4, (100, 60))
+    points, _ = point_grid(4, (100, 60))
     assert points.shape == (16, 2)
     np.testing.assert_allclose(points[0], [12.5, 7.5])
     np.testing.assert_allclose(points[1], [12.5, 22.5])  # second point: next column
@@ -44,13 +44,39 @@ def test_point_grid_centres_cells_in_row_col_order():
 
 def test_lattice_points_stay_fixed_to_the_image_whatever_the_window():
     spacing = (16.0, 20.0)
-    whole = lattice_points(spacing, (0, 0), (200, 300))
+    whole, _ = lattice_points(spacing, (0, 0), (200, 300))
     assert whole.shape == (12 * 15, 2)  # rows 8, 24, ..., 184; cols 10, 30, ..., 290
     np.testing.assert_allclose(whole[0], [8.0, 10.0])
     # a window at (37, 55): the same image locations, in the window's frame
-    window = lattice_points(spacing, (37, 55), (100, 120))
+    window, _ = lattice_points(spacing, (37, 55), (100, 120))
     in_window = whole[(whole[:, 0] >= 37) & (whole[:, 0] < 137) & (whole[:, 1] >= 55) & (whole[:, 1] < 175)]
     np.testing.assert_allclose(window + [37, 55], in_window)
+
+
+def test_coarseness_orders_the_lattice_coarse_to_fine_and_stays_fixed_to_the_image():
+    _, coarseness = point_grid(8, (80, 80))
+    grid = coarseness.reshape(8, 8)
+    assert grid[0, 0] == 30  # index 0 is divisible by every power of two (capped)
+    assert grid[4, 4] == 2 and grid[4, 2] == 1 and grid[2, 2] == 1 and grid[3, 4] == 0 and grid[0, 1] == 0
+    assert (coarseness >= 1).sum() == 16  # every second point per axis: the 4 x 4 lattice
+    # a window sees the coarseness of the whole image's lattice, not of its own indices
+    spacing = (10.0, 10.0)
+    whole_points, whole = lattice_points(spacing, (0, 0), (200, 200))
+    points, window = lattice_points(spacing, (30, 50), (100, 100))
+    inside = (whole_points[:, 0] >= 30) & (whole_points[:, 0] < 130) & (whole_points[:, 1] >= 50)
+    inside &= whole_points[:, 1] < 150
+    np.testing.assert_array_equal(window, whole[inside])
+
+
+def test_batch_size_follows_the_memory_budget_per_device():
+    from napari_sam.engine.automatic import _decoder_batch_size
+    from napari_sam.model.config import VIT_B
+
+    cpu = _decoder_batch_size(VIT_B, AutomaticParams(), "cpu")
+    gpu = _decoder_batch_size(VIT_B, AutomaticParams(), "cuda:0")
+    assert 16 <= cpu < gpu
+    assert _decoder_batch_size(VIT_B, AutomaticParams(points_per_batch=7), "cpu") == 7
+    assert _decoder_batch_size(TINY_VIT, AutomaticParams(batch_memory_bytes=1 << 40), "cpu") == 4096
 
 
 def _greedy_nms_reference(boxes: np.ndarray, scores: np.ndarray, thresh: float) -> list[int]:
@@ -208,6 +234,34 @@ def test_proposals_are_filtered_at_low_resolution_and_free_of_overlapping_boxes(
     assert (proposals.scores[:-1] >= proposals.scores[1:]).all()  # best first
 
 
+def test_coarse_to_fine_skips_points_inside_found_objects_without_losing_them(trained_model):
+    """Fewer prompts are decoded than grid points, and the objects found stay as good."""
+    predictor = Predictor(trained_model, device="cpu")
+    decoder = trained_model.mask_decoder
+    decoded = []
+    run_transformer = decoder.run_transformer
+
+    def counting(image, pe, sparse, dense):
+        decoded.append(sparse.shape[0])
+        return run_transformer(image, pe, sparse, dense)
+
+    decoder.run_transformer = counting
+    try:
+        scores = {}
+        for levels in (0, 1):
+            decoded.clear()
+            params = AutomaticParams(points_per_side=16, pred_iou_thresh=0.5, coarse_levels=levels)
+            found = [generate_labels(predictor, s.image, params) for s in _QUALITY_SAMPLES]
+            scores[levels] = np.mean([f1_score(s.labels, f) for s, f in zip(_QUALITY_SAMPLES, found)])
+            if levels == 0:
+                assert sum(decoded) == 16 * 16 * len(_QUALITY_SAMPLES)
+            else:
+                assert sum(decoded) < 0.9 * 16 * 16 * len(_QUALITY_SAMPLES)
+    finally:
+        del decoder.run_transformer
+    assert scores[1] >= scores[0] - 0.03, scores
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
@@ -235,6 +289,9 @@ def test_bad_input_gives_clear_errors_or_empty_results(tiny_model):
 
 
 # ----------------------------------------------------------------------------- quality (trained tiny model)
+
+
+_QUALITY_SAMPLES = [synthetic_image((256, 256), seed=seed) for seed in (41, 42)]
 
 
 def test_trained_model_segments_synthetic_nuclei(trained_model):

@@ -342,6 +342,26 @@ def test_prompt_sets_in_a_batch_are_independent(model):
         _decode(model, (coords, labels), embedding=torch.randn(2, C, E, E))
 
 
+def test_decoder_stages_share_the_image_and_give_the_same_masks(model):
+    """run_transformer with one shared dense embedding == per-prompt copies; masks_from on a subset == all."""
+    coords, labels = _points(4, 1)
+    embedding = torch.randn(1, C, E, E)
+    decoder = model.mask_decoder
+    pe = model.prompt_encoder.get_dense_pe()
+    with torch.no_grad():
+        sparse, dense = model.prompt_encoder((coords, labels), None, None)
+        assert dense.shape[0] == 4
+        shared_tokens, shared_image = decoder.run_transformer(embedding, pe, sparse, dense[:1])
+        tokens, image = decoder.run_transformer(embedding, pe, sparse, dense)
+        torch.testing.assert_close(shared_tokens, tokens, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(shared_image, image, atol=1e-5, rtol=1e-5)
+        full_masks, full_iou = decoder.predict_masks(embedding, pe, sparse, dense)
+        torch.testing.assert_close(decoder.iou_from(tokens), full_iou)
+        subset = torch.tensor([3, 1])
+        torch.testing.assert_close(decoder.masks_from(tokens[subset], image[subset], (E, E)), full_masks[subset])
+        assert decoder.masks_from(tokens[:0], image[:0], (E, E)).shape == (0, 4, LOW, LOW)
+
+
 def test_decoder_depends_on_image_and_prompts(model):
     points = _points(1, 1)
     first, _ = _decode(model, points, embedding=torch.randn(1, C, E, E))

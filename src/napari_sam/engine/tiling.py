@@ -278,10 +278,10 @@ def segment_tile(
 
     if window_is_blank(pixels, intensity_range):
         return np.zeros(pixels.shape[:2], dtype=np.int32)
-    points = None
+    points = coarseness = None
     if window is not None and tile_shape is not None:
         spacing = (tile_shape[0] / params.points_per_side, tile_shape[1] / params.points_per_side)
-        points = lattice_points(spacing, (window[0], window[2]), pixels.shape[:2])
+        points, coarseness = lattice_points(spacing, (window[0], window[2]), pixels.shape[:2])
     return generate_labels(
-        predictor, pixels, params, intensity_range=intensity_range, points=points, embedding=embedding
+        predictor, pixels, params, intensity_range, embedding=embedding, points=points, coarseness=coarseness
     )

@@ -43,9 +43,13 @@ class Attention(nn.Module):
         return x.reshape(*batch, tokens, self.num_heads, width // self.num_heads).transpose(-3, -2)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """A batch of 1 on either side broadcasts against the other's batch B (projected once)."""
         q = self._split_heads(self.q_proj(q))
         k = self._split_heads(self.k_proj(k))
         v = self._split_heads(self.v_proj(v))
+        if q.shape[0] != k.shape[0]:
+            batch = max(q.shape[0], k.shape[0])
+            q, k, v = (x.expand(batch, *x.shape[1:]) for x in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, Nq, hd)
         out = out.transpose(-3, -2).flatten(-2)
         return self.out_proj(out)
@@ -107,9 +111,11 @@ class TwoWayTransformer(nn.Module):
     def forward(
         self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """image ``(B, D, h, w)``, its encoding ``(B or 1, D, h, w)``, tokens ``(B, Nt, D)``.
+        """image ``(B or 1, D, h, w)``, its encoding ``(B or 1, D, h, w)``, tokens ``(B, Nt, D)``.
 
-        Returns tokens ``(B, Nt, D)`` and image features ``(B, h*w, D)``.
+        Returns tokens ``(B, Nt, D)`` and image features ``(B, h*w, D)``. An image batch of
+        1 is shared by all B token sets: its prompt-independent projections in the first
+        block are computed once, not B times.
         """
         keys = image_embedding.flatten(2).transpose(1, 2)
         key_pe = image_pe.flatten(2).transpose(1, 2)
@@ -178,32 +184,47 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All ``num_mask_tokens`` outputs: masks ``(B, T, 4E, 4E)``, IoU ``(B, T)``."""
+        tokens, image_out = self.run_transformer(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+        )
+        return self.masks_from(tokens, image_out, image_embeddings.shape[-2:]), self.iou_from(tokens)
+
+    def run_transformer(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens ``(B, 1 + T + n, C)`` and image features ``(B, E*E, C)`` after the two-way transformer.
+
+        ``image_embeddings`` and ``dense_prompt_embeddings`` may have a batch of 1 (shared
+        by all B prompt sets) or B.
+        """
         batch = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         output_tokens = output_tokens.unsqueeze(0).expand(batch, -1, -1)
         tokens = torch.cat([output_tokens, sparse_prompt_embeddings], dim=1)
-
-        if image_embeddings.shape[0] not in (1, batch):
-            raise ValueError(
-                f"image_embeddings batch {image_embeddings.shape[0]} must be 1 or the prompt batch {batch}"
-            )
-        # Broadcasting adds the shared image to every prompt set's dense embedding.
+        for name, tensor in (("image_embeddings", image_embeddings), ("dense_prompt_embeddings", dense_prompt_embeddings)):
+            if tensor.shape[0] not in (1, batch):
+                raise ValueError(f"{name} batch {tensor.shape[0]} must be 1 or the prompt batch {batch}")
+        # broadcasting adds the shared image to every prompt set's dense embedding
         src = image_embeddings + dense_prompt_embeddings
-        if src.shape[0] != batch:
-            src = src.expand(batch, -1, -1, -1)
-        _, channels, height, width = src.shape
+        return self.transformer(src, image_pe, tokens)
 
-        token_out, image_out = self.transformer(src, image_pe, tokens)
-        iou_token_out = token_out[:, 0]
-        mask_tokens_out = token_out[:, 1 : 1 + self.num_mask_tokens]
-
-        upscaled = self.output_upscaling(image_out.transpose(1, 2).reshape(batch, channels, height, width))
+    def masks_from(self, tokens: torch.Tensor, image_out: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Mask logits ``(B, T, 4E, 4E)`` from ``run_transformer``'s outputs; ``size`` is (E, E)."""
+        batch, _, channels = image_out.shape
+        mask_tokens_out = tokens[:, 1 : 1 + self.num_mask_tokens]
+        upscaled = self.output_upscaling(image_out.transpose(1, 2).reshape(batch, channels, *size))
         hyper_weights = torch.stack(
             [mlp(mask_tokens_out[:, index]) for index, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )  # (B, T, C/8)
         _, up_channels, up_height, up_width = upscaled.shape
-        masks = (hyper_weights @ upscaled.reshape(batch, up_channels, up_height * up_width)).reshape(
-            batch, -1, up_height, up_width
+        return (hyper_weights @ upscaled.reshape(batch, up_channels, up_height * up_width)).reshape(
+            batch, self.num_mask_tokens, up_height, up_width
         )
-        iou_predictions = self.iou_prediction_head(iou_token_out)
-        return masks, iou_predictions
+
+    def iou_from(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Predicted IoU ``(B, T)`` of every mask token, from ``run_transformer``'s tokens."""
+        return self.iou_prediction_head(tokens[:, 0])

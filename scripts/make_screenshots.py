@@ -3,8 +3,9 @@
     xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/make_screenshots.py \
         [--model tests/data/tiny_sam_synthetic.pt] [--out docs/images]
 
-Drives the widget as a user would (clicks through the Points layer, a box, commits)
-on synthetic nuclei with the tiny model trained here, then saves the whole window.
+Drives the widgets as a user would (clicks through the Points layer, a box, commits;
+segment everything inside a rectangle) on synthetic nuclei with the tiny model
+trained here, then saves the whole window.
 """
 
 from __future__ import annotations
@@ -118,6 +119,33 @@ def main() -> None:
     viewer.reset_view()
     _wait(app, lambda: True)
     _save(viewer, out / "annotator_3d.png")
+    viewer.close()
+
+    # --- Segment everything inside a Shapes rectangle of a larger image (tiled)
+    from napari_sam._napari.segment_everything_widget import SegmentEverythingWidget
+    from napari_sam._napari.widget import LOCAL_FILE
+
+    sample = synthetic_image((512, 768), seed=23, style="mixed")
+    viewer = napari.Viewer(title="napari-sam")
+    viewer.window.resize(1500, 950)
+    viewer.add_image(sample.image, name="nuclei", colormap="gray")
+    viewer.add_shapes([[[40, 60], [470, 60], [470, 700], [40, 700]]], shape_type="rectangle", name="region",
+                      edge_color="yellow", face_color="transparent", edge_width=3)
+    widget = SegmentEverythingWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Segment everything", area="right")
+    widget.model_choice.value = LOCAL_FILE
+    widget.checkpoint.value = args.model
+    widget.tile_size.value = 256
+    widget.halo.value = 48
+    widget.points_per_side.value = 16
+    widget.pred_iou_thresh.value = 0.5  # the test model's IoU head stays below SAM's 0.88
+    widget.nested_thresh.value = 0.8
+    widget.roi_choice.value = viewer.layers["region"]
+    widget.run(synchronous=True)
+    viewer.layers.selection.active = viewer.layers["region"]
+    viewer.reset_view()
+    _wait(app, lambda: True)
+    _save(viewer, out / "segment_everything.png")
     viewer.close()
 
 

@@ -62,7 +62,7 @@ def test_coarseness_orders_the_lattice_coarse_to_fine_and_stays_fixed_to_the_ima
     # a window sees the coarseness of the whole image's lattice, not of its own indices
     spacing = (10.0, 10.0)
     whole_points, whole = lattice_points(spacing, (0, 0), (200, 200))
-    points, window = lattice_points(spacing, (30, 50), (100, 100))
+    _, window = lattice_points(spacing, (30, 50), (100, 100))
     inside = (whole_points[:, 0] >= 30) & (whole_points[:, 0] < 130) & (whole_points[:, 1] >= 50)
     inside &= whole_points[:, 1] < 150
     np.testing.assert_array_equal(window, whole[inside])

@@ -20,18 +20,12 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..engine.errors import InputError
+from .widget import LOCAL_FILE, model_choices
 
 if TYPE_CHECKING:
     import napari
 
-LOCAL_FILE = "Local checkpoint file..."
 NO_ROI = "(whole image)"
-
-
-def _model_choices() -> list[str]:
-    from ..model import zoo
-
-    return [*zoo.list_models(), LOCAL_FILE]
 
 
 def plane_and_offset(layer: Image, viewer_point, roi_box=None):
@@ -100,7 +94,7 @@ class SegmentEverythingWidget(QWidget):
         self._progress = None
 
         self.image_choice = widgets.ComboBox(label="image", choices=self._image_layers)
-        self.model_choice = widgets.ComboBox(label="model", choices=_model_choices())
+        self.model_choice = widgets.ComboBox(label="model", choices=model_choices(), value="vit_t")
         self.checkpoint = widgets.FileEdit(label="checkpoint", mode="r", filter="*.pt *.pth")
         self.tile_size = widgets.SpinBox(label="tile size (0: model input)", value=0, min=0, max=16384, step=64)
         self.halo = widgets.SpinBox(label="halo (0: tile / 8)", value=0, min=0, max=4096)

@@ -45,7 +45,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 USER_ERRORS = (InputError, CheckpointError, DownloadError, FileNotFoundError)
 
 
-def _model_choices() -> list[str]:
+def model_choices() -> list[str]:
     from ..model import zoo
 
     return [*zoo.list_models(), LOCAL_FILE]
@@ -97,7 +97,7 @@ class AnnotatorWidget(QWidget):
 
         # --- setup
         self.image_choice = widgets.ComboBox(label="Image", choices=self._image_layers)
-        self.model_choice = widgets.ComboBox(label="Model", choices=_model_choices(), value="vit_t")
+        self.model_choice = widgets.ComboBox(label="Model", choices=model_choices(), value="vit_t")
         self.model_file = widgets.FileEdit(label="File", mode="r", filter="*.pth *.pt", visible=False)
         self.device_choice = widgets.ComboBox(label="Device", choices=DEVICES, value="auto")
         self.load_button = widgets.PushButton(text="Load model")

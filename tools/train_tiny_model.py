@@ -47,6 +47,8 @@ def main(argv=None) -> int:
                         help="multiply the initial output layer of the mask hypernetworks (larger initial mask "
                              "logits shorten the plateau at the start of training from scratch)")
     parser.add_argument("--resume", action="store_true", help="continue from --output and its .train_state.pt")
+    parser.add_argument("--init", type=Path, help="start from this checkpoint's weights instead of random ones "
+                        "(relative-position tables of another length, e.g. a block made global, are resampled)")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -63,6 +65,8 @@ def main(argv=None) -> int:
     with torch.no_grad():
         for mlp in model.mask_decoder.output_hypernetworks_mlps:
             mlp.layers[-1].weight.mul_(args.hypernet_init_scale)
+    if args.init:
+        model.load_state_dict(_initial_weights(args.init, model.state_dict()))
     images_needed = args.steps * args.images_per_step
     train = SyntheticDataset(images_needed, seed=TRAIN_SEED_BASE, style="mixed", vary_style=True)
     val = SyntheticDataset(4, seed=VALIDATION_SEED, style="mixed")
@@ -94,6 +98,20 @@ def main(argv=None) -> int:
     args.output.with_suffix(".sha256").write_text(f"{digest}  {args.output.name}\n")
     report(f"# done: {args.output} {args.output.stat().st_size} bytes sha256 {digest}")
     return 0
+
+
+def _initial_weights(path: Path, own: dict) -> dict:
+    """The state dict of ``path`` fitted to ``own``'s shapes: relative-position tables are resampled
+    linearly along the offset axis (as the encoder does for other input sizes)."""
+    import torch.nn.functional as F
+
+    from napari_sam.model.checkpoint import read_state_dict
+
+    state = dict(read_state_dict(path))
+    for key, value in state.items():
+        if key.endswith(("rel_pos_h", "rel_pos_w")) and key in own and own[key].shape != value.shape:
+            state[key] = F.interpolate(value.t()[None], size=own[key].shape[0], mode="linear")[0].t().contiguous()
+    return state
 
 
 if __name__ == "__main__":

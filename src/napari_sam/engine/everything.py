@@ -17,6 +17,7 @@ import numpy as np
 
 from .automatic import AutomaticParams
 from .errors import InputError
+from .stitching import SAME_OBJECT_OVERLAP
 from .tiling import global_intensity_range, make_tile_grid, open_image, split_channels
 
 ProgressCallback = Callable[[int, int], None]
@@ -57,7 +58,7 @@ def segment_everything_steps(
     scheduler=None,
     device: str | None = None,
     precision: str = "auto",
-    same_object_overlap: float = 0.5,
+    same_object_overlap: float = SAME_OBJECT_OVERLAP,
     tile_offset=0,
     encoder_batch: int | None = None,
 ) -> Generator[tuple[int, int], None, object]:

@@ -14,8 +14,12 @@ window; objects are never cut at seams and never glued from pieces.
    (non-image) edges, i.e. how much context the model had around it, then the
    lower tile index, then the lower label in the tile. Ranks are a total order.
 3. Duplicates. Two candidates from different tiles are the same object when their
-   overlap covers at least ``same_object_overlap`` (default 0.5) of the smaller
-   one. A candidate is dropped when a same-object candidate from another tile
+   overlap covers at least ``same_object_overlap`` (``SAME_OBJECT_OVERLAP``, 0.2)
+   of the smaller one. Distinct touching objects share only boundary pixels, far
+   below that; two windows' versions of one object, or two pieces of it, share
+   more. (With the tiny test model on 2048^2 pixels, 0.5 left seam objects split
+   into two labels 23-26% of the time against 16-17% for interior ones; 0.2 brought
+   that to 19-19.5% against 15%, with the same F1.) A candidate is dropped when a same-object candidate from another tile
    outranks it. Because ranks are a total order, of all the versions of one
    object the best-ranked one survives: exactly one copy, from the tile that saw
    it best, never zero (the best one is outranked by nobody).
@@ -39,6 +43,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .tiling import Box, Tile, TileGrid
+
+SAME_OBJECT_OVERLAP = 0.2
+"""Overlap, as a fraction of the smaller candidate, from which two tiles' candidates are one object."""
 
 
 @dataclass
@@ -112,7 +119,7 @@ def overlap_area(a: Candidate, b: Candidate) -> int:
 
 
 def surviving_candidates(
-    mine: list[Candidate], others: list[Candidate], same_object_overlap: float = 0.5
+    mine: list[Candidate], others: list[Candidate], same_object_overlap: float = SAME_OBJECT_OVERLAP
 ) -> list[Candidate]:
     """Rule 3: the candidates of one tile that no same-object candidate of another tile outranks."""
     if not others:
@@ -152,7 +159,7 @@ class Stitcher:
         self,
         grid: TileGrid,
         out,
-        same_object_overlap: float = 0.5,
+        same_object_overlap: float = SAME_OBJECT_OVERLAP,
         label_offset: int = 0,
         on_painted: Callable[[int], None] | None = None,
     ):

@@ -143,6 +143,7 @@ def main() -> None:
     widget.roi_choice.value = viewer.layers["region"]
     widget.run(synchronous=True)
     viewer.layers.selection.active = viewer.layers["region"]
+    _wait(app, lambda: True)  # let the dock take its room before fitting the view to the canvas
     viewer.reset_view()
     _wait(app, lambda: True)
     _save(viewer, out / "segment_everything.png")

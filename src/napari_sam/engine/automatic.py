@@ -349,23 +349,27 @@ def propose_masks(
     xy = torch.as_tensor((points * scale)[:, ::-1].copy(), dtype=torch.float32, device=device)
     cells = (xy * (low / s)).long().clamp_(0, low - 1)  # each prompt's low-res pixel, (x, y)
     features = embedding.features.to(device)
+    dense_pe = predictor.model.prompt_encoder.get_dense_pe()
     batch = _decoder_batch_size(config, params, device)
 
     kept = _Survivors.empty(low, device)
     covered = torch.zeros((low, low), dtype=torch.bool, device=device)
     with torch.inference_mode():
-        for level in sorted(set(levels.tolist()), reverse=True):
+        passes = sorted(set(levels.tolist()), reverse=True)
+        for level in passes:
             todo = torch.as_tensor(np.flatnonzero(levels == level), device=device)
             todo = todo[~covered[cells[todo, 1], cells[todo, 0]]]
             found = []
             for start in range(0, todo.numel(), batch):
                 prompts = todo[start : start + batch]
-                survivors = _decode_points(predictor, features, xy[prompts], cells[prompts], params, valid)
+                survivors = _decode_points(predictor, features, dense_pe, xy[prompts], cells[prompts], params, valid)
                 survivors.prompt = prompts[survivors.prompt]
                 found.append(survivors)
                 # NMS over everything kept so far plus this batch keeps memory bounded by the survivors
                 kept = _Survivors.cat([kept, survivors])
                 kept = kept.select(box_nms(kept.boxes, kept.scores, params.nms_thresh).to(device))
+            if level == passes[-1]:
+                break  # the finest pass: nothing left to skip
             for survivors in found:
                 covered |= _smallest_mask_per_prompt(survivors, valid, low)
         if params.nested_thresh is not None and len(kept) > 1:
@@ -412,10 +416,11 @@ class _Survivors:
 
 
 def _decode_points(
-    predictor: Predictor, features, xy, cells, params: AutomaticParams, valid: tuple[int, int]
+    predictor: Predictor, features, dense_pe, xy, cells, params: AutomaticParams, valid: tuple[int, int]
 ) -> _Survivors:
     """Decode single positive points ``xy`` (B, 2) (x, y, input frame) into multimask outputs and
     keep the masks that pass the predicted-IoU, point-inside and stability filters.
+    ``features`` (1, C, E, E) and ``dense_pe`` (1, C, E, E) are the image's embedding and its encoding.
 
     Masks are only computed for prompts with at least one output above ``pred_iou_thresh``:
     the IoU head reads the transformer's tokens, so the upscaling, the costliest part after
@@ -430,7 +435,7 @@ def _decode_points(
         sparse, dense = model.prompt_encoder(points=(xy[:, None, :], labels), boxes=None, masks=None)
         # without a mask prompt the dense embedding is the same for every prompt: pass it once,
         # so the transformer's first block projects the image once for the whole batch
-        tokens, image_out = decoder.run_transformer(features, model.prompt_encoder.get_dense_pe(), sparse, dense[:1])
+        tokens, image_out = decoder.run_transformer(features, dense_pe, sparse, dense[:1])
         iou = decoder.iou_from(tokens)[:, 1:].float()  # the multimask outputs
         promising = torch.nonzero((iou >= params.pred_iou_thresh).any(1)).flatten()
         logits = decoder.masks_from(tokens[promising], image_out[promising], features.shape[-2:])[:, 1:]

@@ -225,6 +225,20 @@ def test_a_better_ranked_copy_wins_and_different_objects_both_survive():
     assert any(c.label == 2 for c in kept_b)
 
 
+def test_two_tiles_pieces_of_one_object_give_one_label_not_two():
+    """Two windows' versions of one object that overlap by 30% of the smaller are one object:
+    only the better-ranked survives, so the object is not split into two labels."""
+    grid = make_tile_grid((300, 600), 256, 32)
+    a_labels = np.zeros(grid.tiles[0].window_shape, dtype=np.int32)
+    b_labels = np.zeros(grid.tiles[1].window_shape, dtype=np.int32)
+    b0 = grid.tiles[1].window[2]
+    a_labels[100:120, 190:220] = 1  # 20 x 30, image columns 190-219
+    b_labels[100:120, 211 - b0 : 241 - b0] = 1  # 20 x 30, image columns 211-240: 9 of 30 columns shared
+    a = tile_candidates(grid.tiles[0], a_labels, (300, 600))
+    b = tile_candidates(grid.tiles[1], b_labels, (300, 600))
+    assert len(surviving_candidates(a, b)) + len(surviving_candidates(b, a)) == 1
+
+
 # ----------------------------------------------------------------------------- the trained model across seams
 
 

@@ -63,7 +63,7 @@ def build_models(random_config: str | None, trained_path: Path = TRAINED):
 
 
 def reference_labels(generator, rgb: np.ndarray) -> np.ndarray:
-    from napari_sam.engine.automatic import paint_labels
+    from napari_sam.engine.automatic.generation import paint_labels
 
     records = generator.generate(rgb)
     masks = [((0, 0), r["segmentation"]) for r in records]
@@ -72,11 +72,10 @@ def reference_labels(generator, rgb: np.ndarray) -> np.ndarray:
 
 def tiled_quality(model, size: int, args) -> None:
     """F1 of segment_everything on a (size, size) synthetic image, twice with seams half a core apart."""
-    from napari_sam.engine.automatic import f1_score
-    from napari_sam.engine.everything import segment_everything
-    from napari_sam.engine.stitching import seam_statistics
-    from napari_sam.engine.synthetic import synthetic_image
-    from napari_sam.engine.tiling import make_tile_grid
+    from napari_sam.engine.automatic.segment import segment_everything
+    from napari_sam.engine.automatic.tiling import make_tile_grid
+    from napari_sam.engine.datasets.synthetic import synthetic_image
+    from napari_sam.engine.metrics import f1_score, seam_statistics
 
     sample = synthetic_image((size, size), seed=900, style=args.style)
     tile, halo = model.config.img_size, args.halo
@@ -131,9 +130,10 @@ def main(argv=None) -> int:
     from segment_anything import SamAutomaticMaskGenerator
 
     from napari_sam.engine import Predictor
-    from napari_sam.engine.automatic import AutomaticParams, f1_score, generate_labels
-    from napari_sam.engine.image_prep import to_uint8_rgb
-    from napari_sam.engine.synthetic import synthetic_image
+    from napari_sam.engine.automatic.generation import AutomaticParams, generate_labels
+    from napari_sam.engine.datasets.synthetic import synthetic_image
+    from napari_sam.engine.metrics import f1_score
+    from napari_sam.engine.predict.preprocessing import to_uint8_rgb
 
     ours_model, ref_model, source = build_models(args.random_config, args.model)
     size = ours_model.config.img_size

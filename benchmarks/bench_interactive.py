@@ -36,7 +36,7 @@ def bench_model(name: str, size: int, repeats: int, precision: str) -> dict:
 
     from napari_sam._napari.controller import AnnotatorController
     from napari_sam.engine import Predictor
-    from napari_sam.engine.synthetic import synthetic_image
+    from napari_sam.engine.datasets.synthetic import synthetic_image
     from napari_sam.model import build_sam
 
     torch.manual_seed(0)

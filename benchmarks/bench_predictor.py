@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     warnings.simplefilter("ignore")  # timm / mobile_sam deprecation noise
-    from napari_sam.engine.device import cpu_supports_bf16
+    from napari_sam.engine.predict.device import cpu_supports_bf16
 
     with_bf16 = cpu_supports_bf16() and not args.no_bf16
     weights = _load_by_path("_bench_weights", REPO / "tests" / "_weights.py")

@@ -36,7 +36,7 @@ def write_synthetic_zarr(path: Path, size: int, seed: int = 0, chunk: int = 1024
     """A (size, size) uint16 zarr of synthetic nuclei, written one band of rows at a time."""
     import zarr
 
-    from napari_sam.engine.synthetic import synthetic_image
+    from napari_sam.engine.datasets.synthetic import synthetic_image
 
     blocks = [synthetic_image((BLOCK, BLOCK), seed=seed + k, style="mixed", dtype=np.uint16).image for k in range(4)]
     array = zarr.open_array(str(path), mode="w", shape=(size, size), chunks=(chunk, chunk), dtype=np.uint16)
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the images and labels")
     args = parser.parse_args(argv)
 
-    from napari_sam.engine.tiling import make_tile_grid
+    from napari_sam.engine.automatic.tiling import make_tile_grid
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     print(f"model {args.model}; tile {args.tile_size}, halo {args.halo}, {args.points_per_side}^2 points per tile; "

@@ -71,7 +71,7 @@ def main() -> None:
     from qtpy.QtWidgets import QApplication
 
     from napari_sam._napari.demo import open_annotator
-    from napari_sam.engine.synthetic import synthetic_image, synthetic_volume
+    from napari_sam.engine.datasets.synthetic import synthetic_image, synthetic_volume
 
     app = QApplication.instance() or QApplication([])
 
@@ -122,8 +122,8 @@ def main() -> None:
     viewer.close()
 
     # --- Segment everything inside a Shapes rectangle of a larger image (tiled)
+    from napari_sam._napari.annotator_widget import LOCAL_FILE
     from napari_sam._napari.segment_everything_widget import SegmentEverythingWidget
-    from napari_sam._napari.widget import LOCAL_FILE
 
     sample = synthetic_image((512, 768), seed=23, style="mixed")
     viewer = napari.Viewer(title="napari-sam")

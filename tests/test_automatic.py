@@ -7,16 +7,12 @@ import pytest
 import torch
 
 from napari_sam.engine import Predictor
-from napari_sam.engine.automatic import (
+from napari_sam.engine.automatic.generation import (
     AutomaticParams,
     MaskProposals,
-    box_iou,
     box_nms,
-    f1_score,
     generate_labels,
     lattice_points,
-    mask_boxes,
-    match_instances,
     nested_suppression,
     paint_labels,
     point_grid,
@@ -26,9 +22,11 @@ from napari_sam.engine.automatic import (
     stability_scores,
     upsampling_matrices,
 )
+from napari_sam.engine.automatic.postprocess import box_iou, mask_bounding_boxes
+from napari_sam.engine.automatic.segment import segment_everything
+from napari_sam.engine.datasets.synthetic import synthetic_image
 from napari_sam.engine.errors import InputError
-from napari_sam.engine.everything import segment_everything
-from napari_sam.engine.synthetic import synthetic_image
+from napari_sam.engine.metrics import f1_score, match_instances
 from napari_sam.model.config import TINY_VIT
 
 # ----------------------------------------------------------------------------- building blocks
@@ -69,7 +67,7 @@ def test_coarseness_orders_the_lattice_coarse_to_fine_and_stays_fixed_to_the_ima
 
 
 def test_batch_size_follows_the_memory_budget_per_device():
-    from napari_sam.engine.automatic import _decoder_batch_size
+    from napari_sam.engine.automatic.generation import _decoder_batch_size
     from napari_sam.model.config import VIT_B
 
     cpu = _decoder_batch_size(VIT_B, AutomaticParams(), "cpu")
@@ -123,7 +121,7 @@ def test_mask_boxes_and_box_iou():
     masks = torch.zeros(3, 8, 10, dtype=torch.bool)
     masks[0, 2:5, 3:7] = True
     masks[1, 0, 9] = True
-    boxes = mask_boxes(masks)
+    boxes = mask_bounding_boxes(masks)
     assert boxes.tolist() == [[2, 3, 5, 7], [0, 9, 1, 10], [0, 0, 0, 0]]
     iou = box_iou(boxes[:1], torch.tensor([[2, 3, 5, 7], [2, 5, 5, 9]]))
     np.testing.assert_allclose(iou.numpy(), [[1.0, 6 / 18]])
@@ -135,7 +133,7 @@ def test_stability_score_is_the_area_ratio_between_offset_thresholds():
 
 
 def test_upsampling_matrices_reproduce_the_predictor_upsampling(tiny_model):
-    from napari_sam.engine.predictor import ImageEmbedding
+    from napari_sam.engine.predict.predictor import ImageEmbedding
 
     predictor = Predictor(tiny_model, device="cpu", precision="fp32")
     for original, resized in [((300, 180), (256, 154)), ((90, 90), (256, 256))]:
@@ -153,7 +151,7 @@ def test_box_crops_hold_the_whole_upsampled_mask(tiny_model):
     logits[0, 10:20, 30:41] = 3.0
     logits[1, 60:64, 0:3] = 1.0
     low_masks = logits[:, :48, :64] > 0
-    proposals = MaskProposals(logits, torch.ones(2), torch.ones(2), mask_boxes(low_masks), (150, 200), (192, 256))
+    proposals = MaskProposals(logits, torch.ones(2), torch.ones(2), mask_bounding_boxes(low_masks), (150, 200), (192, 256))
     rows, cols = upsampling_matrices(TINY_VIT, (192, 256), (150, 200))
     crops = list(proposals_to_masks(proposals, TINY_VIT))
     assert [i for i, _, _ in crops] == [0]  # the second one lies in the padding: empty in the image

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from napari_sam.cli import main
-from napari_sam.engine.everything import segment_everything
-from napari_sam.engine.synthetic import synthetic_image
+from napari_sam.engine.automatic.segment import segment_everything
+from napari_sam.engine.datasets.synthetic import synthetic_image
 
 # a random-weight model proposes whole-window blobs: accept them so results are not empty
 LOOSE = ["--pred-iou-thresh", "0", "--stability-thresh", "0", "--points-per-side", "4"]

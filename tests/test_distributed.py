@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sam.engine.everything import segment_everything
-from napari_sam.engine.synthetic import synthetic_image
+from napari_sam.engine.automatic.segment import segment_everything
+from napari_sam.engine.datasets.synthetic import synthetic_image
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam.engine.embedding_cache import EmbeddingCache, embedding_nbytes
 from napari_sam.engine.errors import InputError
-from napari_sam.engine.predictor import ImageEmbedding
+from napari_sam.engine.predict.embedding_cache import EmbeddingCache, embedding_nbytes
+from napari_sam.engine.predict.predictor import ImageEmbedding
 
 
 def _embedding(value: float, channels: int = 4, size: int = 8) -> ImageEmbedding:

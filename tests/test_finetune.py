@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 import torch
 
+from napari_sam.engine.datasets.synthetic import synthetic_dataset, synthetic_image
 from napari_sam.engine.errors import InputError
-from napari_sam.engine.finetune import (
+from napari_sam.engine.training.data import (
+    labels_to_input_frame,
+    load_folder_pairs,
+    pairs_from_arrays,
+    prepare_sample,
+    validate_pair,
+)
+from napari_sam.engine.training.loop import (
     FinetuneOptions,
     evaluate_with_predictor,
     finetune,
@@ -15,25 +23,17 @@ from napari_sam.engine.finetune import (
     run_finetune,
     training_state_path,
 )
-from napari_sam.engine.prompt_sampling import (
+from napari_sam.engine.training.prompt_sampling import (
     NEGATIVE,
     PADDING,
     POSITIVE,
+    box_prompts_from_masks,
     jitter_boxes,
-    mask_boxes,
     object_boxes,
     object_centres,
     sample_correction_points,
     sample_negative_points,
     sample_points_in,
-)
-from napari_sam.engine.synthetic import synthetic_dataset, synthetic_image
-from napari_sam.engine.training_data import (
-    labels_to_input_frame,
-    load_folder_pairs,
-    pairs_from_arrays,
-    prepare_sample,
-    validate_pair,
 )
 
 # ----------------------------------------------------------------------------- prompt sampling
@@ -60,7 +60,7 @@ def test_points_fall_inside_their_regions():
 
 
 def test_mask_boxes_are_tight_xyxy():
-    boxes = mask_boxes(_disc_masks())
+    boxes = box_prompts_from_masks(_disc_masks())
     np.testing.assert_array_equal(boxes[0].numpy(), [24, 4, 36, 16])
     np.testing.assert_array_equal(boxes[1].numpy(), [3, 20, 10, 24])
     np.testing.assert_array_equal(boxes[2].numpy(), [0, 0, 0, 0])
@@ -131,7 +131,10 @@ def test_mask_losses_are_low_for_the_right_mask():
 
 
 def test_prepare_sample_matches_the_predictor_input_and_moves_labels_to_input_frame(tiny_model):
-    from napari_sam.engine.image_prep import image_to_model_input, to_uint8_rgb
+    from napari_sam.engine.predict.preprocessing import (
+        image_to_model_input,
+        to_uint8_rgb,
+    )
 
     sample = synthetic_image((128, 96), seed=1)
     prepared = prepare_sample(validate_pair(*sample), tiny_model.config)
@@ -237,7 +240,7 @@ def _train_options(**overrides) -> FinetuneOptions:
 
 
 def test_checkpoint_loads_back_with_identical_outputs_and_resume_continues_exactly(tmp_path, tiny_model):
-    from napari_sam.engine.predictor import Predictor
+    from napari_sam.engine.predict.predictor import Predictor
     from napari_sam.model import build_sam, load_model
 
     data = synthetic_dataset(4, shape=(96, 96), seed=40)
@@ -343,7 +346,7 @@ SHIFTED_STYLE = "small_nuclei"
 
 def _fixed_batch_loss(model, samples, options) -> float:
     """The training loss on a fixed batch with fixed prompts: comparable before and after training."""
-    from napari_sam.engine.finetune import training_step_loss
+    from napari_sam.engine.training.loop import training_step_loss
 
     model.eval()
     with torch.no_grad():
@@ -367,7 +370,7 @@ def shifted_finetune_run():
         warmup_steps=2, mask_loss="bce_dice", focal_weight=0.0, validate_every=10, validation_objects_per_image=1000,
         min_object_size=1, seed=0, device="cpu",
     )
-    from napari_sam.engine.training_data import prepare_sample
+    from napari_sam.engine.training.data import prepare_sample
 
     fixed = [prepare_sample(validate_pair(*p), model.config) for p in held_out]
     before = {

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from napari_sam.engine.errors import InputError
-from napari_sam.engine.image_prep import (
+from napari_sam.engine.predict.preprocessing import (
     image_to_model_input,
     intensity_range,
     resized_shape,

@@ -41,7 +41,7 @@ def _randomise(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def model():
-    from napari_sam.model.sam import build_sam
+    from napari_sam.model.sam.model import build_sam
 
     return _randomise(build_sam(TINY_VIT))
 
@@ -51,7 +51,7 @@ def model():
 
 @pytest.mark.parametrize("config, filename", [(VIT_B, "official_keys_vit_b.json"), (VIT_H, "official_keys_vit_h.json")])
 def test_state_dict_matches_official_layout(config, filename):
-    from napari_sam.model.sam import build_sam
+    from napari_sam.model.sam.model import build_sam
 
     official = json.loads((DATA_DIR / filename).read_text())
     with torch.device("meta"):
@@ -64,7 +64,7 @@ def test_state_dict_matches_official_layout(config, filename):
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_every_config_builds_on_meta_device(name):
-    from napari_sam.model.sam import Sam, build_sam
+    from napari_sam.model.sam.model import Sam, build_sam
 
     with torch.device("meta"):
         sam = build_sam(name)
@@ -75,9 +75,9 @@ def test_every_config_builds_on_meta_device(name):
 
 
 def test_build_sam_picks_encoder_by_kind():
-    from napari_sam.model.image_encoder import ImageEncoderViT
-    from napari_sam.model.sam import build_sam
-    from napari_sam.model.tiny_vit import TinyViT
+    from napari_sam.model.sam.image_encoder import ImageEncoderViT
+    from napari_sam.model.sam.model import build_sam
+    from napari_sam.model.sam.tiny_vit import TinyViT
 
     with torch.device("meta"):
         assert isinstance(build_sam(TINY_VIT).image_encoder, ImageEncoderViT)
@@ -110,7 +110,7 @@ def test_image_encoder_rejects_wrong_input_size(model):
 
 
 def test_relative_position_table_indexes_by_offset():
-    from napari_sam.model.image_encoder import relative_position_table
+    from napari_sam.model.sam.image_encoder import relative_position_table
 
     size = 5
     rel_pos = torch.randn(2 * size - 1, 3)
@@ -122,7 +122,7 @@ def test_relative_position_table_indexes_by_offset():
 
 
 def test_relative_position_table_resamples_other_lengths():
-    from napari_sam.model.image_encoder import relative_position_table
+    from napari_sam.model.sam.image_encoder import relative_position_table
 
     # A linear ramp stays a ramp under linear resampling, so the table is still monotonic in the offset.
     rel_pos = torch.linspace(-1, 1, 7)[:, None].repeat(1, 2)  # trained for a size-4 axis
@@ -135,7 +135,7 @@ def test_relative_position_table_resamples_other_lengths():
 
 @pytest.mark.parametrize("height, width, window", [(9, 9, 4), (8, 12, 4), (5, 7, 5)])
 def test_window_partition_round_trip(height, width, window):
-    from napari_sam.model.image_encoder import merge_windows, partition_windows
+    from napari_sam.model.sam.image_encoder import merge_windows, partition_windows
 
     x = torch.randn(2, height, width, 3)
     windows, padded = partition_windows(x, window)
@@ -150,7 +150,7 @@ def test_window_partition_round_trip(height, width, window):
 @pytest.mark.parametrize("grid", [(4, 4), (3, 5)])
 def test_attention_equals_explicit_softmax_with_decomposed_bias(grid):
     """SDPA + additive mask == softmax(q k^T / sqrt(d) + q.Rh[dy] + q.Rw[dx]) v, written out by hand."""
-    from napari_sam.model.image_encoder import Attention
+    from napari_sam.model.sam.image_encoder import Attention
 
     torch.manual_seed(1)
     dim, heads = 12, 3
@@ -176,7 +176,7 @@ def test_attention_equals_explicit_softmax_with_decomposed_bias(grid):
 
 def test_image_encoder_runs_with_window_padding_and_bf16_autocast(model):
     """Embedding grid not a multiple of the window (padding path); bf16 autocast builds the mask in bf16."""
-    from napari_sam.model.sam import build_sam
+    from napari_sam.model.sam.model import build_sam
 
     config = dataclasses.replace(TINY_VIT, img_size=TINY_VIT.img_size + TINY_VIT.encoder.patch_size)
     assert config.embedding_size % config.encoder.window_size != 0
@@ -192,7 +192,7 @@ def test_image_encoder_runs_with_window_padding_and_bf16_autocast(model):
 
 
 def test_layer_norm_2d_normalises_channels():
-    from napari_sam.model.common import LayerNorm2d
+    from napari_sam.model.layers import LayerNorm2d
 
     norm = _randomise(LayerNorm2d(6), seed=4)
     x = torch.randn(2, 6, 3, 5) * 3 + 1
@@ -374,7 +374,7 @@ def test_decoder_depends_on_image_and_prompts(model):
 
 
 def test_model_cast_to_bfloat16_accepts_float32_prompt_coordinates():
-    from napari_sam.model.sam import build_sam
+    from napari_sam.model.sam.model import build_sam
 
     torch.manual_seed(0)
     sam = build_sam(TINY_VIT).to(torch.bfloat16)

@@ -18,9 +18,14 @@ from napari.utils._proxies import ReadOnlyWrapper
 from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
 from napari.utils.key_bindings import KeymapHandler
 
-from napari_sam._napari.controller import NEGATIVE, POSITIVE, PROMPT_FEATURE, AnnotatorController
+from napari_sam._napari.controller import (
+    NEGATIVE,
+    POSITIVE,
+    PROMPT_FEATURE,
+    AnnotatorController,
+)
 from napari_sam.engine import Predictor
-from napari_sam.engine.predictor import ImageEmbedding
+from napari_sam.engine.predict.predictor import ImageEmbedding
 from napari_sam.model.config import TINY_VIT
 
 

@@ -1,11 +1,12 @@
-"""numpy-in/numpy-out prompt helpers (napari_sam.engine.prompts): nD layer data -> prompts of one plane."""
+"""numpy-in/numpy-out prompt helpers (napari_sam.engine.predict.prompts): nD layer data -> prompts of one plane."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from napari_sam.engine import prompts
+from napari_sam.engine import labels
+from napari_sam.engine.predict import prompts
 
 
 def test_points_on_plane_keeps_only_this_slice_and_inside_points():
@@ -60,8 +61,8 @@ def test_candidate_order_best_first():
 
 
 def test_next_free_label():
-    assert prompts.next_free_label(np.zeros((3, 3), np.uint8)) == 1
-    assert prompts.next_free_label(np.array([[0, 7], [3, 0]])) == 8
+    assert labels.next_free_label(np.zeros((3, 3), np.uint8)) == 1
+    assert labels.next_free_label(np.array([[0, 7], [3, 0]])) == 8
 
 
 def test_commit_pixels_fills_only_background_by_default():
@@ -69,14 +70,14 @@ def test_commit_pixels_fills_only_background_by_default():
     existing[0, :] = 5
     mask = np.zeros((4, 4), bool)
     mask[:2, :2] = True
-    rows, cols, values = prompts.commit_pixels(existing, [mask], first_id=6)
+    rows, cols, values = labels.commit_pixels(existing, [mask], first_id=6)
     written = existing.copy()
     written[rows, cols] = values
     expected = existing.copy()
     expected[1, :2] = 6
     np.testing.assert_array_equal(written, expected)
 
-    rows, cols, values = prompts.commit_pixels(existing, [mask], first_id=6, paint_over=True)
+    rows, cols, values = labels.commit_pixels(existing, [mask], first_id=6, paint_over=True)
     written = existing.copy()
     written[rows, cols] = values
     assert (written[:2, :2] == 6).all()
@@ -88,7 +89,7 @@ def test_commit_pixels_overlapping_objects_first_one_wins():
     a[:, :2] = True
     b = np.zeros((3, 3), bool)
     b[:, 1:] = True
-    rows, cols, values = prompts.commit_pixels(existing, [a, b], first_id=1)
+    rows, cols, values = labels.commit_pixels(existing, [a, b], first_id=1)
     written = existing.copy()
     written[rows, cols] = values
     np.testing.assert_array_equal(written, [[1, 1, 2]] * 3)
@@ -96,4 +97,4 @@ def test_commit_pixels_overlapping_objects_first_one_wins():
 
 def test_commit_pixels_shape_mismatch():
     with pytest.raises(ValueError):
-        prompts.commit_pixels(np.zeros((3, 3)), [np.ones((2, 2), bool)], 1)
+        labels.commit_pixels(np.zeros((3, 3)), [np.ones((2, 2), bool)], 1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sam.engine.synthetic import synthetic_image
+from napari_sam.engine.datasets.synthetic import synthetic_image
 
 pytestmark = pytest.mark.gui
 

@@ -14,10 +14,10 @@ import pytest
 from napari.utils.notifications import notification_manager
 from qtpy.QtCore import QPoint, Qt, QTimer
 
+from napari_sam._napari.annotator_widget import LOCAL_FILE, AnnotatorWidget
 from napari_sam._napari.demo import PLUGIN, WIDGET
-from napari_sam._napari.widget import LOCAL_FILE, AnnotatorWidget
 from napari_sam.engine import Predictor
-from napari_sam.engine.synthetic import synthetic_image, synthetic_volume
+from napari_sam.engine.datasets.synthetic import synthetic_image, synthetic_volume
 
 pytestmark = pytest.mark.gui
 EMBED_TIMEOUT_MS = 60_000

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from skimage.measure import label as connected_components
 
-from napari_sam.engine.errors import InputError
-from napari_sam.engine.synthetic import (
+from napari_sam.engine.datasets.synthetic import (
     STYLES,
     SyntheticDataset,
     random_style,
@@ -15,6 +14,7 @@ from napari_sam.engine.synthetic import (
     synthetic_image,
     synthetic_volume,
 )
+from napari_sam.engine.errors import InputError
 
 
 def _fraction_touching(labels: np.ndarray) -> float:

@@ -10,11 +10,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sam.engine.automatic import match_instances
+from napari_sam.engine.automatic.stitching import (
+    Stitcher,
+    surviving_candidates,
+    tile_candidates,
+)
+from napari_sam.engine.automatic.tiling import make_tile_grid
+from napari_sam.engine.datasets.synthetic import synthetic_image
 from napari_sam.engine.errors import InputError
-from napari_sam.engine.stitching import Stitcher, seam_statistics, surviving_candidates, tile_candidates
-from napari_sam.engine.synthetic import synthetic_image
-from napari_sam.engine.tiling import make_tile_grid, open_image, read_window
+from napari_sam.engine.io.images import open_image, read_window
+from napari_sam.engine.metrics import match_instances, seam_statistics
 
 # ----------------------------------------------------------------------------- grid
 
@@ -92,7 +97,7 @@ def test_windows_embedded_in_one_batch_equal_one_by_one(tiny_model):
     import torch
 
     from napari_sam.engine import Predictor
-    from napari_sam.engine.tiling import embed_windows, global_intensity_range
+    from napari_sam.engine.automatic.tiling import embed_windows, global_intensity_range
 
     image = synthetic_image((300, 500), seed=8, dtype=np.uint16).image
     grid = make_tile_grid(image.shape, 256, 32)
@@ -250,8 +255,8 @@ def test_trained_model_results_do_not_depend_on_where_the_seams_fall(trained_mod
     same object seen in two differently placed windows often gets a different mask, so
     two grids agree at F1 ~0.8 here, not the ~1.0 of a stable segmenter.
     """
-    from napari_sam.engine.automatic import f1_score
-    from napari_sam.engine.everything import segment_everything
+    from napari_sam.engine.automatic.segment import segment_everything
+    from napari_sam.engine.metrics import f1_score
 
     # one row of tiles keeps this affordable: seams at columns 160 and 320, then at 80, 240 and 400
     sample = synthetic_image((256, 480), seed=31)

@@ -11,7 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from napari_sam.model.config import TINY_TINYVIT, VIT_B, VIT_T
-from napari_sam.model.tiny_vit import TinyViT, TinyViTBlock, WindowAttention, window_offset_index
+from napari_sam.model.sam.tiny_vit import (
+    TinyViT,
+    TinyViTBlock,
+    WindowAttention,
+    window_offset_index,
+)
 
 # {key: shape} of the image encoder in MobileSAM's released mobile_sam.pt (prefix
 # "image_encoder." removed), generated from the mobile_sam package's TinyViT built as

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from napari_sam.engine.finetune import evaluate_with_predictor
-from napari_sam.engine.synthetic import synthetic_dataset
+from napari_sam.engine.datasets.synthetic import synthetic_dataset
+from napari_sam.engine.training.loop import evaluate_with_predictor
 
 DATA_DIR = Path(__file__).parent / "data"
 HELD_OUT_SEEDS = 0  # synthetic_dataset(HELD_OUT_IMAGES, seed=0): seeds 0..7

@@ -12,7 +12,11 @@ from pathlib import Path
 import pytest
 
 from napari_sam.model import zoo
-from napari_sam.model.errors import ChecksumMismatchError, DownloadError, UnknownModelError
+from napari_sam.model.errors import (
+    ChecksumMismatchError,
+    DownloadError,
+    UnknownModelError,
+)
 
 MODEL_NAME = "local_test_model"
 FILE_NAME = "served_weights.pth"

@@ -1,6 +1,6 @@
 """Train the tiny SAM TEST FIXTURE (tests/data/tiny_sam_synthetic.pt) from scratch on synthetic nuclei.
 
-A thin wrapper over the fine-tuning API (``napari_sam.engine.finetune``): random
+A thin wrapper over the fine-tuning API (``napari_sam.engine.training.loop``): random
 initialisation of the ``tiny_trained_test`` config (seeded), an endless stream of
 synthetic "mixed" images (``SyntheticDataset``, seeds from 1_000_000 up; the
 quality tests use seeds below 1000), SAM's interactive prompt training, and a
@@ -54,8 +54,8 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from napari_sam.engine.finetune import FinetuneOptions, finetune
-    from napari_sam.engine.synthetic import SyntheticDataset
+    from napari_sam.engine.datasets.synthetic import SyntheticDataset
+    from napari_sam.engine.training.loop import FinetuneOptions, finetune
     from napari_sam.model import build_sam
 
     torch.set_num_threads(args.threads)

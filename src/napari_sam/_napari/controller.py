@@ -13,7 +13,7 @@ Everything works on the plane the viewer shows (:mod:`.planes`). It needs only
 a ``napari.components.ViewerModel``, so it is tested without a display; the Qt
 widget (:mod:`.widget`) is a thin layer on top that runs embeddings in a thread
 worker. Computation is the engine's: the predictor decodes, and
-:mod:`napari_sam.engine.prompts` turns layer data into prompts and masks into
+:mod:`napari_sam.engine.predict.prompts` turns layer data into prompts and masks into
 label writes.
 """
 
@@ -27,11 +27,14 @@ import numpy as np
 from napari.utils.colormaps import DirectLabelColormap
 from psygnal import Signal
 
-from ..engine import prompts as prompt_ops
-from ..engine.embedding_cache import DEFAULT_MAX_BYTES, EmbeddingCache
-from ..engine.errors import InputError
-from . import planes as plane_ops
-from .planes import Plane
+from napari_sam._napari import planes as plane_ops
+from napari_sam._napari.planes import Plane
+from napari_sam.engine import labels as label_ops
+from napari_sam.engine.errors import InputError
+from napari_sam.engine.predict import prompts as prompt_ops
+from napari_sam.engine.predict.embedding_cache import DEFAULT_MAX_BYTES, EmbeddingCache
+from napari_sam.model.config import NEGATIVE as SAM_NEGATIVE
+from napari_sam.model.config import POSITIVE as SAM_POSITIVE
 
 PROMPT_FEATURE = "prompt"
 POSITIVE, NEGATIVE = "positive", "negative"
@@ -474,7 +477,7 @@ class AnnotatorController:
         if self.points_layer is None or len(self.points_layer.data) == 0:
             return np.zeros(0, dtype=int)
         signs = np.asarray(self.points_layer.features[PROMPT_FEATURE], dtype=object)
-        return np.where(signs == NEGATIVE, prompt_ops.NEGATIVE, prompt_ops.POSITIVE).astype(int)
+        return np.where(signs == NEGATIVE, SAM_NEGATIVE, SAM_POSITIVE).astype(int)
 
     def prompts_on_plane(self, plane: Plane) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Points (N, 2) (row, col), labels (N,) and boxes (K, 4) of ``plane``, in the image's data frame."""
@@ -550,7 +553,7 @@ class AnnotatorController:
             self._set_status(str(err))
             return
         points, labels, boxes = self.prompts_on_plane(plane)
-        if len(boxes) == 0 and not (labels == prompt_ops.POSITIVE).any():
+        if len(boxes) == 0 and not (labels == SAM_POSITIVE).any():
             self._show(plane, None, PreviewInfo())
             return
         if self.predictor is None:
@@ -653,11 +656,11 @@ class AnnotatorController:
             return []
         labels = self.ensure_labels_layer()
         plane = prediction.plane
-        first_id = prompt_ops.next_free_label(labels.data)
+        first_id = label_ops.next_free_label(labels.data)
         if first_id + len(prediction.object_masks()) - 1 > np.iinfo(labels.data.dtype).max:
             raise InputError(f"The labels layer '{labels.name}' ({labels.data.dtype}) has no free ids left.")
         existing = np.asarray(labels.data[plane.selector(labels.ndim)])
-        rows, cols, values = prompt_ops.commit_pixels(existing, prediction.object_masks(), first_id, self.paint_over)
+        rows, cols, values = label_ops.commit_pixels(existing, prediction.object_masks(), first_id, self.paint_over)
         written = sorted({int(v) for v in np.unique(values)})
         if len(rows):
             with labels.block_history():  # one undo step for the whole commit

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..engine.errors import InputError
+from napari_sam.engine.errors import InputError
 
 _INTENSITY_PLANES = 8  # planes of a stack read to estimate its intensity range
 
@@ -121,7 +121,7 @@ def layer_intensity_range(layer) -> tuple | None:
     Estimated from a few evenly spaced planes of the coarsest pyramid level, so a
     lazy (dask/zarr) stack is never read whole.
     """
-    from ..engine.image_prep import intensity_range
+    from napari_sam.engine.predict.preprocessing import intensity_range
 
     data = layer.data[-1] if layer.multiscale else layer.data
     rgb = getattr(layer, "rgb", False)

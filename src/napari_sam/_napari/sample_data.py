@@ -19,7 +19,7 @@ def coins_sample() -> list[tuple]:
 
 def nuclei_stack_sample() -> list[tuple]:
     """A synthetic 3D stack of nuclei (24 x 192 x 192 float32, z spacing 2) for trying slice-wise annotation."""
-    from ..engine.synthetic import synthetic_volume
+    from napari_sam.engine.datasets.synthetic import synthetic_volume
 
     sample = synthetic_volume(shape=(24, 192, 192), seed=3, style="mixed", z_spacing=2.0)
     return [(sample.image, {"name": "synthetic nuclei", "scale": (2.0, 1.0, 1.0)}, "image")]

@@ -19,8 +19,8 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
-from ..engine.errors import InputError
-from .widget import LOCAL_FILE, model_choices
+from napari_sam._napari.annotator_widget import LOCAL_FILE, model_choices
+from napari_sam.engine.errors import InputError
 
 if TYPE_CHECKING:
     import napari
@@ -74,8 +74,8 @@ def roi_from_shapes(shapes: Shapes, image: Image) -> tuple[int, int, int, int]:
 
 def segment_everything_job(plane, model, tile_shape, halo, params, device):
     """Worker generator: loads the model if needed, yields (done, total), returns labels."""
-    from ..engine.everything import segment_everything_steps
-    from ..model import load_model
+    from napari_sam.engine.automatic.segment import segment_everything_steps
+    from napari_sam.model import load_model
 
     if isinstance(model, str):
         model = load_model(model, device=device, progress=False)
@@ -159,7 +159,7 @@ class SegmentEverythingWidget(QWidget):
     # ----------------------------------------------------------------- running
     def run(self, synchronous: bool = False):
         """Start segmenting; ``synchronous`` runs in this thread and returns the new layer (scripts, tests)."""
-        from ..engine.automatic import AutomaticParams
+        from napari_sam.engine.automatic.generation import AutomaticParams
 
         image = self.image_choice.value
         if image is None:

@@ -1,4 +1,15 @@
-"""numpy/torch algorithms (no napari, no Qt): predictor, image preparation, tiling, training.
+"""numpy/torch algorithms (no napari, no Qt), the public face of the engine.
+
+Subpackages, named for what a user looks for:
+
+- ``predict``: the ``Predictor`` (prompted masks on one image), its protocol, the
+  embedding cache, image preprocessing, device and precision.
+- ``automatic``: segment everything: parameters, mask generation, tiling, stitching,
+  local and Dask runners, ``segment_everything``.
+- ``training``: fine-tuning (options, losses, prompt sampling, data, loop, evaluation).
+- ``io``: opening images of every backing, creating label outputs.
+- ``datasets``: synthetic images for tests, benchmarks and the test fixture.
+- ``metrics``, ``labels``, ``errors``: shared by all of the above.
 
 Names are imported lazily so ``import napari_sam.engine`` does not import torch.
 """
@@ -7,16 +18,22 @@ from __future__ import annotations
 
 import importlib
 
-from .errors import InputError
+from napari_sam.engine.errors import InputError
 
 _LAZY = {
-    "Predictor": ".predictor",
-    "ImageEmbedding": ".predictor",
-    "select_device": ".device",
-    "segment_everything": ".everything",
-    "segment_everything_steps": ".everything",
-    "AutomaticParams": ".automatic",
-    "generate_labels": ".automatic",
+    "Predictor": "napari_sam.engine.predict.predictor",
+    "ImageEmbedding": "napari_sam.engine.predict.predictor",
+    "EmbeddingCache": "napari_sam.engine.predict.embedding_cache",
+    "select_device": "napari_sam.engine.predict.device",
+    "segment_everything": "napari_sam.engine.automatic.segment",
+    "segment_everything_steps": "napari_sam.engine.automatic.segment",
+    "AutomaticParams": "napari_sam.engine.automatic.params",
+    "generate_labels": "napari_sam.engine.automatic.generation",
+    "FinetuneOptions": "napari_sam.engine.training.loop",
+    "finetune": "napari_sam.engine.training.loop",
+    "f1_score": "napari_sam.engine.metrics",
+    "mask_iou": "napari_sam.engine.metrics",
+    "synthetic_image": "napari_sam.engine.datasets.synthetic",
 }
 
 __all__ = ["InputError", *_LAZY]
@@ -24,5 +41,5 @@ __all__ = ["InputError", *_LAZY]
 
 def __getattr__(name: str):
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

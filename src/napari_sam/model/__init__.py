@@ -6,14 +6,19 @@ only imports torch when called.
 
 from __future__ import annotations
 
-from .config import CONFIGS, SamConfig, TinyViTEncoderConfig, ViTEncoderConfig
+from napari_sam.model.config import (
+    CONFIGS,
+    SamConfig,
+    TinyViTEncoderConfig,
+    ViTEncoderConfig,
+)
 
 __all__ = ["CONFIGS", "SamConfig", "TinyViTEncoderConfig", "ViTEncoderConfig", "build_sam", "load_model"]
 
 
 def build_sam(config: SamConfig | str):
     """Build a randomly initialised SAM model (``torch.nn.Module``) from a config or config name."""
-    from .sam import build_sam as _build
+    from napari_sam.model.sam.model import build_sam as _build
 
     return _build(config)
 
@@ -23,6 +28,6 @@ def load_model(name_or_path, device=None, **kwargs):
 
     Keyword arguments (``config=``, ``progress=``) go to :func:`napari_sam.model.checkpoint.load_model`.
     """
-    from .checkpoint import load_model as _load
+    from napari_sam.model.checkpoint import load_model as _load
 
     return _load(name_or_path, device=device, **kwargs)

@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any, Union
 
 import torch
 
-from .config import CONFIGS, SamConfig
-from .errors import (
+from napari_sam.model.config import CONFIGS, SamConfig
+from napari_sam.model.device import resolve_device
+from napari_sam.model.errors import (
     ArchitectureMismatchError,
     CheckpointError,
     CheckpointNotFoundError,
@@ -34,7 +35,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .sam import Sam
+    from napari_sam.model.sam.model import Sam
 
 PathLike = Union[str, os.PathLike]
 StateDict = dict[str, torch.Tensor]
@@ -61,26 +62,6 @@ def sha256sum(path: PathLike, chunk_size: int = 1 << 20) -> str:
         for chunk in iter(lambda: handle.read(chunk_size), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` as a ``torch.device``; None picks CUDA, then Apple MPS, then CPU."""
-    if device is None:
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise RuntimeError(f"Unknown device {device!r}: use 'cpu', 'cuda', 'cuda:N' or 'mps'.") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"Device {device} was requested but this PyTorch build has no usable CUDA device.")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise RuntimeError(f"Device {device} was requested but Apple MPS is not available here.")
-    return device
 
 
 def _resolve_config(config: SamConfig | str | None) -> SamConfig | None:
@@ -200,7 +181,7 @@ def read_state_dict(path: PathLike) -> StateDict:
 @functools.lru_cache(maxsize=None)
 def expected_shapes(config: SamConfig) -> dict[str, tuple[int, ...]]:
     """``{state-dict key: shape}`` of the model built from ``config`` (built on the meta device: instant)."""
-    from .sam import build_sam
+    from napari_sam.model.sam.model import build_sam
 
     with torch.device("meta"):
         model = build_sam(config)
@@ -311,7 +292,7 @@ def build_from_state_dict(state_dict: Mapping[str, torch.Tensor], config: SamCon
 
     The caller has checked that keys and shapes fit (:func:`check_config`).
     """
-    from .sam import build_sam
+    from napari_sam.model.sam.model import build_sam
 
     # Floating tensors become float32 (fp16/bf16 files exist); index tensors keep their dtype.
     tensors = {
@@ -360,7 +341,7 @@ def load_model(
         CheckpointError: the file is not a readable checkpoint.
         DownloadError: a zoo checkpoint could not be downloaded or failed its sha256 check.
     """
-    from . import zoo
+    from napari_sam.model import zoo
 
     target_device = resolve_device(device)
     forced = _resolve_config(config)

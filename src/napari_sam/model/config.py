@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# Point-prompt labels as SAM's prompt encoder reads them (one definition for the whole package).
+POSITIVE = 1
+NEGATIVE = 0
+PADDING = -1  # a slot with no point (pads a batch of prompts to equal length)
+
 
 @dataclass(frozen=True)
 class ViTEncoderConfig:

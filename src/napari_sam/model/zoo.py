@@ -22,7 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ChecksumMismatchError, DownloadError, UnknownModelError
+from napari_sam.model.errors import (
+    ChecksumMismatchError,
+    DownloadError,
+    UnknownModelError,
+)
 
 CACHE_ENV_VAR = "NAPARI_SAM_CACHE_DIR"
 

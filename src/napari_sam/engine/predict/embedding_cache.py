@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import InputError
+from napari_sam.engine.errors import InputError
 
 if TYPE_CHECKING:
-    from .predictor import ImageEmbedding
+    from napari_sam.engine.predict.predictor import ImageEmbedding
 
 DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB: ~250 ViT embeddings (256 x 64 x 64 float32 = 4 MiB each)
 _FORMAT = "napari-sam-embeddings"
@@ -230,7 +230,7 @@ class EmbeddingCache:
         )
 
     def _read(self, key: Hashable, device=None) -> ImageEmbedding:
-        from .predictor import ImageEmbedding
+        from napari_sam.engine.predict.predictor import ImageEmbedding
 
         array = self._store[_store_name(key)]  # type: ignore[index,arg-type]
         arrays = {

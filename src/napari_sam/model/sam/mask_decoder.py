@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import MLP, LayerNorm2d, MLPBlock
-from .config import SamConfig
+from napari_sam.model.config import SamConfig
+from napari_sam.model.layers import MLP, LayerNorm2d, MLPBlock
 
 # The cross-attentions project to half the width: cheaper attention over the 4096 image tokens.
 _CROSS_ATTENTION_DOWNSAMPLE = 2

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import CONFIGS, SamConfig
-from .image_encoder import ImageEncoderViT
-from .mask_decoder import MaskDecoder
-from .prompt_encoder import PromptEncoder
+from napari_sam.model.config import CONFIGS, SamConfig
+from napari_sam.model.sam.image_encoder import ImageEncoderViT
+from napari_sam.model.sam.mask_decoder import MaskDecoder
+from napari_sam.model.sam.prompt_encoder import PromptEncoder
 
 
 class Sam(nn.Module):
@@ -44,7 +44,9 @@ def build_image_encoder(config: SamConfig) -> nn.Module:
     if kind == "vit":
         return ImageEncoderViT(config)
     if kind == "tiny_vit":
-        from .tiny_vit import TinyViT  # only MobileSAM-style models need it
+        from napari_sam.model.sam.tiny_vit import (
+            TinyViT,  # only MobileSAM-style models need it
+        )
 
         return TinyViT(config)
     raise ValueError(f"unknown image encoder kind {kind!r}")

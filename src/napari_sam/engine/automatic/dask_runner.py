@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from distributed import Client, WorkerPlugin, as_completed, get_worker
 
-from .tiling import TileGrid, read_window, segment_tile
+from napari_sam.engine.automatic.tiling import TileGrid, segment_tile
+from napari_sam.engine.io.images import read_window
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class ModelSpec:
         return cls(config=model.config, state_dict=state)
 
     def build(self):
-        from ..model import build_sam, load_model
+        from napari_sam.model import build_sam, load_model
 
         if self.name_or_path is not None:
             return load_model(self.name_or_path, device="cpu", progress=False)
@@ -61,7 +62,7 @@ class SamWorkerPlugin(WorkerPlugin):
     def setup(self, worker) -> None:
         import torch
 
-        from .predictor import Predictor
+        from napari_sam.engine.predict.predictor import Predictor
 
         threads = getattr(getattr(worker, "state", None), "nthreads", None) or getattr(worker, "nthreads", None)
         if threads:

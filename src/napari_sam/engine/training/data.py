@@ -16,16 +16,18 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from .errors import InputError
-from .prompt_sampling import object_ids, validate_instance_labels
+from napari_sam.engine.errors import InputError
+from napari_sam.engine.io.images import IMAGE_SUFFIXES, LABEL_SUFFIXES, read_image_file
+from napari_sam.engine.training.prompt_sampling import (
+    object_ids,
+    validate_instance_labels,
+)
 
 if TYPE_CHECKING:
     import torch
 
-    from ..model.config import SamConfig
+    from napari_sam.model.config import SamConfig
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
-LABEL_SUFFIXES = (".tif", ".tiff", ".png")
 # label files may be named like their image or with one of these endings before the extension
 LABEL_NAME_ENDINGS = ("", "_labels", "_label", "_masks", "_mask", "_seg")
 
@@ -101,20 +103,6 @@ def pairs_from_arrays(images, labels, name: str = "layer") -> list[TrainingPair]
             raise InputError(f"The labels of {name} contain no objects in any slice; annotate at least one object.")
         return pairs
     raise InputError(f"{name}: labels must be (H, W) or a stack (Z, H, W); got shape {label.shape}.")
-
-
-def read_image_file(path: Path) -> np.ndarray:
-    """Read a TIFF (tifffile) or PNG/JPEG (scikit-image) file into a numpy array."""
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            return np.asarray(tifffile.imread(path))
-        from skimage.io import imread
-
-        return np.asarray(imread(path))
-    except Exception as error:  # unreadable/corrupt files: say which one
-        raise InputError(f"Could not read {path}: {error}") from error
 
 
 def _files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
@@ -204,7 +192,7 @@ def _random_crop(
 
 def labels_to_input_frame(labels: np.ndarray, config: SamConfig) -> tuple[np.ndarray, tuple[int, int]]:
     """``(H, W)`` labels -> ``(S, S)`` int64 labels in SAM's input frame (nearest neighbour, zero padding)."""
-    from .image_prep import resized_shape
+    from napari_sam.engine.predict.preprocessing import resized_shape
 
     s = config.img_size
     h, w = resized_shape(labels.shape, s)
@@ -231,7 +219,11 @@ def prepare_sample(
     """
     import torch
 
-    from .image_prep import image_to_model_input, intensity_range, to_uint8_rgb
+    from napari_sam.engine.predict.preprocessing import (
+        image_to_model_input,
+        intensity_range,
+        to_uint8_rgb,
+    )
 
     image, labels = pair.image, pair.labels
     rng = rng if rng is not None else np.random.default_rng(0)

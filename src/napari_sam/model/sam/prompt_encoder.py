@@ -12,13 +12,10 @@ import math
 import torch
 from torch import nn
 
-from .common import LayerNorm2d
-from .config import SamConfig
+from napari_sam.model.config import NEGATIVE, PADDING, POSITIVE, SamConfig
+from napari_sam.model.layers import LayerNorm2d
 
 # Point labels as the mask decoder was trained on them.
-LABEL_PADDING = -1
-LABEL_NEGATIVE = 0
-LABEL_POSITIVE = 1
 
 
 class PositionEmbeddingRandom(nn.Module):
@@ -108,15 +105,15 @@ class PromptEncoder(nn.Module):
         if pad:
             batch = coords.shape[0]
             coords = torch.cat([coords, coords.new_zeros(batch, 1, 2)], dim=1)
-            labels = torch.cat([labels, labels.new_full((batch, 1), LABEL_PADDING)], dim=1)
+            labels = torch.cat([labels, labels.new_full((batch, 1), PADDING)], dim=1)
         embedding = self.pe_layer.forward_with_coords(coords, self.input_image_size)
         labels = labels[..., None]
-        is_padding = labels == LABEL_PADDING
+        is_padding = labels == PADDING
         # Padding points carry no position, only their learned embedding; other labels
         # (anything but -1/0/1) keep the bare positional encoding, as in the reference.
         embedding = torch.where(is_padding, self.not_a_point_embed.weight, embedding)
-        embedding = embedding + torch.where(labels == LABEL_NEGATIVE, self.point_embeddings[0].weight, 0.0)
-        embedding = embedding + torch.where(labels == LABEL_POSITIVE, self.point_embeddings[1].weight, 0.0)
+        embedding = embedding + torch.where(labels == NEGATIVE, self.point_embeddings[0].weight, 0.0)
+        embedding = embedding + torch.where(labels == POSITIVE, self.point_embeddings[1].weight, 0.0)
         return embedding
 
     def _embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:

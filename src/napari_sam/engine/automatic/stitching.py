@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .tiling import Box, Tile, TileGrid
+from napari_sam.engine.automatic.tiling import Box, Tile, TileGrid
 
 SAME_OBJECT_OVERLAP = 0.2
 """Overlap, as a fraction of the smaller candidate, from which two tiles' candidates are one object."""
@@ -237,48 +237,3 @@ class Stitcher:
                     del self._candidates[tile_index]
 
 
-def seam_statistics(truth: np.ndarray, found: np.ndarray, grid: TileGrid, iou_thresh: float = 0.5,
-                    split_fraction: float = 0.2) -> dict[str, int]:
-    """How objects that cross a seam fare compared with interior ones (for tests and benchmarks).
-
-    A ground-truth object crosses a seam when its pixels lie in more than one core of
-    ``grid``. It is found when a label of ``found`` matches it with IoU >= ``iou_thresh``,
-    and split when two or more labels each cover at least ``split_fraction`` of it.
-    Returns counts: ``seam``, ``seam_found``, ``seam_split``, ``interior``,
-    ``interior_found``, ``interior_split``.
-    """
-    row_borders = sorted({t.core[1] for t in grid})[:-1]
-    col_borders = sorted({t.core[3] for t in grid})[:-1]
-    core_row = np.searchsorted(row_borders, np.arange(truth.shape[0]), side="right")
-    core_col = np.searchsorted(col_borders, np.arange(truth.shape[1]), side="right")
-    cells = core_row[:, None] * (len(col_borders) + 1) + core_col[None, :]
-    t = truth.ravel().astype(np.int64)
-    f = found.ravel().astype(np.int64)
-    c = cells.ravel()
-    inside = t > 0
-    n_truth = int(t.max(initial=0))
-    # objects whose pixels fall in more than one core
-    first_cell = np.full(n_truth + 1, -1)
-    first_cell[t[inside]] = c[inside]
-    crosses = np.zeros(n_truth + 1, dtype=bool)
-    crosses[t[inside][c[inside] != first_cell[t[inside]]]] = True
-    area_t = np.bincount(t, minlength=n_truth + 1)
-    area_f = np.bincount(f, minlength=int(f.max(initial=0)) + 1)
-    both = inside & (f > 0)
-    pairs, inter = np.unique(np.stack([t[both], f[both]]), axis=1, return_counts=True)
-    iou = inter / (area_t[pairs[0]] + area_f[pairs[1]] - inter)
-    is_found = np.zeros(n_truth + 1, dtype=bool)
-    is_found[pairs[0][iou >= iou_thresh]] = True
-    big_pieces = np.bincount(pairs[0][inter >= split_fraction * area_t[pairs[0]]], minlength=n_truth + 1)
-    is_split = big_pieces >= 2
-    present = area_t > 0
-    present[0] = False
-    seam, interior = present & crosses, present & ~crosses
-    return {
-        "seam": int(seam.sum()),
-        "seam_found": int((seam & is_found).sum()),
-        "seam_split": int((seam & is_split).sum()),
-        "interior": int(interior.sum()),
-        "interior_found": int((interior & is_found).sum()),
-        "interior_split": int((interior & is_split).sum()),
-    }

@@ -14,9 +14,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .device import autocast, resolve_precision, select_device
-from .errors import InputError
-from .image_prep import image_to_model_input, model_input_size, to_uint8_rgb
+from napari_sam.engine.errors import InputError
+from napari_sam.engine.predict.device import autocast, resolve_precision, select_device
+from napari_sam.engine.predict.preprocessing import (
+    image_to_model_input,
+    model_input_size,
+    to_uint8_rgb,
+)
 
 
 @dataclass(frozen=True)

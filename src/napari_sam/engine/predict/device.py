@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from .errors import InputError
+from napari_sam.engine.errors import InputError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -18,7 +18,7 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
 
     The model layer's chooser (used by ``load_model``) with its errors as ``InputError``.
     """
-    from ..model.checkpoint import resolve_device
+    from napari_sam.model.device import resolve_device
 
     try:
         return resolve_device(device)

@@ -34,13 +34,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import InputError
-from .prompt_sampling import PADDING, POSITIVE, object_centres
+from napari_sam.engine.errors import InputError
+from napari_sam.engine.training.prompt_sampling import object_centres
+from napari_sam.model.config import PADDING, POSITIVE
 
 if TYPE_CHECKING:
     import torch
 
-    from .training_data import PreparedSample, TrainingPair
+    from napari_sam.engine.training.data import PreparedSample, TrainingPair
 
 MASK_LOSSES = ("focal_dice", "bce_dice")
 # Kinds of first prompt and how often each is drawn.
@@ -154,7 +155,7 @@ def training_state_path(checkpoint_path) -> Path:
 
 def _as_pairs(data, what: str) -> Sequence[TrainingPair]:
     """Any sequence of (image, labels[, name]) -> a lazily validated sequence of TrainingPair."""
-    from .training_data import check_training_data
+    from napari_sam.engine.training.data import check_training_data
 
     if data is None:
         raise InputError(f"No {what} given.")
@@ -175,7 +176,7 @@ class _ValidatedPairs(Sequence):
         return len(self.data)
 
     def __getitem__(self, index: int):
-        from .training_data import TrainingPair, validate_pair
+        from napari_sam.engine.training.data import TrainingPair, validate_pair
 
         item = self.data[index]
         if isinstance(item, TrainingPair):
@@ -284,9 +285,9 @@ def _first_prompts(
     """Draw each object's first prompt (box, point, point + box, or several points)."""
     import torch
 
-    from .prompt_sampling import (
+    from napari_sam.engine.training.prompt_sampling import (
+        box_prompts_from_masks,
         jitter_boxes,
-        mask_boxes,
         sample_negative_points,
         sample_points_in,
     )
@@ -320,7 +321,7 @@ def _first_prompts(
     keep = (labels != PADDING).any(dim=0)
     coords, labels = coords[:, keep], labels[:, keep]
 
-    boxes = mask_boxes(targets)
+    boxes = box_prompts_from_masks(targets)
     per_image_valid = torch.as_tensor(valid_sizes, device=device, dtype=torch.float32)
     jittered = jitter_boxes(boxes, (int(per_image_valid[:, 0].max()), int(per_image_valid[:, 1].max())),
                             options.box_jitter, generator=generator)
@@ -440,7 +441,7 @@ def training_step_loss(
     """
     import torch
 
-    from .prompt_sampling import sample_correction_points
+    from napari_sam.engine.training.prompt_sampling import sample_correction_points
 
     config = model.config
     targets, image_index, valid = _select_objects(samples, options, rng)
@@ -531,9 +532,9 @@ def evaluate_prompted_iou(
     """
     import torch
 
-    from .device import select_device
-    from .prompt_sampling import mask_boxes
-    from .training_data import prepare_sample
+    from napari_sam.engine.predict.device import select_device
+    from napari_sam.engine.training.data import prepare_sample
+    from napari_sam.engine.training.prompt_sampling import box_prompts_from_masks
 
     device = select_device(device) if device is not None else next(model.parameters()).device
     pairs = _as_pairs(data, "validation data")
@@ -553,7 +554,7 @@ def evaluate_prompted_iou(
                 continue
             embedding = model.image_encoder(sample.model_input)
             targets = torch.as_tensor(labels[None] == ids[:, None, None], device=device)
-            boxes = mask_boxes(targets)
+            boxes = box_prompts_from_masks(targets)
             centres_rc = object_centres(np.where(np.isin(labels, ids), labels, 0))
             centres = torch.as_tensor(
                 np.stack([centres_rc[int(i)][::-1] for i in ids]), dtype=torch.float32, device=device
@@ -595,8 +596,9 @@ def evaluate_with_predictor(
 
     Returns the mean IoU of each, and ``objects``, the number of objects measured.
     """
-    from .predictor import Predictor
-    from .prompt_sampling import mask_iou, object_boxes
+    from napari_sam.engine.metrics import mask_iou
+    from napari_sam.engine.predict.predictor import Predictor
+    from napari_sam.engine.training.prompt_sampling import object_boxes
 
     pairs = _as_pairs(data, "evaluation data")
     predictor = Predictor(model, device=device, precision=precision)
@@ -658,7 +660,7 @@ def save_training_checkpoint(model, optimizer, step: int, options: FinetuneOptio
     """Write the weights (official layout, ``save_checkpoint``) and, beside them, the state to resume from."""
     import torch
 
-    from ..model.checkpoint import save_checkpoint
+    from napari_sam.model.checkpoint import save_checkpoint
 
     path = save_checkpoint(model, path)
     state = {
@@ -694,8 +696,8 @@ def finetune(
     """
     import torch
 
-    from .device import autocast as device_autocast
-    from .device import resolve_precision, select_device
+    from napari_sam.engine.predict.device import autocast as device_autocast
+    from napari_sam.engine.predict.device import resolve_precision, select_device
 
     options = options or FinetuneOptions()
     train_pairs = _as_pairs(train_data, "training data")
@@ -746,7 +748,7 @@ def _training_loop(
 ) -> Iterator[FinetuneProgress]:
     import torch
 
-    from .training_data import prepare_sample
+    from napari_sam.engine.training.data import prepare_sample
 
     started = time.perf_counter()
     yield FinetuneProgress(start_step, options.steps, validation=validate(), elapsed_s=0.0)
@@ -797,7 +799,7 @@ def _load_training_state(model, optimizer, checkpoint_path, device) -> int:
     """Load weights + optimizer state saved by ``save_training_checkpoint``; returns the step reached."""
     import torch
 
-    from ..model.checkpoint import read_state_dict
+    from napari_sam.model.checkpoint import read_state_dict
 
     path = Path(checkpoint_path)
     state_path = training_state_path(path)

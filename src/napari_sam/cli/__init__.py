@@ -72,8 +72,8 @@ def _add_finetune(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_finetune(args: argparse.Namespace) -> int:
-    from .engine.finetune import FinetuneOptions, finetune
-    from .engine.training_data import load_folder_pairs
+    from napari_sam.engine.training.data import load_folder_pairs
+    from napari_sam.engine.training.loop import FinetuneOptions, finetune
 
     if (args.val_images is None) != (args.val_labels is None):
         raise _UsageError("--val-images and --val-labels go together.")
@@ -110,7 +110,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
 def _starting_model(args: argparse.Namespace):
     import torch
 
-    from .model import CONFIGS, build_sam, load_model
+    from napari_sam.model import CONFIGS, build_sam, load_model
 
     if args.config:
         if args.config not in CONFIGS:
@@ -182,7 +182,7 @@ def _run_segment(args: argparse.Namespace) -> int:
     import shutil
     import time
 
-    from .engine.everything import load_model_any, segment_everything
+    from napari_sam.engine.automatic.segment import load_model_any, segment_everything
 
     suffix = args.out.name.lower()
     if not suffix.endswith((".tif", ".tiff", ".zarr")):
@@ -241,7 +241,7 @@ def _max_label(labels) -> int:
 
 @command("annotate")
 def _add_annotate(subparsers: argparse._SubParsersAction) -> None:
-    from ._napari.demo import SAMPLES
+    from napari_sam._napari.demo import SAMPLES
 
     p = subparsers.add_parser(
         "annotate",
@@ -255,7 +255,7 @@ def _add_annotate(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_annotate(args: argparse.Namespace) -> int:
-    from ._napari.demo import launch
+    from napari_sam._napari.demo import launch
 
     launch(None if args.sample == "none" else args.sample, args.model, load=not args.no_load)
     return 0
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "run", None) is None:
         parser.print_help()
         return 2
-    from .engine.errors import InputError
+    from napari_sam.engine.errors import InputError
 
     try:
         return int(args.run(args) or 0)
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"napari-sam {args.command}: error: {error}", file=sys.stderr)
         return 1
     except Exception as error:  # checkpoint problems and the like: one clear line, not a traceback
-        from .model.errors import CheckpointError
+        from napari_sam.model.errors import CheckpointError
 
         if isinstance(error, CheckpointError):
             print(f"napari-sam {args.command}: error: {error}", file=sys.stderr)

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d, MLPBlock
-from .config import SamConfig, ViTEncoderConfig
+from napari_sam.model.config import SamConfig, ViTEncoderConfig
+from napari_sam.model.layers import LayerNorm2d, MLPBlock
 
 # The released checkpoints use this epsilon for every LayerNorm in the ViT blocks.
 _BLOCK_NORM_EPS = 1e-6

@@ -19,12 +19,18 @@ from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QFileDialog, QFrame, QGroupBox, QLabel, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QFrame,
+    QGroupBox,
+    QLabel,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
 
-from ..engine.errors import InputError
-from ..model.errors import CheckpointError, DownloadError
-from . import planes as plane_ops
-from .controller import (
+from napari_sam._napari import planes as plane_ops
+from napari_sam._napari.controller import (
     KEY_BINDINGS,
     KEY_CLEAR,
     KEY_COMMIT,
@@ -33,11 +39,13 @@ from .controller import (
     AnnotatorController,
     PreviewInfo,
 )
+from napari_sam.engine.errors import InputError
+from napari_sam.model.errors import CheckpointError, DownloadError
 
 if TYPE_CHECKING:
     import napari
 
-    from .planes import Plane
+    from napari_sam._napari.planes import Plane
 
 LOCAL_FILE = "Local checkpoint file..."
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -46,13 +54,13 @@ USER_ERRORS = (InputError, CheckpointError, DownloadError, FileNotFoundError)
 
 
 def model_choices() -> list[str]:
-    from ..model import zoo
+    from napari_sam.model import zoo
 
     return [*zoo.list_models(), LOCAL_FILE]
 
 
 def _describe_zoo_model(name: str) -> str:
-    from ..model import zoo
+    from napari_sam.model import zoo
 
     if name not in zoo.REGISTRY:
         return "Pick a SAM checkpoint file (.pth / .pt); the architecture is detected from its tensors."
@@ -63,8 +71,8 @@ def _describe_zoo_model(name: str) -> str:
 
 def _load_model_job(name_or_path: str, device: str, precision: str):
     """Load a model and wrap it in a Predictor (worker thread). Returns (predictor, model_id) or an error text."""
-    from ..engine import Predictor
-    from ..model import load_model
+    from napari_sam.engine import Predictor
+    from napari_sam.model import load_model
 
     try:
         model = load_model(name_or_path, device=None if device == "auto" else device, progress=False)
@@ -293,7 +301,7 @@ class AnnotatorWidget(QWidget):
 
     def set_model(self, model, model_id: str | None = None, device: str | None = None, precision: str = "auto") -> None:
         """Use a SAM ``torch.nn.Module`` already in memory."""
-        from ..engine import Predictor
+        from napari_sam.engine import Predictor
 
         self.set_predictor(Predictor(model, device=device, precision=precision), model_id)
 

@@ -38,65 +38,21 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import InputError
+from napari_sam.engine.automatic.params import AutomaticParams
+from napari_sam.engine.automatic.postprocess import (
+    box_nms,
+    mask_bounding_boxes,
+    nested_suppression,
+    remove_small_regions,
+    stability_scores,
+    upsampling_matrices,
+)
+from napari_sam.engine.errors import InputError
 
 if TYPE_CHECKING:
     import torch
 
-    from .predictor import ImageEmbedding, Predictor
-
-
-@dataclass(frozen=True)
-class AutomaticParams:
-    """Settings of automatic mask generation (defaults follow the reference generator)."""
-
-    points_per_side: int = 32
-    """The point grid is ``points_per_side x points_per_side`` over the image."""
-    points_per_batch: int | None = None
-    """Prompts decoded at once; None picks a batch that keeps decoder memory near ``batch_memory_bytes``."""
-    batch_memory_bytes: int | None = None
-    """Decoder activations per batch; None: 128 MiB on a CPU, 1 GiB on an accelerator. On a 2-core
-    CPU larger batches were slower, not faster (tiny model: 64 prompts 1.45 s, 128 prompts 2.07 s
-    per image; ViT-B: 48 ms per prompt up to 32 prompts, 80 ms at 128)."""
-    pred_iou_thresh: float = 0.88
-    """Drop masks whose predicted IoU is below this."""
-    stability_thresh: float = 0.95
-    """Drop masks whose stability score is below this."""
-    stability_offset: float = 1.0
-    """Logit offset of the stability score."""
-    nms_thresh: float = 0.7
-    """Box IoU above which the lower-scoring of two masks is suppressed."""
-    nested_thresh: float | None = None
-    """If set: a mask is also suppressed when this fraction of the smaller of it and a better-scoring
-    mask lies inside the other (a part inside its object, an object inside its cluster); None: off."""
-    min_area: int = 0
-    """Objects, holes and specks smaller than this many pixels (original frame) are removed."""
-    require_point_inside: bool = True
-    """Drop masks that do not contain their own prompt point (checked on the low-res logits): a
-    positive point says "this pixel is in the object", so a mask elsewhere answers another question."""
-    max_hidden_fraction: float = 0.5
-    """A mask more than this fraction covered by smaller masks painted over it is dropped."""
-    coarse_levels: int = 1
-    """Coarse-to-fine decoding: the grid is decoded in ``coarse_levels + 1`` passes, every
-    ``2**k``-th point first; a point of a later pass is skipped when it lies inside the
-    smallest accepted mask of an earlier prompt (it would ask for the same object again).
-    0 decodes every point, as the reference generator does."""
-
-    def validate(self) -> None:
-        if int(self.points_per_side) < 1:
-            raise InputError(f"points_per_side must be at least 1, got {self.points_per_side}.")
-        if self.points_per_batch is not None and int(self.points_per_batch) < 1:
-            raise InputError(f"points_per_batch must be at least 1 (or None), got {self.points_per_batch}.")
-        if self.nested_thresh is not None and not 0.0 < float(self.nested_thresh) <= 1.0:
-            raise InputError(f"nested_thresh must lie in (0, 1] or be None, got {self.nested_thresh}.")
-        for name in ("pred_iou_thresh", "stability_thresh", "nms_thresh", "max_hidden_fraction"):
-            value = getattr(self, name)
-            if not 0.0 <= float(value) <= 1.0:
-                raise InputError(f"{name} must lie in [0, 1], got {value}.")
-        if int(self.min_area) < 0:
-            raise InputError(f"min_area must be >= 0, got {self.min_area}.")
-        if int(self.coarse_levels) < 0:
-            raise InputError(f"coarse_levels must be >= 0, got {self.coarse_levels}.")
+    from napari_sam.engine.predict.predictor import ImageEmbedding, Predictor
 
 
 @dataclass
@@ -180,136 +136,6 @@ def _decoder_batch_size(config, params: AutomaticParams, device) -> int:
     # the upscaled features (C/8 channels) and the output logits, all in fp32
     per_prompt = 4 * (6 * c * e * e + (c // 8 + 3) * low * low)
     return int(np.clip(budget // per_prompt, 16, 4096))
-
-
-def stability_scores(logits: torch.Tensor, offset: float) -> torch.Tensor:
-    """(N, h, w) logits -> (N,) area above ``+offset`` / area above ``-offset`` (1 for empty masks)."""
-    import torch
-
-    flat = logits.flatten(1)
-    inner = (flat > offset).sum(1, dtype=torch.int32)
-    outer = (flat > -offset).sum(1, dtype=torch.int32)
-    ratio = inner.float() / outer.clamp(min=1).float()
-    return torch.where(outer > 0, ratio, torch.ones_like(ratio))
-
-
-def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """(N, h, w) bool -> (N, 4) int64 (min_row, min_col, max_row + 1, max_col + 1); empty -> zeros."""
-    import torch
-
-    n, h, w = masks.shape
-    rows = masks.any(2)
-    cols = masks.any(1)
-    row_idx = torch.arange(h, device=masks.device)
-    col_idx = torch.arange(w, device=masks.device)
-    min_row = torch.where(rows, row_idx, h).amin(1)
-    max_row = torch.where(rows, row_idx, -1).amax(1) + 1
-    min_col = torch.where(cols, col_idx, w).amin(1)
-    max_col = torch.where(cols, col_idx, -1).amax(1) + 1
-    boxes = torch.stack([min_row, min_col, max_row, max_col], 1)
-    return torch.where(rows.any(1, keepdim=True), boxes, torch.zeros_like(boxes))
-
-
-def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(N, 4) x (M, 4) boxes (min_row, min_col, max_row, max_col), half-open -> (N, M) IoU."""
-    import torch
-
-    area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
-    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
-    top_left = torch.maximum(a[:, None, :2], b[None, :, :2])
-    bottom_right = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = (bottom_right - top_left).clamp(min=0).prod(2)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return inter.float() / union.clamp(min=1e-9).float()
-
-
-def _greedy_keep(conflicts: np.ndarray) -> list[int]:
-    """Greedy suppression over items sorted best first: ``conflicts[i, j]`` lets kept i remove later j.
-
-    Returns the positions (in that order) of the items kept.
-    """
-    suppressed = np.zeros(len(conflicts), dtype=bool)
-    keep = []
-    for i in range(len(conflicts)):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        suppressed[i + 1 :] |= conflicts[i, i + 1 :]  # only later (lower-scoring) items can be removed
-    return keep
-
-
-def box_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thresh: float) -> torch.Tensor:
-    """Greedy NMS: indices of kept boxes, highest score first (ties: lower index first)."""
-    import torch
-
-    if boxes.shape[0] == 0:
-        return torch.zeros(0, dtype=torch.int64)
-    order = torch.sort(scores, descending=True, stable=True).indices
-    overlaps = (box_iou(boxes[order], boxes[order]) > iou_thresh).cpu().numpy()
-    return order[torch.as_tensor(_greedy_keep(overlaps), dtype=torch.int64)]
-
-
-def nested_suppression(masks: torch.Tensor, scores: torch.Tensor, thresh: float) -> torch.Tensor:
-    """Greedy suppression of nested masks: indices kept, best score first.
-
-    ``masks`` (N, h, w) bool. Mask j is suppressed by a better-scoring kept mask i when
-    ``|i & j| >= thresh * min(|i|, |j|)``.
-    """
-    import torch
-
-    order = torch.sort(scores, descending=True, stable=True).indices
-    flat = masks[order].flatten(1).float()
-    inter = (flat @ flat.T).cpu().numpy()
-    area = np.diag(inter).copy()
-    nested = inter >= thresh * np.minimum(area[:, None], area[None, :])
-    return order[torch.as_tensor(_greedy_keep(nested), dtype=torch.int64)]
-
-
-def bilinear_matrix(in_size: int, out_size: int) -> torch.Tensor:
-    """(out_size, in_size) matrix M with ``M @ x`` == 1D bilinear resize (align_corners=False) of x."""
-    import torch
-    import torch.nn.functional as F
-
-    eye = torch.eye(in_size, dtype=torch.float32)[None]  # (1, in, in): channel k is the unit vector e_k
-    return F.interpolate(eye, size=out_size, mode="linear", align_corners=False)[0].T.contiguous()
-
-
-def upsampling_matrices(config, input_size: tuple[int, int], original_size: tuple[int, int]):
-    """Separable maps from low-res logits (L, L) to the original frame: rows (H, L), cols (W, L).
-
-    ``rows @ logits @ cols.T`` equals the predictor's upsampling: bilinear to the
-    padded input (S, S), crop to (h, w), bilinear to (H, W).
-    """
-    s, low = config.img_size, config.low_res_mask_size
-    to_input = bilinear_matrix(low, s)
-    rows = bilinear_matrix(input_size[0], original_size[0]) @ to_input[: input_size[0]]
-    cols = bilinear_matrix(input_size[1], original_size[1]) @ to_input[: input_size[1]]
-    return rows, cols
-
-
-def remove_small_regions(mask: np.ndarray, min_area: int) -> np.ndarray:
-    """Fill holes and drop specks smaller than ``min_area`` pixels (4-connected objects, 8-connected holes)."""
-    if min_area <= 1 or not mask.any():
-        return mask
-    from scipy import ndimage
-
-    specks, count = ndimage.label(mask)
-    if count > 1 or (count == 1 and mask.sum() < min_area):
-        sizes = np.bincount(specks.ravel())
-        keep = sizes >= min_area
-        keep[0] = False
-        mask = keep[specks]
-    holes, count = ndimage.label(~mask, structure=np.ones((3, 3), dtype=bool))
-    if count:
-        sizes = np.bincount(holes.ravel())
-        # background regions that touch the crop border are outside, not holes
-        border = np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))
-        fill = sizes < min_area
-        fill[0] = False
-        fill[border] = False
-        if fill.any():
-            mask = mask | fill[holes]
-    return mask
 
 
 # ----------------------------------------------------------------------------- generation
@@ -450,7 +276,7 @@ def _decode_points(
     logits, iou, prompt = logits[keep], iou[keep], prompt[keep]
     inside = logits[:, : valid[0], : valid[1]]
     stability = stability_scores(inside, params.stability_offset)
-    boxes = mask_boxes(inside > 0)
+    boxes = mask_bounding_boxes(inside > 0)
     keep = (stability >= params.stability_thresh) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     return _Survivors(logits[keep], iou[keep], stability[keep], boxes[keep], prompt[keep])
 
@@ -560,33 +386,3 @@ def generate_labels(
     proposals = propose_masks(predictor, embedding, params, points, coarseness)
     masks = [(origin, mask) for _, origin, mask in proposals_to_masks(proposals, predictor.config, params.min_area)]
     return paint_labels(masks, embedding.original_size, params.min_area, params.max_hidden_fraction)
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-def match_instances(truth: np.ndarray, found: np.ndarray, iou_thresh: float = 0.5) -> tuple[int, int, int]:
-    """(true positives, truth objects, found objects): pairs of labels with IoU >= ``iou_thresh``.
-
-    With ``iou_thresh >= 0.5`` a pair is unique on both sides, so no assignment step is needed.
-    """
-    if iou_thresh < 0.5:
-        raise InputError("match_instances counts one-to-one matches only for iou_thresh >= 0.5.")
-    t = np.asarray(truth).ravel().astype(np.int64)
-    f = np.asarray(found).ravel().astype(np.int64)
-    nt, nf = int(t.max(initial=0)), int(f.max(initial=0))
-    area_t = np.bincount(t, minlength=nt + 1)
-    area_f = np.bincount(f, minlength=nf + 1)
-    both = (t > 0) & (f > 0)
-    pairs, inter = np.unique(t[both] * (nf + 1) + f[both], return_counts=True)
-    ti, fi = pairs // (nf + 1), pairs % (nf + 1)
-    iou = inter / (area_t[ti] + area_f[fi] - inter)
-    return int((iou >= iou_thresh).sum()), int((area_t[1:] > 0).sum()), int((area_f[1:] > 0).sum())
-
-
-def f1_score(truth: np.ndarray, found: np.ndarray, iou_thresh: float = 0.5) -> float:
-    """Instance F1 at ``iou_thresh`` (1.0 when both are empty)."""
-    true_pos, n_truth, n_found = match_instances(truth, found, iou_thresh)
-    if n_truth + n_found == 0:
-        return 1.0
-    return 2.0 * true_pos / (n_truth + n_found)

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .errors import InputError
+from napari_sam.engine.errors import InputError
 
 
 @dataclass(frozen=True)

@@ -15,37 +15,14 @@ from collections.abc import Callable, Generator
 
 import numpy as np
 
-from .automatic import AutomaticParams
-from .errors import InputError
-from .stitching import SAME_OBJECT_OVERLAP
-from .tiling import global_intensity_range, make_tile_grid, open_image, split_channels
+from napari_sam.engine.automatic.params import AutomaticParams
+from napari_sam.engine.automatic.stitching import SAME_OBJECT_OVERLAP
+from napari_sam.engine.automatic.tiling import global_intensity_range, make_tile_grid
+from napari_sam.engine.errors import InputError
+from napari_sam.engine.io.images import open_image, split_channels
+from napari_sam.engine.io.outputs import create_output
 
 ProgressCallback = Callable[[int, int], None]
-
-
-def create_output(out, shape: tuple[int, ...], chunks: tuple[int, ...] | None = None):
-    """A zero-filled int32 label array: numpy (``out`` None), a new zarr (``*.zarr``) or TIFF (``*.tif``) on
-    disk, or ``out`` itself when it is an array of the right shape."""
-    if out is None:
-        return np.zeros(shape, dtype=np.int32)
-    if isinstance(out, (str, os.PathLike)):
-        path = os.fspath(out)
-        lower = path.lower().rstrip("/")
-        if lower.endswith(".zarr"):
-            import zarr
-
-            chunks = chunks or tuple([1] * (len(shape) - 2) + [min(1024, s) for s in shape[-2:]])
-            return zarr.open_array(path, mode="w", shape=shape, chunks=chunks, dtype=np.int32, fill_value=0)
-        if lower.endswith((".tif", ".tiff")):
-            import tifffile
-
-            # uncompressed and memory-mapped: written in place, never held whole in memory
-            big = int(np.prod(shape)) * 4 > 2**31
-            return tifffile.memmap(path, shape=shape, dtype=np.int32, bigtiff=big)
-        raise InputError(f"Cannot write labels to {path!r}: use a path ending in .zarr, .tif or .tiff.")
-    if tuple(out.shape) != tuple(shape):
-        raise InputError(f"out has shape {tuple(out.shape)}, but the labels have shape {tuple(shape)}.")
-    return out
 
 
 def segment_everything_steps(
@@ -67,7 +44,7 @@ def segment_everything_steps(
 
     ``encoder_batch``: windows per image-encoder call in a local run (default 1 on CPU, 4 on GPU).
     """
-    from .stitching import Stitcher
+    from napari_sam.engine.automatic.stitching import Stitcher
 
     params = params or AutomaticParams()
     params.validate()
@@ -98,14 +75,14 @@ def segment_everything_steps(
     value_range = global_intensity_range(image, has_channels)
     output = create_output(out, shape[: stack_axes + 2])
     if scheduler is None:
-        from .predictor import Predictor
+        from napari_sam.engine.predict.predictor import Predictor
 
         predictor = Predictor(model, device=device, precision=precision)
         batch = encoder_batch if encoder_batch is not None else default_encoder_batch(predictor.device)
         runner = _LocalTileRunner(predictor, batch)
     else:
         try:
-            from .distributed import DaskTileRunner
+            from napari_sam.engine.automatic.dask_runner import DaskTileRunner
         except ImportError as err:
             raise InputError(
                 "Running on a Dask cluster (scheduler=...) needs the 'distributed' package: "
@@ -135,7 +112,7 @@ def segment_everything_steps(
 def load_model_any(model, device=None):
     """A SAM ``nn.Module`` from a module (returned as is), a zoo name or a checkpoint path."""
     if isinstance(model, (str, os.PathLike)):
-        from ..model import load_model
+        from napari_sam.model import load_model
 
         return load_model(model, device=device, progress=False)
     return model
@@ -155,7 +132,12 @@ class _LocalTileRunner:
         return None
 
     def iter_tile_labels(self, image, grid, params, intensity_range=None):
-        from .tiling import embed_windows, read_window, segment_tile, window_is_blank
+        from napari_sam.engine.automatic.tiling import (
+            embed_windows,
+            segment_tile,
+            window_is_blank,
+        )
+        from napari_sam.engine.io.images import read_window
 
         pending = []
 
@@ -184,7 +166,7 @@ def default_encoder_batch(device) -> int:
 
 
 def _config_of(name_or_path):
-    from ..model import load_model
+    from napari_sam.model import load_model
 
     return load_model(str(name_or_path), device="cpu").config
 

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import InputError
+from napari_sam.engine.errors import InputError
 
 if TYPE_CHECKING:
     import torch
 
-    from ..model.config import SamConfig
+    from napari_sam.model.config import SamConfig
 
 DEFAULT_PERCENTILES = (0.5, 99.5)
 _MAX_SAMPLES = 2_000_000  # pixels used to estimate percentiles of a large or lazy image

@@ -21,15 +21,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import InputError
+from napari_sam.engine.errors import InputError
+from napari_sam.model.config import NEGATIVE, PADDING, POSITIVE
 
 if TYPE_CHECKING:
     import torch
 
 # point labels of SAM's prompt encoder
-POSITIVE = 1
-NEGATIVE = 0
-PADDING = -1
 
 
 # ------------------------------------------------------------------ pixel-frame helpers (numpy)
@@ -75,16 +73,6 @@ def object_centres(labels: np.ndarray) -> dict[int, np.ndarray]:
     return centres
 
 
-def mask_iou(prediction: np.ndarray, target: np.ndarray) -> float:
-    """Intersection over union of two boolean masks (1.0 when both are empty)."""
-    prediction = np.asarray(prediction, dtype=bool)
-    target = np.asarray(target, dtype=bool)
-    union = np.logical_or(prediction, target).sum()
-    if union == 0:
-        return 1.0
-    return float(np.logical_and(prediction, target).sum() / union)
-
-
 # ------------------------------------------------------------------ input-frame samplers (torch)
 
 
@@ -119,7 +107,7 @@ def sample_points_in(
     return coords, has_pixels
 
 
-def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
+def box_prompts_from_masks(masks: torch.Tensor) -> torch.Tensor:
     """Tight boxes of ``(M, H, W)`` bool masks as ``(M, 4)`` float x0, y0, x1, y1 (inclusive pixel indices).
 
     Empty masks give the box (0, 0, 0, 0).
@@ -185,7 +173,7 @@ def sample_negative_points(
     import torch
 
     _, h, w = targets.shape
-    boxes = mask_boxes(targets)
+    boxes = box_prompts_from_masks(targets)
     grow_x = (boxes[:, 2] - boxes[:, 0] + 1) * margin
     grow_y = (boxes[:, 3] - boxes[:, 1] + 1) * margin
     cols = torch.arange(w, device=targets.device)[None, None, :]

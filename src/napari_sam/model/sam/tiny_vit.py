@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d
-from .config import SamConfig, TinyViTEncoderConfig
+from napari_sam.model.config import SamConfig, TinyViTEncoderConfig
+from napari_sam.model.layers import LayerNorm2d
 
 IMAGE_CHANNELS = 3  # RGB input
 STEM_STRIDE = 4  # the conv stem halves the resolution twice

@@ -7,7 +7,7 @@ wide whenever the image is (a window never leaves the image). Windows are what
 the model sees; cores decide ownership of objects (see ``stitching``).
 
 Images may be numpy arrays, dask arrays, zarr arrays or memory-mapped TIFFs
-(``open_image``); only one window at a time is read. Intensities are scaled to
+(``napari_sam.engine.io.images.open_image``); only one window at a time is read. Intensities are scaled to
 8 bits with ONE range for the whole image, estimated from a subsample
 (``image_prep.intensity_range``), never per tile.
 
@@ -17,19 +17,18 @@ All coordinates are (row, col) pixels of the full image; a window or core is
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import InputError
+from napari_sam.engine.errors import InputError
+from napari_sam.engine.io.images import Box
 
 if TYPE_CHECKING:
-    from .automatic import AutomaticParams
-    from .predictor import Predictor
+    from napari_sam.engine.automatic.params import AutomaticParams
+    from napari_sam.engine.predict.predictor import Predictor
 
-Box = tuple[int, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -135,72 +134,12 @@ def make_tile_grid(image_shape, tile_shape, halo, min_tile: int = 1, offset=0) -
     return TileGrid((h, w), tile, halo, (len(rows), len(cols)), tuple(tiles))
 
 
-# ----------------------------------------------------------------------------- image access
-
-
-def open_image(source):
-    """An array-like for ``source``: arrays pass through; a path opens lazily.
-
-    ``.zarr`` directories open with zarr (a group: its first array, e.g. level "0"
-    of a pyramid); ``.tif/.tiff`` memory-map when the file allows, else read
-    through tifffile's zarr store (tiled/compressed TIFFs); ``.npy`` memory-maps.
-    """
-    if not isinstance(source, (str, os.PathLike)):
-        return source
-    path = os.fspath(source)
-    if not os.path.exists(path):
-        raise InputError(f"No such image file: {path}")
-    lower = path.lower().rstrip("/")
-    if lower.endswith(".zarr") or os.path.isdir(path):
-        import zarr
-
-        node = zarr.open(path, mode="r")
-        if hasattr(node, "shape"):
-            return node
-        arrays = sorted(node.array_keys())
-        if not arrays:
-            raise InputError(f"The zarr group {path} holds no arrays.")
-        return node[arrays[0]]
-    if lower.endswith((".tif", ".tiff")):
-        import tifffile
-
-        try:
-            return tifffile.memmap(path, mode="r")
-        except ValueError:  # compressed or tiled: not memory-mappable
-            import zarr
-
-            return zarr.open(tifffile.imread(path, aszarr=True), mode="r")
-    if lower.endswith(".npy"):
-        return np.load(path, mmap_mode="r")
-    import skimage.io
-
-    return skimage.io.imread(path)
-
-
-def split_channels(shape: tuple[int, ...]) -> tuple[int, bool]:
-    """(number of leading stack axes, has channel axis) for an image shape.
-
-    (H, W): 2D; (H, W, C<=4): 2D with channels; (Z, H, W) with W > 4: a stack;
-    (Z, H, W, C<=4): a stack with channels.
-    """
-    ndim = len(shape)
-    if ndim == 2:
-        return 0, False
-    if ndim == 3:
-        return (0, True) if shape[2] <= 4 else (1, False)
-    if ndim == 4 and shape[3] <= 4:
-        return 1, True
-    raise InputError(
-        f"Cannot segment an image of shape {tuple(shape)}: expected (H, W), (H, W, C<=4), (Z, H, W) or (Z, H, W, C<=4)."
-    )
-
-
 def global_intensity_range(image, has_channels: bool):
     """One (low, high) scaling for the whole image from a subsample; None for 8-bit images (used unchanged).
 
     Raises ``InputError`` when the sample contains NaN or infinite values.
     """
-    from .image_prep import _subsample, intensity_range
+    from napari_sam.engine.predict.preprocessing import _subsample, intensity_range
 
     dtype = np.dtype(image.dtype)
     if dtype == np.uint8:
@@ -213,12 +152,6 @@ def global_intensity_range(image, has_channels: bool):
         if not np.isfinite(_subsample(probe, 250_000)).all():
             raise InputError("The image contains NaN or infinite values; fill or mask them before segmenting.")
     return intensity_range(image, channel_axis=-1 if has_channels else None)
-
-
-def read_window(image, window: Box) -> np.ndarray:
-    """The pixels of one window as a numpy array (H_w, W_w[, C])."""
-    r0, r1, c0, c1 = window
-    return np.asarray(image[r0:r1, c0:c1])
 
 
 def window_is_blank(pixels: np.ndarray, intensity_range=None) -> bool:
@@ -238,8 +171,12 @@ def embed_windows(predictor: Predictor, windows: list[np.ndarray], intensity_ran
     """Image embeddings of several windows in one encoder call (one ``ImageEmbedding`` each)."""
     import torch
 
-    from .image_prep import image_to_model_input, model_input_size, to_uint8_rgb
-    from .predictor import ImageEmbedding
+    from napari_sam.engine.predict.predictor import ImageEmbedding
+    from napari_sam.engine.predict.preprocessing import (
+        image_to_model_input,
+        model_input_size,
+        to_uint8_rgb,
+    )
 
     if len(windows) == 1:
         return [predictor.compute_embedding(windows[0], intensity_range)]
@@ -274,7 +211,7 @@ def segment_tile(
     (``automatic.lattice_points``), so they do not move when the tile grid moves.
     ``embedding``: the window's precomputed ``ImageEmbedding`` (see ``embed_windows``).
     """
-    from .automatic import generate_labels, lattice_points
+    from napari_sam.engine.automatic.generation import generate_labels, lattice_points
 
     if window_is_blank(pixels, intensity_range):
         return np.zeros(pixels.shape[:2], dtype=np.int32)

@@ -1,0 +1,1 @@
+"""Segment everything: parameters, mask generation, tiling, stitching, runners."""

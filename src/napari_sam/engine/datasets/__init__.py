@@ -1,0 +1,1 @@
+"""Synthetic data for tests, benchmarks and the trained test fixture."""

@@ -1,0 +1,1 @@
+"""Reading images of every backing and creating label outputs."""

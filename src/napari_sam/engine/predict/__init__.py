@@ -1,0 +1,1 @@
+"""Prompted segmentation of one image: predictor, embedding cache, preprocessing, device."""

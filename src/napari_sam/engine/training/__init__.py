@@ -1,0 +1,1 @@
+"""Fine-tuning SAM on images with instance labels."""

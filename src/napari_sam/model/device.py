@@ -1,0 +1,25 @@
+"""Choosing the torch device a model runs on (the engine's ``select_device`` wraps this)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as a ``torch.device``; None picks CUDA, then Apple MPS, then CPU."""
+    if device is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise RuntimeError(f"Unknown device {device!r}: use 'cpu', 'cuda', 'cuda:N' or 'mps'.") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"Device {device} was requested but this PyTorch build has no usable CUDA device.")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RuntimeError(f"Device {device} was requested but Apple MPS is not available here.")
+    return device

@@ -15,7 +15,7 @@ weights, and writes ``tests/data/golden/<model>.npz`` (arrays) and ``<model>.jso
   masks (bit-packed), scores and low-res logits for a non-square synthetic image.
 
 Large arrays are stored as strided subsets plus full per-channel / per-position means
-so every golden file stays small. ``tests/test_reference_equality.py`` replays all of it
+so every golden file stays small. ``tests/model/test_reference_equality.py`` replays all of it
 against our implementation without importing the reference packages.
 """
 

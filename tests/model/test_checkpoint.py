@@ -30,7 +30,7 @@ from napari_sam.model.errors import (
     UnsafeCheckpointError,
 )
 
-DATA_DIR = Path(__file__).parent / "data"
+DATA_DIR = Path(__file__).parents[1] / "data"
 TINY_CONFIGS = [TINY_VIT, TINY_TINYVIT]
 
 

@@ -16,7 +16,7 @@ import pytest
 from napari_sam.engine.datasets.synthetic import synthetic_dataset
 from napari_sam.engine.training.loop import evaluate_with_predictor
 
-DATA_DIR = Path(__file__).parent / "data"
+DATA_DIR = Path(__file__).parents[1] / "data"
 HELD_OUT_SEEDS = 0  # synthetic_dataset(HELD_OUT_IMAGES, seed=0): seeds 0..7
 HELD_OUT_IMAGES = 8
 

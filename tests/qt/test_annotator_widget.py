@@ -1,7 +1,7 @@
 """GUI tests of the dock widget under Xvfb: what a user does, with real mouse clicks and key presses.
 
 Run with a display, e.g.
-    xvfb-run -a -s "-screen 0 1280x1024x24" python -m pytest tests/test_napari_widget.py
+    xvfb-run -a -s "-screen 0 1280x1024x24" python -m pytest tests/qt/
 """
 
 from __future__ import annotations

@@ -26,9 +26,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-GOLDEN_DIR = Path(__file__).parent / "data" / "golden"
+GOLDEN_DIR = Path(__file__).parents[1] / "data" / "golden"
 
-_spec = importlib.util.spec_from_file_location("_reference_weights", Path(__file__).parent / "_weights.py")
+_spec = importlib.util.spec_from_file_location("_reference_weights", Path(__file__).parents[1] / "_weights.py")
 W = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(W)
 

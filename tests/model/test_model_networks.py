@@ -19,7 +19,7 @@ import torch
 
 from napari_sam.model.config import CONFIGS, TINY_TINYVIT, TINY_VIT, VIT_B, VIT_H
 
-DATA_DIR = Path(__file__).parent / "data"
+DATA_DIR = Path(__file__).parents[1] / "data"
 C = TINY_VIT.prompt_embed_dim
 E = TINY_VIT.embedding_size
 S = TINY_VIT.img_size

@@ -21,7 +21,7 @@ from napari_sam.model.sam.tiny_vit import (
 # {key: shape} of the image encoder in MobileSAM's released mobile_sam.pt (prefix
 # "image_encoder." removed), generated from the mobile_sam package's TinyViT built as
 # build_sam_vit_t builds it.
-OFFICIAL_KEYS = Path(__file__).parent / "data" / "official_keys_vit_t.json"
+OFFICIAL_KEYS = Path(__file__).parents[1] / "data" / "official_keys_vit_t.json"
 
 
 def _randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -361,7 +361,7 @@ def shifted_finetune_run():
 
     from napari_sam.model import load_model
 
-    model = load_model(Path(__file__).parent / "data" / "tiny_sam_synthetic.pt", device="cpu")
+    model = load_model(Path(__file__).parents[1] / "data" / "tiny_sam_synthetic.pt", device="cpu")
     # 256 x 128 images: the longest side is the model's input size, so objects keep their (small) size
     train = synthetic_dataset(16, shape=(256, 128), seed=700, style=SHIFTED_STYLE)
     held_out = synthetic_dataset(1, shape=(256, 128), seed=900, style=SHIFTED_STYLE)

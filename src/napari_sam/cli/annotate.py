@@ -1,0 +1,26 @@
+"""``napari-sam annotate``: napari with the annotator docked."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from napari_sam._napari.demo import SAMPLES
+
+    p = subparsers.add_parser(
+        "annotate",
+        help="open napari with the Segment Anything annotator docked",
+        description="Open napari with the interactive annotator docked, optionally on a sample image.",
+    )
+    p.add_argument("--sample", choices=(*SAMPLES, "none"), default="cell", help="sample image to open (default: cell)")
+    p.add_argument("--model", default="vit_t", help="zoo name or checkpoint file (default: vit_t, MobileSAM)")
+    p.add_argument("--no-load", action="store_true", help="do not load the model at start")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from napari_sam._napari.demo import launch
+
+    launch(None if args.sample == "none" else args.sample, args.model, load=not args.no_load)
+    return 0

@@ -8,15 +8,19 @@ also across sessions.
 
 Keys are tuples of non-negative ints that name a plane (the caller decides what
 they mean, e.g. ``(row_axis, col_axis, z)``). A *fingerprint* (a JSON-able dict:
-model, image shape, intensity range, ...) ties a saved cache to the image and the
-model it was computed for; attaching a store with another fingerprint is refused.
+model, image shape, pixel and encoder digests, ...; see
+:func:`napari_sam.engine.predict.fingerprint.cache_fingerprint`) ties a saved cache
+to the image and the model it was computed for; attaching a store with another
+fingerprint is refused. A store that cannot be read back (a missing, truncated or
+corrupt file) is an :class:`InputError` that says to delete it, never a zero embedding.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +37,13 @@ _FORMAT_VERSION = 1
 
 
 def embedding_nbytes(embedding: ImageEmbedding) -> int:
-    """Memory held by one embedding's features."""
+    """Memory held by one embedding's features.
+
+    Parameters
+    ----------
+    embedding
+        Any embedding with a ``features`` tensor.
+    """
     features = embedding.features
     return int(features.element_size() * features.nelement())
 
@@ -61,11 +71,27 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _corrupt_store_error(store: Path | None, entry: str | None, cause: object) -> InputError:
+    """The error for an unreadable store (``entry``: the plane's array in it): what is broken, what to do."""
+    location = store / entry if store is not None and entry else store
+    return InputError(
+        f"The embedding cache is corrupt: {location} cannot be read ({cause}); "
+        f"delete the folder {store} and compute the embeddings again."
+    )
+
+
 class EmbeddingCache:
     """LRU cache ``key -> ImageEmbedding`` bounded by ``max_bytes``, optionally backed by a zarr store.
 
     Thread-safe: a worker thread may read (e.g. while saving) while the GUI
     thread puts new entries.
+
+    Parameters
+    ----------
+    max_bytes
+        Memory budget for the features held in memory (the store on disk is not counted).
+    fingerprint
+        JSON-able description of the image and model (see :meth:`set_fingerprint`).
     """
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES, fingerprint: dict | None = None):
@@ -78,7 +104,14 @@ class EmbeddingCache:
         self.store_path: Path | None = None
 
     def set_fingerprint(self, fingerprint: dict) -> None:
-        """Describe the image and model these embeddings belong to (checked by :meth:`save` / :meth:`load`)."""
+        """Describe the image and model these embeddings belong to (checked by :meth:`save` / :meth:`load`).
+
+        Parameters
+        ----------
+        fingerprint
+            JSON-able dict, typically from
+            :func:`~napari_sam.engine.predict.fingerprint.cache_fingerprint`.
+        """
         self.fingerprint = _jsonable(dict(fingerprint))
 
     # ------------------------------------------------------------ in memory
@@ -99,11 +132,26 @@ class EmbeddingCache:
         with self._lock:
             keys = list(self._entries)
             if self._store is not None:
-                keys += [k for k in (_key_from_name(n) for n in self._store.array_keys()) if k not in self._entries]
+                with self._store_errors():
+                    names = list(self._store.array_keys())
+                keys += [k for k in (_key_from_name(n) for n in names) if k not in self._entries]
             return keys
 
-    def get(self, key: Hashable, device=None) -> ImageEmbedding | None:
-        """The embedding of ``key``, or None. A hit in the attached store is loaded into memory."""
+    def get(self, key: Hashable, device: Any = None) -> ImageEmbedding | None:
+        """The embedding of ``key``, or None. A hit in the attached store is loaded into memory.
+
+        Parameters
+        ----------
+        key
+            The plane's key.
+        device
+            Where an embedding read from the store is placed (default CPU).
+
+        Raises
+        ------
+        InputError
+            The store's entry for ``key`` is missing data or cannot be read.
+        """
         with self._lock:
             embedding = self._entries.get(key)
             if embedding is not None:
@@ -116,14 +164,28 @@ class EmbeddingCache:
             return embedding
 
     def put(self, key: Hashable, embedding: ImageEmbedding) -> None:
-        """Keep ``embedding`` (evicting the least recently used) and write it to the attached store."""
+        """Keep ``embedding`` (evicting the least recently used) and write it to the attached store.
+
+        Parameters
+        ----------
+        key
+            The plane's key (a tuple of non-negative ints when a store is attached).
+        embedding
+            The plane's embedding.
+        """
         with self._lock:
             self._remember(key, embedding)
             if self._store is not None and not self._in_store(key):
                 self._write(key, embedding)
 
     def discard(self, key: Hashable) -> None:
-        """Forget ``key`` in memory (the attached store is left alone)."""
+        """Forget ``key`` in memory (the attached store is left alone).
+
+        Parameters
+        ----------
+        key
+            The plane's key; unknown keys are ignored.
+        """
         with self._lock:
             embedding = self._entries.pop(key, None)
             if embedding is not None:
@@ -151,8 +213,17 @@ class EmbeddingCache:
         """Write every embedding held in memory to a zarr directory and attach it.
 
         Creates the store, or adds to one saved earlier for the same fingerprint.
-        Later :meth:`put` calls are written through. Returns the number of
-        embeddings in the store.
+        Later :meth:`put` calls are written through.
+
+        Parameters
+        ----------
+        path
+            A zarr directory: new, or saved earlier for the same fingerprint.
+
+        Returns
+        -------
+        int
+            The number of embeddings in the store.
         """
         import zarr
 
@@ -170,14 +241,26 @@ class EmbeddingCache:
             for key, embedding in list(self._entries.items()):
                 if not self._in_store(key):
                     self._write(key, embedding)
-            return sum(1 for _ in group.array_keys())
+            return self._count_stored()
 
     def load(self, path: str | Path) -> int:
         """Attach a store saved by :meth:`save`; its embeddings are read when first asked for.
 
-        Raises :class:`InputError` when the path is not such a store or was saved
-        for another image or model (different fingerprint). Returns the number of
-        embeddings available in the store.
+        Parameters
+        ----------
+        path
+            A zarr directory written by :meth:`save`.
+
+        Returns
+        -------
+        int
+            The number of embeddings available in the store.
+
+        Raises
+        ------
+        InputError
+            The path is not such a store, was saved for another image or model
+            (different fingerprint), or its entries cannot be listed (corrupt).
         """
         import zarr
 
@@ -185,8 +268,27 @@ class EmbeddingCache:
         with self._lock:
             self._check_fingerprint(path)
             group = zarr.open_group(str(path), mode="a")
+            previous = self._store, self.store_path
             self._store, self.store_path = group, path
-            return sum(1 for _ in group.array_keys())
+            try:
+                return self._count_stored()
+            except InputError:
+                self._store, self.store_path = previous  # a store that cannot be listed is not attached
+                raise
+
+    def _count_stored(self) -> int:
+        with self._store_errors():
+            return sum(1 for _ in self._store.array_keys())
+
+    @contextlib.contextmanager
+    def _store_errors(self, entry: str | None = None) -> Iterator[None]:
+        """Turn any failure to read the store (bad JSON, bad compressed bytes, I/O) into a clear InputError."""
+        try:
+            yield
+        except InputError:
+            raise
+        except Exception as err:  # zarr, numcodecs and json raise many types for one cause: a damaged store
+            raise _corrupt_store_error(self.store_path, entry, err) from err
 
     def _check_fingerprint(self, path: Path) -> None:
         import zarr
@@ -212,9 +314,11 @@ class EmbeddingCache:
         if self._store is None or not isinstance(key, tuple):
             return False
         try:
-            return _store_name(key) in self._store
+            name = _store_name(key)
         except InputError:
             return False
+        with self._store_errors(name):
+            return name in self._store
 
     def _write(self, key: Hashable, embedding: ImageEmbedding) -> None:
         arrays = embedding.to_numpy()
@@ -232,10 +336,17 @@ class EmbeddingCache:
     def _read(self, key: Hashable, device=None) -> ImageEmbedding:
         from napari_sam.engine.predict.predictor import ImageEmbedding
 
-        array = self._store[_store_name(key)]  # type: ignore[index,arg-type]
-        arrays = {
-            "features": np.asarray(array[...]),
-            "original_size": np.asarray(array.attrs["original_size"]),
-            "input_size": np.asarray(array.attrs["input_size"]),
-        }
+        name = _store_name(key)  # type: ignore[arg-type]
+        with self._store_errors(name):
+            array = self._store[name]
+            # zarr hands back its fill value (zeros) for a chunk file that is gone: that is no embedding
+            if getattr(array, "nchunks_initialized", array.nchunks) < array.nchunks:
+                raise _corrupt_store_error(self.store_path, name, "its data file is missing")
+            arrays = {
+                "features": np.asarray(array[...]),
+                "original_size": np.asarray(array.attrs["original_size"]),
+                "input_size": np.asarray(array.attrs["input_size"]),
+            }
+        if not np.isfinite(arrays["features"]).all():
+            raise _corrupt_store_error(self.store_path, name, "it holds NaN or infinite values")
         return ImageEmbedding.from_numpy(arrays, device=device or "cpu")

@@ -9,6 +9,7 @@ lives here and nowhere else. Masks come back at the original (H, W).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 
 from napari_sam.engine.errors import InputError
 from napari_sam.engine.predict.device import autocast, resolve_precision, select_device
+from napari_sam.engine.predict.fingerprint import encoder_fingerprint
 from napari_sam.engine.predict.preprocessing import (
     image_to_model_input,
     model_input_size,
@@ -46,6 +48,15 @@ class ImageEmbedding:
 
     @classmethod
     def from_numpy(cls, arrays: dict[str, np.ndarray], device: torch.device | str = "cpu") -> ImageEmbedding:
+        """The embedding back from :meth:`to_numpy`'s arrays.
+
+        Parameters
+        ----------
+        arrays
+            ``features`` (1, C, E, E), ``original_size`` (2,) and ``input_size`` (2,).
+        device
+            Where the features tensor is placed.
+        """
         return cls(
             torch.as_tensor(np.asarray(arrays["features"]), dtype=torch.float32, device=device),
             tuple(int(v) for v in arrays["original_size"]),
@@ -56,9 +67,20 @@ class ImageEmbedding:
 class Predictor:
     """SAM predictor: one image embedding at a time, any number of prompt sets.
 
-    ``precision``: ``auto`` (bf16 on CUDA and on CPUs with native bf16, else fp32),
-    ``fp32``, ``bf16`` or ``fp16`` (GPU only). The model is moved to ``device``
-    (None: CUDA > MPS > CPU) and put in eval mode.
+    Satisfies :class:`~napari_sam.engine.predict.protocol.PredictorProtocol`, the
+    interface the napari side uses.
+
+    Parameters
+    ----------
+    model
+        A SAM module (``image_encoder``, ``prompt_encoder``, ``mask_decoder``, ``config``),
+        e.g. from :func:`napari_sam.model.load_model`. Moved to ``device``, put in eval mode.
+    device
+        ``"cuda"``, ``"mps"``, ``"cpu"``, a ``torch.device``, or None for the best
+        available (CUDA > MPS > CPU).
+    precision
+        ``auto`` (bf16 on CUDA and on CPUs with native bf16, else fp32), ``fp32``,
+        ``bf16`` or ``fp16`` (GPU only).
     """
 
     def __init__(self, model: torch.nn.Module, device: str | torch.device | None = None, precision: str = "auto"):
@@ -69,6 +91,18 @@ class Predictor:
         # how the checkpoint expects its input ("sam", or "medsam" for MedSAM-style fine-tunes)
         self.preprocessing = getattr(model, "preprocessing", "sam")
         self._embedding: ImageEmbedding | None = None
+        self._encoder_fingerprint: str | None = None
+
+    def encoder_fingerprint(self) -> str:
+        """Digest of the image encoder's weights and input settings (computed once, then memoised).
+
+        Two predictors give equal digests exactly when their embeddings can be
+        exchanged; see :func:`napari_sam.engine.predict.fingerprint.encoder_fingerprint`.
+        The model must not be changed in place after the first call.
+        """
+        if self._encoder_fingerprint is None:
+            self._encoder_fingerprint = encoder_fingerprint(self.model)
+        return self._encoder_fingerprint
 
     # ----------------------------------------------------------------- image
     def autocast(self):
@@ -76,8 +110,23 @@ class Predictor:
         return autocast(self.device, self.autocast_dtype)
 
     @torch.inference_mode()
-    def compute_embedding(self, image, intensity_range: tuple | None = None) -> ImageEmbedding:
-        """Embed a 2D image (H, W) or (H, W, C) of any dtype; does not change the predictor's state."""
+    def compute_embedding(self, image: Any, intensity_range: tuple | None = None) -> ImageEmbedding:
+        """Embed a 2D image; does not change the predictor's state.
+
+        Parameters
+        ----------
+        image
+            (H, W) or (H, W, C) with C <= 4, any numeric dtype, (row, col) pixel frame.
+            Channels-first (C, H, W) is refused with a hint (see ``validate_image``).
+        intensity_range
+            (low, high) intensities mapped to 0-255 (scalars or per channel); None:
+            the image's own robust percentiles (uint8 and bool are used unchanged).
+
+        Returns
+        -------
+        ImageEmbedding
+            Features on this predictor's device, with the image's original and resized sizes.
+        """
         rgb = to_uint8_rgb(image, intensity_range)
         x = image_to_model_input(rgb, self.config, self.device, self.preprocessing)
         with self.autocast():
@@ -86,7 +135,14 @@ class Predictor:
         return ImageEmbedding(features.float(), tuple(rgb.shape[:2]), input_size)
 
     def set_embedding(self, embedding: ImageEmbedding) -> None:
-        """Use a (cached) embedding for the following predictions."""
+        """Use a (cached) embedding for the following predictions.
+
+        Parameters
+        ----------
+        embedding
+            From :meth:`compute_embedding` of a predictor with the same model
+            architecture; another architecture's embedding is refused.
+        """
         expected = (self.config.prompt_embed_dim, self.config.embedding_size, self.config.embedding_size)
         if tuple(embedding.features.shape[1:]) != expected:
             raise InputError(
@@ -97,15 +153,23 @@ class Predictor:
             embedding.features.to(self.device), embedding.original_size, embedding.input_size
         )
 
-    def set_image(self, image, intensity_range: tuple | None = None) -> None:
-        """Embed ``image`` and keep it for :meth:`predict`. On error the previous image stays set."""
+    def set_image(self, image: Any, intensity_range: tuple | None = None) -> None:
+        """Embed ``image`` and keep it for :meth:`predict`. On error the previous image stays set.
+
+        Parameters
+        ----------
+        image, intensity_range
+            As for :meth:`compute_embedding`.
+        """
         self.set_embedding(self.compute_embedding(image, intensity_range))
 
     def reset_image(self) -> None:
+        """Forget the current image's embedding."""
         self._embedding = None
 
     @property
     def embedding(self) -> ImageEmbedding | None:
+        """The embedding :meth:`predict` uses, or None before an image is set."""
         return self._embedding
 
     # --------------------------------------------------------------- prompts
@@ -130,6 +194,8 @@ class Predictor:
             raise InputError(
                 f"Got {points.shape[-2]} points but labels of shape {labels.shape}: one label per point is needed."
             )
+        if points.shape[-2] == 0:
+            return None  # an empty set of points is no prompt; the caller decides whether others remain
         if not np.isfinite(points).all():
             raise InputError("Points contain NaN or infinite coordinates.")
         if not np.isin(labels, (0, 1)).all():
@@ -179,10 +245,17 @@ class Predictor:
         return torch.as_tensor(xyxy, dtype=torch.float32, device=self.device)
 
     def _mask_input(self, mask_input, batch: int, batched: bool):
+        """Validate low-res mask logits ((1, L, L) or (B, 1, L, L)); return a (B, 1, L, L) tensor."""
         if mask_input is None:
             return None
         size = self.config.low_res_mask_size
-        m = torch.as_tensor(np.asarray(mask_input, dtype=np.float32), device=self.device)
+        mask_input = np.asarray(mask_input, dtype=np.float32)
+        if not np.isfinite(mask_input).all():
+            # the decoder would turn them into NaN masks and scores
+            raise InputError(
+                "mask_input contains NaN or infinite values; pass the finite logits a previous predict returned."
+            )
+        m = torch.as_tensor(mask_input, device=self.device)
         if not batched and m.ndim == 2:
             m = m[None]
         want = (batch, 1, size, size) if batched else (1, size, size)
@@ -213,6 +286,13 @@ class Predictor:
 
         Upsample to the padded input size, crop the padding, then resize to the
         original size, as the released models were trained to be used.
+
+        Parameters
+        ----------
+        low_res
+            Logits from the decoder (or :meth:`predict`'s third output as a tensor).
+        emb
+            The embedding they belong to; default: the current one.
         """
         emb = emb or self._require_embedding()
         s = self.config.img_size
@@ -220,38 +300,96 @@ class Predictor:
         x = F.interpolate(low_res, size=(s, s), mode="bilinear", align_corners=False)[..., :h, :w]
         return F.interpolate(x, size=emb.original_size, mode="bilinear", align_corners=False)
 
-    def predict(self, points=None, labels=None, box=None, mask_input=None, multimask: bool = True):
+    @staticmethod
+    def _no_prompt_error(points: Any, alternatives: str) -> InputError:
+        """The error for a call without a usable prompt; names an empty points array as the cause."""
+        if points is not None and np.size(points) == 0:
+            return InputError(
+                f"Got an empty points array (no points) and no {alternatives}: SAM would segment without a prompt. "
+                "Add at least one point, or give a box."
+            )
+        return InputError(f"Give at least one prompt: points with labels, or a {alternatives}.")
+
+    def predict(
+        self,
+        points: Any = None,
+        labels: Any = None,
+        box: Any = None,
+        mask_input: Any = None,
+        multimask: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Segment one object.
 
-        points: (N, 2) (row, col); labels: (N,) 1 positive / 0 negative; box:
-        (min_row, min_col, max_row, max_col); mask_input: (1, L, L) logits from a
-        previous call. Returns masks (K, H, W) bool, scores (K,) float32 and
-        low-res logits (K, L, L) float32, K = 3 with ``multimask`` else 1, sorted
-        as SAM outputs them (use ``scores.argmax()`` for the best).
+        Parameters
+        ----------
+        points
+            (N, 2) (row, col) in the original image's pixel frame. An empty (0, 2)
+            array counts as no points: then a box or ``mask_input`` is required.
+        labels
+            (N,) 1 positive / 0 negative, one per point.
+        box
+            (min_row, min_col, max_row, max_col); drawn past the border means up to it.
+        mask_input
+            (1, L, L) finite low-res logits from a previous call (L = ``config.low_res_mask_size``).
+        multimask
+            Three candidates (for an ambiguous single click) instead of one.
+
+        Returns
+        -------
+        masks : np.ndarray
+            (K, H, W) bool, K = 3 with ``multimask`` else 1, in SAM's order
+            (use ``scores.argmax()`` for the best).
+        scores : np.ndarray
+            (K,) float32 predicted IoU.
+        logits : np.ndarray
+            (K, L, L) float32 low-res logits (feed one back as ``mask_input``).
         """
         emb = self._require_embedding()
         pts = self._points_to_input_frame(points, labels, emb, batched=False)
         boxes = self._box_to_input_frame(box, emb, batched=False)
         masks_in = self._mask_input(mask_input, 1, batched=False)
         if pts is None and boxes is None and masks_in is None:
-            raise InputError("Give at least one prompt: points with labels, a box, or a mask_input.")
+            raise self._no_prompt_error(points, "box or mask_input")
         low_res, iou = self._decode(emb, pts, boxes, masks_in, multimask)
         with torch.inference_mode():
             masks = self.upscale_logits(low_res, emb) > 0.0
         return masks[0].cpu().numpy(), iou[0].cpu().numpy(), low_res[0].cpu().numpy()
 
-    def predict_batch(self, points=None, labels=None, boxes=None, mask_input=None, multimask: bool = False):
+    def predict_batch(
+        self,
+        points: Any = None,
+        labels: Any = None,
+        boxes: Any = None,
+        mask_input: Any = None,
+        multimask: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Segment B objects in one decoder call.
 
-        points: (B, N, 2) (row, col) with labels (B, N); boxes: (B, 4); mask_input:
-        (B, 1, L, L). Returns masks (B, K, H, W) bool, scores (B, K), logits (B, K, L, L).
+        Parameters
+        ----------
+        points, labels
+            (B, N, 2) (row, col) and (B, N) labels, N points per object; (B, 0, 2)
+            counts as no points (then ``boxes`` are required).
+        boxes
+            (B, 4) (min_row, min_col, max_row, max_col).
+        mask_input
+            (B, 1, L, L) finite low-res logits.
+        multimask
+            Three candidates per object instead of one.
+
+        Returns
+        -------
+        masks, scores, logits : np.ndarray
+            (B, K, H, W) bool, (B, K) float32 and (B, K, L, L) float32.
         """
         emb = self._require_embedding()
         pts = self._points_to_input_frame(points, labels, emb, batched=True)
         box_t = self._box_to_input_frame(boxes, emb, batched=True)
         sizes = {t.shape[0] for t in (pts[0] if pts else None, box_t) if t is not None}
         if not sizes:
-            raise InputError("Give at least one prompt per object: points with labels, or boxes.")
+            raise self._no_prompt_error(points, "boxes")
+        if points is not None and pts is None:  # empty points still say how many objects they are for
+            sizes.add(np.shape(points)[0])
         if len(sizes) > 1:
             raise InputError(f"Points and boxes describe different numbers of objects: {sorted(sizes)}.")
         batch = sizes.pop()

@@ -9,17 +9,21 @@ input size ``S`` (bilinear, antialiased), normalised with the ImageNet mean/std
 * Other dtypes (uint16, int, float, bool) are scaled to 0-255 with robust
   percentiles (0.5 and 99.5 by default), per channel, never min-max; a stack or a
   set of tiles should pass one ``intensity_range`` so every slice is scaled alike.
+  The arithmetic is float64, so values on a large offset (uint32 3e9 + [0..1000],
+  float64 1e7 + x) keep their grey levels; integers are exact up to 2**53.
 * Two channels become (c0, c1, 0); more than four channels must be reduced by the user.
 
 MedSAM-style models (``preprocessing="medsam"``) instead take the whole image
 resized to ``S x S`` (aspect ratio not kept) and min-max scaled to [0, 1].
 
-Image arrays are (H, W) or (H, W, C) in napari's (row, col) pixel frame.
+Image arrays are (H, W) or (H, W, C) in napari's (row, col) pixel frame. A
+channels-first (C, H, W) array is refused with a hint rather than guessed at: it
+is indistinguishable from a C-slice stack, and either guess would give wrong masks.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,10 +36,23 @@ if TYPE_CHECKING:
 
 DEFAULT_PERCENTILES = (0.5, 99.5)
 _MAX_SAMPLES = 2_000_000  # pixels used to estimate percentiles of a large or lazy image
+_SCALE_BLOCK = 1 << 21  # values scaled per block: bounds the float64 temporaries (16 MiB)
 
 
-def validate_image(image) -> np.ndarray | object:
-    """Check shape (H, W) or (H, W, C<=4) and non-emptiness; returns the array-like untouched."""
+def validate_image(image: Any) -> Any:
+    """Check that ``image`` is one 2D image with channels last; returns it untouched.
+
+    Parameters
+    ----------
+    image
+        Array-like of shape (H, W) or (H, W, C) with C <= 4, not empty.
+
+    Raises
+    ------
+    InputError
+        For other shapes, naming the likely mistake: a stack instead of a slice, or
+        channels first (C, H, W) with C <= 4 and W > 4.
+    """
     shape = tuple(getattr(image, "shape", ()))
     if len(shape) not in (2, 3):
         raise InputError(
@@ -44,6 +61,12 @@ def validate_image(image) -> np.ndarray | object:
         )
     if any(s == 0 for s in shape):
         raise InputError(f"The image is empty (shape {shape}).")
+    if len(shape) == 3 and shape[2] > 4 and shape[0] <= 4:
+        raise InputError(
+            f"Got an image of shape {shape}: this looks channels-first (C, H, W) with {shape[0]} channel(s) "
+            "in the first axis, but images are read channels last (H, W, C). Pass np.moveaxis(image, 0, -1) "
+            "for a multichannel image, or image[i] for one slice of a stack."
+        )
     if len(shape) == 3 and shape[2] > 4:
         raise InputError(
             f"Got an image of shape {shape}: {shape[2]} channels in the last axis. SAM takes up to 3 "
@@ -60,13 +83,25 @@ def _subsample(image, max_samples: int = _MAX_SAMPLES) -> np.ndarray:
 
 
 def intensity_range(
-    image, percentiles: tuple[float, float] = DEFAULT_PERCENTILES, channel_axis: int | None = None
+    image: Any, percentiles: tuple[float, float] = DEFAULT_PERCENTILES, channel_axis: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Robust (low, high) intensities of ``image``, for scaling to 0-255.
 
-    ``image`` may be any array-like (numpy, dask, zarr) of any dimensionality; a
-    subsample is read. With ``channel_axis`` the result is per channel (shape (C,)),
-    otherwise scalars (shape ()). NaNs are ignored here (``to_uint8_rgb`` refuses them).
+    Parameters
+    ----------
+    image
+        Any array-like (numpy, dask, zarr) of any dimensionality; a subsample is
+        read (a few planes of a stack, strided pixels of each).
+    percentiles
+        The low and high percentiles, in 0-100.
+    channel_axis
+        The axis holding channels, for one range per channel; None for one overall range.
+
+    Returns
+    -------
+    low, high : np.ndarray
+        float64, shape (C,) with ``channel_axis``, else shape (). NaNs are ignored
+        here (``to_uint8_rgb`` refuses them).
     """
     data = image
     if channel_axis is not None:
@@ -94,11 +129,39 @@ def _to_hwc(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def to_uint8_rgb(image, intensity_range: tuple | None = None) -> np.ndarray:
+def _scale_to_uint8(hwc: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """``(x - lo) * 255 / (hi - lo)`` clipped and rounded to uint8, in float64.
+
+    float32 keeps ~7 digits: on 3e9 + [0..1000] it leaves a handful of grey levels,
+    float64 keeps them all. Row blocks bound the float64 temporaries.
+    """
+    gain = 255.0 / np.where(hi > lo, hi - lo, 1.0)
+    out = np.empty(hwc.shape, dtype=np.uint8)
+    rows = max(1, _SCALE_BLOCK // max(1, hwc.shape[1] * hwc.shape[2]))
+    for start in range(0, hwc.shape[0], rows):
+        block = hwc[start : start + rows].astype(np.float64)
+        block -= lo
+        block *= gain
+        np.clip(block, 0, 255, out=block)
+        out[start : start + rows] = np.rint(block, out=block)
+    return out
+
+
+def to_uint8_rgb(image: Any, intensity_range: tuple | None = None) -> np.ndarray:
     """Convert a 2D image to (H, W, 3) uint8 RGB as described in the module docstring.
 
-    ``intensity_range`` (from the function of that name) overrides the per-image
-    percentiles; pass the same one for all slices/tiles of one dataset.
+    Parameters
+    ----------
+    image
+        (H, W) or (H, W, C) with C <= 4, numeric or bool, finite (see :func:`validate_image`).
+    intensity_range
+        (low, high) from :func:`intensity_range`, overriding the per-image
+        percentiles; pass the same one for all slices/tiles of one dataset.
+
+    Returns
+    -------
+    np.ndarray
+        (H, W, 3) uint8, C-contiguous.
     """
     validate_image(image)
     image = np.asarray(image)
@@ -119,9 +182,7 @@ def to_uint8_rgb(image, intensity_range: tuple | None = None) -> np.ndarray:
             lo, hi = _estimate_intensity_range(hwc, channel_axis=-1)
         else:
             lo, hi = (np.asarray(v, dtype=np.float64) for v in intensity_range)
-        span = np.where(hi > lo, hi - lo, 1.0)
-        scaled = np.clip((hwc.astype(np.float32) - lo.astype(np.float32)) * (255.0 / span).astype(np.float32), 0, 255)
-        scaled = np.rint(scaled).astype(np.uint8)
+        scaled = _scale_to_uint8(hwc, lo, hi)
     if scaled.shape[2] == 1:
         return np.ascontiguousarray(np.repeat(scaled, 3, axis=2))
     if scaled.shape[2] == 2:
@@ -130,7 +191,15 @@ def to_uint8_rgb(image, intensity_range: tuple | None = None) -> np.ndarray:
 
 
 def resized_shape(original_size: tuple[int, int], img_size: int) -> tuple[int, int]:
-    """(h, w) after resizing the longest side of ``original_size`` (H, W) to ``img_size``."""
+    """(h, w) after resizing the longest side of ``original_size`` (H, W) to ``img_size``.
+
+    Parameters
+    ----------
+    original_size
+        (H, W) of the image.
+    img_size
+        The model's square input size ``S`` (``config.img_size``).
+    """
     h, w = original_size
     scale = img_size / max(h, w)
     return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
@@ -141,6 +210,13 @@ def resize_uint8(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
     PIL is what the released models were trained and evaluated with; torch's
     antialiased interpolation differs by one grey level on ~14% of pixels.
+
+    Parameters
+    ----------
+    rgb
+        (H, W, 3) uint8.
+    size
+        The target (h, w).
     """
     from PIL import Image
 
@@ -149,7 +225,17 @@ def resize_uint8(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def model_input_size(original_size: tuple[int, int], img_size: int, preprocessing: str = "sam") -> tuple[int, int]:
-    """(h, w) of the image content inside the model's S x S input (the rest is padding)."""
+    """(h, w) of the image content inside the model's S x S input (the rest is padding).
+
+    Parameters
+    ----------
+    original_size
+        (H, W) of the image.
+    img_size
+        The model's square input size ``S``.
+    preprocessing
+        ``"sam"`` (longest side to ``S``) or ``"medsam"`` (the whole ``S x S``).
+    """
     if preprocessing == "medsam":
         return img_size, img_size
     return resized_shape(original_size, img_size)
@@ -160,8 +246,17 @@ def image_to_model_input(
 ) -> torch.Tensor:
     """(H, W, 3) uint8 -> (1, 3, S, S) float32 tensor.
 
-    ``sam``: longest side resized, ImageNet-normalised, zero-padded bottom/right.
-    ``medsam``: resized to S x S, min-max scaled to [0, 1].
+    Parameters
+    ----------
+    rgb
+        (H, W, 3) uint8 from :func:`to_uint8_rgb`.
+    config
+        The model's configuration (``img_size``, ``pixel_mean``, ``pixel_std``).
+    device
+        Where the tensor is made.
+    preprocessing
+        ``sam``: longest side resized, ImageNet-normalised, zero-padded bottom/right.
+        ``medsam``: resized to S x S, min-max scaled to [0, 1].
     """
     import torch
     import torch.nn.functional as F

@@ -1,0 +1,165 @@
+"""Fingerprints that tie saved embeddings to the exact image and image encoder they came from.
+
+A saved embedding cache is only valid for the pixels it was computed from and for
+the weights of the image encoder that computed it. Shape, dtype and a model path
+are not enough: two images of one shape, or a checkpoint replaced at the same
+path, would silently reuse wrong embeddings. The digests here are cheap next to
+one embedding (see ``image_fingerprint``) and do not depend on the device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+    from napari_sam.engine.predict.protocol import PredictorProtocol
+
+FULL_HASH_BYTES = 1 << 30  # images up to 1 GiB are hashed whole (~0.6 s); larger ones by a strided sample
+_SAMPLES_PER_TENSOR = 4096  # weights sampled per encoder tensor (a fine-tune changes nearly all of them)
+_BLOCK_BYTES = 64 << 20  # read (and copy to contiguous memory) at most this much at a time
+
+
+def _hasher():
+    # sha1 is not used for security here; it is the fastest hashlib digest on x86 (SHA-NI)
+    return hashlib.sha1(usedforsecurity=False)
+
+
+def _sample_step(shape: tuple[int, ...], itemsize: int, max_bytes: int) -> int:
+    """One stride for every axis so that the strided sample holds at most ~``max_bytes``."""
+    nbytes = math.prod(shape) * itemsize
+    if nbytes <= max_bytes:
+        return 1
+    return math.ceil((nbytes / max_bytes) ** (1 / len(shape)))
+
+
+def _blocks(data: Any, step: int) -> Iterator[np.ndarray]:
+    """Contiguous numpy blocks of ``data[::step, ::step, ...]``, slab by slab along the first axis."""
+    shape = tuple(data.shape)
+    inner = (slice(None, None, step),) * (len(shape) - 1)
+    row_bytes = max(1, math.prod(math.ceil(n / step) for n in shape[1:]) * np.dtype(data.dtype).itemsize)
+    rows = max(1, _BLOCK_BYTES // row_bytes) * step
+    for start in range(0, shape[0], rows):
+        yield np.ascontiguousarray(np.asarray(data[(slice(start, start + rows, step), *inner)]))
+
+
+def image_fingerprint(data: Any, max_bytes: int = FULL_HASH_BYTES) -> str:
+    """A digest of an image's pixels, shape and dtype.
+
+    Parameters
+    ----------
+    data
+        Any array-like (numpy, dask, zarr) of any dimensionality: the whole image
+        or stack the embeddings belong to, in its own axis order.
+    max_bytes
+        Images up to this size are hashed whole: any changed pixel changes the
+        digest. Larger ones are hashed from a strided sample (the same stride on
+        every axis, starting at index 0) plus the full shape, so the cost stays
+        bounded; a change between sampled pixels then goes unnoticed.
+
+    Returns
+    -------
+    str
+        A hex digest; equal for equal content whatever the memory layout.
+    """
+    dtype = np.dtype(data.dtype)
+    shape = tuple(int(n) for n in data.shape)
+    step = _sample_step(shape, dtype.itemsize, max_bytes) if shape else 1
+    digest = _hasher()
+    digest.update(repr((shape, dtype.str, step)).encode())
+    if shape and math.prod(shape):
+        for block in _blocks(data, step):
+            digest.update(memoryview(block).cast("B"))
+    return digest.hexdigest()
+
+
+def _tensor_sample_bytes(tensor: torch.Tensor) -> bytes:
+    """The raw bits of up to ``_SAMPLES_PER_TENSOR`` evenly spaced elements (exact, device-independent)."""
+    import torch
+
+    flat = tensor.detach().reshape(-1)
+    if flat.numel() > _SAMPLES_PER_TENSOR:
+        index = torch.linspace(0, flat.numel() - 1, _SAMPLES_PER_TENSOR, device=flat.device).long()
+        flat = flat[index]
+    return flat.contiguous().cpu().view(torch.uint8).numpy().tobytes()
+
+
+def encoder_fingerprint(model: torch.nn.Module) -> str:
+    """A digest of what a SAM image embedding depends on: the image encoder and its input.
+
+    Parameters
+    ----------
+    model
+        A SAM-like module. Its ``image_encoder`` (the whole model if it has none)
+        is fingerprinted from every tensor's name, shape, dtype and a strided
+        sample of its values; with the input size, normalisation and
+        ``preprocessing`` of the model. The prompt encoder and mask decoder are
+        left out on purpose: embeddings stay valid for a decoder-only fine-tune.
+
+    Returns
+    -------
+    str
+        A hex digest. Cost: one pass over the encoder's tensors (tens of ms for
+        ViT-B); callers memoise it (``Predictor.encoder_fingerprint``).
+    """
+    encoder = getattr(model, "image_encoder", model)
+    config = getattr(model, "config", None)
+    digest = _hasher()
+    digest.update(
+        repr(
+            (
+                getattr(config, "img_size", None),
+                tuple(getattr(config, "pixel_mean", ())),
+                tuple(getattr(config, "pixel_std", ())),
+                getattr(model, "preprocessing", "sam"),
+            )
+        ).encode()
+    )
+    for name, tensor in sorted(encoder.state_dict().items()):
+        digest.update(repr((name, tuple(tensor.shape), str(tensor.dtype))).encode())
+        digest.update(_tensor_sample_bytes(tensor))
+    return digest.hexdigest()
+
+
+def cache_fingerprint(
+    image: Any,
+    predictor: PredictorProtocol,
+    *,
+    intensity_range: tuple | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """What a saved embedding cache must match, for :class:`~napari_sam.engine.EmbeddingCache`.
+
+    Parameters
+    ----------
+    image
+        The whole image or stack the cached planes are taken from (any array-like).
+    predictor
+        The predictor computing the embeddings; its ``encoder_fingerprint()`` and
+        ``config.name`` are recorded.
+    intensity_range
+        The (low, high) scaling used for every plane, or None for the per-plane default.
+    **extra
+        More JSON-able entries to match, e.g. ``model=<path or zoo name>``, ``rgb=True``.
+
+    Returns
+    -------
+    dict
+        JSON-able entries; a store saved under another dict is refused on load.
+    """
+    fingerprint: dict[str, Any] = {
+        "architecture": predictor.config.name,
+        "encoder": predictor.encoder_fingerprint(),
+        "image_shape": [int(s) for s in image.shape],
+        "image_dtype": str(np.dtype(image.dtype)),
+        "pixels": image_fingerprint(image),
+        "intensity_range": None if intensity_range is None else [np.asarray(v).tolist() for v in intensity_range],
+    }
+    fingerprint.update(extra)
+    return fingerprint

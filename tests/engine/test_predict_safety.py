@@ -59,6 +59,21 @@ def test_image_fingerprint_of_a_large_image_samples_it_with_its_full_shape():
     assert image_fingerprint(stack[:5], max_bytes=budget) != sampled
 
 
+@pytest.mark.parametrize("max_bytes", [1 << 30, 3000], ids=["whole", "sampled"])
+def test_image_fingerprint_is_the_same_for_numpy_dask_and_zarr(max_bytes):
+    import dask.array as da
+    import zarr
+
+    from napari_sam.engine.predict.fingerprint import image_fingerprint
+
+    stack = np.random.default_rng(6).integers(0, 999, (5, 30, 40), dtype=np.uint16)
+    stored = zarr.create_array(store={}, shape=stack.shape, dtype=stack.dtype, chunks=(1, 16, 16))
+    stored[...] = stack
+    expected = image_fingerprint(stack, max_bytes)
+    assert image_fingerprint(da.from_array(stack, chunks=(2, 7, 9)), max_bytes) == expected
+    assert image_fingerprint(stored, max_bytes) == expected
+
+
 def test_saved_cache_refuses_another_image_of_the_same_shape_and_dtype(tiny_model, tmp_path):
     from napari_sam.engine.predict.fingerprint import cache_fingerprint
 

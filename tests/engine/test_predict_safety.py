@@ -193,6 +193,16 @@ def test_an_intensity_offset_does_not_collapse_grey_levels(plain, offset):
     assert (result == reference).mean() > 0.999
 
 
+def test_int64_beyond_float64_precision_is_scaled_exactly_or_refused():
+    from napari_sam.engine.predict.preprocessing import intensity_range
+
+    image = np.int64(2**60) + _LEVELS.astype(np.int64)
+    np.testing.assert_array_equal(to_uint8_rgb(image), to_uint8_rgb(_LEVELS.astype(np.int64)))
+    # a range in float64 cannot say where 2**60 + 500 is: refused, not a few grey levels
+    with pytest.raises(InputError, match=r"2\*\*53.*Subtract an offset"):
+        to_uint8_rgb(image, intensity_range(image))
+
+
 def test_offset_image_with_a_given_intensity_range_keeps_grey_levels():
     from napari_sam.engine.predict.preprocessing import intensity_range
 

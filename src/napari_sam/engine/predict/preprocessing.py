@@ -10,7 +10,9 @@ input size ``S`` (bilinear, antialiased), normalised with the ImageNet mean/std
   percentiles (0.5 and 99.5 by default), per channel, never min-max; a stack or a
   set of tiles should pass one ``intensity_range`` so every slice is scaled alike.
   The arithmetic is float64, so values on a large offset (uint32 3e9 + [0..1000],
-  float64 1e7 + x) keep their grey levels; integers are exact up to 2**53.
+  float64 1e7 + x, int64 2**40 + [...]) keep their grey levels. 64-bit integers
+  beyond 2**53 are scaled exactly relative to their minimum when the range is the
+  image's own; a given range float64 cannot resolve there is refused.
 * Two channels become (c0, c1, 0); more than four channels must be reduced by the user.
 
 MedSAM-style models (``preprocessing="medsam"``) instead take the whole image
@@ -129,6 +131,31 @@ def _to_hwc(image: np.ndarray) -> np.ndarray:
     return image
 
 
+def _minus_minimum(hwc: np.ndarray) -> np.ndarray:
+    """64-bit integers minus their minimum, exactly (as uint64); other dtypes unchanged.
+
+    float64 holds integers exactly only up to 2**53: 2**60 + [0..1000] would collapse
+    to a few grey levels. Two's complement makes the int64 difference, read as uint64,
+    exact even where it overflows int64.
+    """
+    if hwc.dtype.kind not in "iu" or hwc.dtype.itemsize < 8:
+        return hwc
+    return (hwc - hwc.min()).view(np.uint64)
+
+
+def _check_float64_resolution(hwc: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
+    """Refuse a given range float64 cannot resolve (64-bit integers far beyond 2**53 with a narrow range)."""
+    if hwc.dtype.kind not in "iu" or hwc.dtype.itemsize < 8:
+        return
+    magnitude = float(max(np.abs(lo).max(), np.abs(hi).max()))
+    span = float(np.max(hi - lo))
+    if magnitude >= 2.0**53 and span < magnitude * 2.0**-42:  # fewer than ~1000 float64 steps in the range
+        raise InputError(
+            f"The pixel values are around {magnitude:.4g} but span only {span:.4g}: beyond 2**53 float64 cannot "
+            "tell them apart. Subtract an offset first (e.g. image - image.min()), or pass no intensity_range."
+        )
+
+
 def _scale_to_uint8(hwc: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """``(x - lo) * 255 / (hi - lo)`` clipped and rounded to uint8, in float64.
 
@@ -179,9 +206,11 @@ def to_uint8_rgb(image: Any, intensity_range: tuple | None = None) -> np.ndarray
         scaled = hwc.astype(np.uint8) * 255
     else:
         if intensity_range is None:
+            hwc = _minus_minimum(hwc)  # a shift changes no percentile-scaled value, and keeps them exact
             lo, hi = _estimate_intensity_range(hwc, channel_axis=-1)
         else:
             lo, hi = (np.asarray(v, dtype=np.float64) for v in intensity_range)
+            _check_float64_resolution(hwc, lo, hi)
         scaled = _scale_to_uint8(hwc, lo, hi)
     if scaled.shape[2] == 1:
         return np.ascontiguousarray(np.repeat(scaled, 3, axis=2))

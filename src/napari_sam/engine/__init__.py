@@ -23,6 +23,7 @@ from napari_sam.engine.errors import InputError
 _LAZY = {
     "Predictor": "napari_sam.engine.predict.predictor",
     "ImageEmbedding": "napari_sam.engine.predict.predictor",
+    "PredictorProtocol": "napari_sam.engine.predict.protocol",
     "EmbeddingCache": "napari_sam.engine.predict.embedding_cache",
     "select_device": "napari_sam.engine.predict.device",
     "segment_everything": "napari_sam.engine.automatic.segment",

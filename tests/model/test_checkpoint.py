@@ -355,3 +355,59 @@ def test_preprocessing_is_recorded_and_validated(tmp_path, tiny_vit_model):
     assert load_model(path, device="cpu", preprocessing="medsam").preprocessing == "medsam"
     with pytest.raises(ValueError, match="Unknown preprocessing"):
         load_model(path, device="cpu", preprocessing="imagenet")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hostile-user findings (issue 9)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_saved_checkpoints_honour_the_umask(tmp_path, tiny_vit_model, umask):
+    old = os.umask(umask)
+    try:
+        path = save_checkpoint(tiny_vit_model, tmp_path / "w.pth")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_loading_non_finite_weights_warns_with_the_count(tmp_path, tiny_vit_state):
+    state = dict(tiny_vit_state)
+    keys = [key for key, value in state.items() if value.is_floating_point()][:2]
+    state[keys[0]] = torch.full_like(state[keys[0]], float("nan"))
+    state[keys[1]] = state[keys[1]].clone()
+    state[keys[1]].view(-1)[0] = float("inf")
+    path = tmp_path / "diverged.pth"
+    torch.save(state, path)
+    with pytest.warns(RuntimeWarning, match=r"2 of \d+ tensors hold NaN or infinite values"):
+        load_model(path, device="cpu")
+
+
+def test_finite_weights_load_without_warnings(tmp_path, tiny_vit_model):
+    import warnings
+
+    path = save_checkpoint(tiny_vit_model, tmp_path / "w.pth")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_model(path, device="cpu")
+
+
+@pytest.mark.parametrize("start", [b"\x80", b"\x80\x02", b"\x80\x04\x95"])
+def test_random_bytes_that_start_like_a_pickle_are_not_called_code(tmp_path, start):
+    import numpy as np
+
+    path = tmp_path / "noise.pth"
+    path.write_bytes(start + np.random.default_rng(9).bytes(4000))
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint|corrupt") as info:
+        load_model(path, device="cpu")
+    assert not isinstance(info.value, UnsafeCheckpointError)
+    assert "code" not in str(info.value)
+
+
+def test_a_path_named_like_a_zoo_model_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointNotFoundError) as info:
+        load_model(Path("vit_b"), device="cpu")
+    message = str(info.value)
+    assert "neither" not in message
+    assert "No checkpoint file" in message and "load_model('vit_b')" in message

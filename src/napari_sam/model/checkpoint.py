@@ -18,6 +18,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,47 +84,81 @@ def _list_keys(keys: list[str]) -> str:
 # Reading a file into a plain state dict
 
 
-def _describe_unpickling_refusal(error: Exception) -> str:
-    """The part of torch's weights-only refusal that names what was refused (e.g. ``GLOBAL posix.system``)."""
-    message = str(error)
-    match = re.search(r"GLOBAL ([\w.]+)", message)
-    if match:
-        return f"a reference to the Python object {match.group(1)!r}"
-    match = re.search(r"Unsupported operand \d+", message)
-    if match:
-        return f"pickle instructions the safe loader does not accept ({match.group(0).lower()})"
-    return "content the safe loader does not accept"
+def _refused_global(error: Exception) -> str | None:
+    """The Python object a weights-only refusal names (``GLOBAL posix.system`` -> ``'posix.system'``), if any.
+
+    Only such a reference means the file holds pickled code or objects; any other
+    refusal (an unknown instruction, a protocol byte out of range) means the bytes are
+    not a valid pickle at all: a corrupt file or no checkpoint.
+    """
+    match = re.search(r"GLOBAL ([\w.]+)", str(error))
+    return match.group(1) if match else None
 
 
-def _read_file(path: Path) -> Any:
-    """``torch.load`` the file safely; every failure becomes a :class:`CheckpointError` saying why."""
-    if not path.exists():
-        raise CheckpointNotFoundError(f"No checkpoint file at {path}.")
-    if not path.is_file():
-        raise CheckpointError(f"{path} is not a file (a checkpoint is one .pth/.pt file).")
+def _file_kind(path: Path) -> str:
+    """``"zip"`` (torch.save since PyTorch 1.6), ``"pickle"`` (legacy torch.save, a bare pickle) or ``"other"``."""
     with open(path, "rb") as handle:
         header = handle.read(4)
     if not header:
         raise CheckpointError(f"{path} is empty: not a checkpoint (an interrupted download or copy?).")
-    is_zip = header.startswith(b"PK\x03\x04")  # torch.save's format since PyTorch 1.6
-    is_pickle = header.startswith(b"\x80")  # legacy torch.save format, or a bare pickle
+    if header.startswith(b"PK\x03\x04"):
+        return "zip"
+    # a pickle starts with PROTO (0x80) and a protocol number 2..5 (torch writes 2)
+    if len(header) > 1 and header[0] == 0x80 and 2 <= header[1] <= pickle.HIGHEST_PROTOCOL:
+        return "pickle"
+    return "other"
+
+
+def read_checkpoint_file(path: PathLike) -> Any:
+    """``torch.load`` the file at ``path`` safely (tensors and plain containers only), on the CPU.
+
+    Every failure becomes a :class:`CheckpointError` saying why: missing
+    (:class:`CheckpointNotFoundError`), pickled code or objects
+    (:class:`UnsafeCheckpointError`, refused before anything in it runs), empty,
+    truncated or corrupted, or not a PyTorch checkpoint at all.
+
+    Parameters
+    ----------
+    path
+        The file to read.
+
+    Returns
+    -------
+    Any
+        What the file holds: a state dict, a dict of them, a tensor...
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointNotFoundError(f"No checkpoint file at {path}.")
+    if not path.is_file():
+        raise CheckpointError(f"{path} is not a file (a checkpoint is one .pth/.pt file).")
+    kind = _file_kind(path)
+    if kind == "other":
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (unrecognised file format).")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch's "protocol N is not the default" note asks users to file issues; failures are reported below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if is_zip or is_pickle:
-            raise UnsafeCheckpointError(
-                f"Refused to load {path}: it is not a plain weights file. It contains "
-                f"{_describe_unpickling_refusal(error)}, i.e. pickled code or Python objects, which could run code "
-                f"when loaded, so it was not executed. Only files holding tensors (a state dict, possibly inside a "
-                f"dict) can be loaded. If you trust its source, re-save only the weights in the program that made "
-                f"it: torch.save(model.state_dict(), 'weights.pth')."
+        refused = _refused_global(error)
+        if refused is None:
+            raise CheckpointError(
+                f"Could not read {path}: it is corrupt or not a PyTorch checkpoint (its data is not a valid "
+                f"pickle). If it was downloaded or copied, do that again."
             ) from error
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint (unrecognised file format).") from error
-    except Exception as error:  # zip reader errors (RuntimeError), EOFError, KeyError on text files, ...
+        raise UnsafeCheckpointError(
+            f"Refused to load {path}: it is not a plain weights file. It contains a reference to the Python object "
+            f"{refused!r}, i.e. pickled code or Python objects, which could run code when loaded, so it was not "
+            f"executed. Only files holding tensors (a state dict, possibly inside a dict) can be loaded. If you "
+            f"trust its source, re-save only the weights in the program that made it: "
+            f"torch.save(model.state_dict(), 'weights.pth')."
+        ) from error
+    except Exception as error:  # zip reader errors (RuntimeError), EOFError, ...
         detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        kind = "a truncated or corrupted PyTorch checkpoint" if is_zip else "not a PyTorch checkpoint"
+        what = "a truncated or corrupted PyTorch checkpoint" if kind == "zip" else "not a PyTorch checkpoint"
         raise CheckpointError(
-            f"Could not read {path}: it looks like {kind} ({detail}). If it was downloaded, download it again."
+            f"Could not read {path}: it looks like {what} ({detail}). If it was downloaded, download it again."
         ) from error
 
 
@@ -171,7 +206,7 @@ def read_state_dict(path: PathLike) -> StateDict:
     (pickled code or objects) or :class:`CheckpointError` (not a checkpoint, corrupted).
     """
     path = Path(path).expanduser()
-    return unwrap_state_dict(_read_file(path), source=str(path))
+    return unwrap_state_dict(read_checkpoint_file(path), source=str(path))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -312,6 +347,45 @@ def build_from_state_dict(state_dict: Mapping[str, torch.Tensor], config: SamCon
 # Public entry points
 
 
+def count_non_finite(tensors: Mapping[str, torch.Tensor]) -> int:
+    """How many floating-point tensors of ``tensors`` hold a NaN or an infinite value."""
+    return sum(
+        1 for value in tensors.values() if value.is_floating_point() and not bool(torch.isfinite(value).all())
+    )
+
+
+def _warn_if_non_finite(state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Warn (not refuse: the file may be inspected on purpose) when weights hold NaN or infinity."""
+    bad = count_non_finite(state_dict)
+    if bad:
+        total = sum(1 for value in state_dict.values() if value.is_floating_point())
+        warnings.warn(
+            f"{source}: {bad} of {total} tensors hold NaN or infinite values; the model will predict NaN or "
+            f"nothing. The checkpoint is probably from a training run that diverged: use an earlier checkpoint.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def _checkpoint_file(name_or_path: PathLike) -> Path:
+    """The existing file ``name_or_path`` names (not a zoo name); a clear error when there is none."""
+    from napari_sam.model import zoo
+
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return path
+    if str(name_or_path) in zoo.REGISTRY:
+        # a Path always means a file (documented): say how to ask for the zoo model instead
+        raise CheckpointNotFoundError(
+            f"No checkpoint file at {path}. To use the zoo model {str(name_or_path)!r}, pass its name as a string: "
+            f"load_model({str(name_or_path)!r})."
+        )
+    raise CheckpointNotFoundError(
+        f"{str(name_or_path)!r} is neither an existing checkpoint file nor a zoo model name "
+        f"(known names: {', '.join(zoo.list_models())})."
+    )
+
+
 def load_model(
     name_or_path: PathLike,
     device: str | torch.device | None = None,
@@ -325,7 +399,8 @@ def load_model(
     Args:
         name_or_path: a name from :func:`napari_sam.model.zoo.list_models` (fetched into the
             cache and sha256-checked on first use) or the path of a checkpoint file. A ``str``
-            that is a zoo name is taken as the name; pass a ``Path`` to force a file.
+            that is a zoo name is taken as the name; a ``Path`` is always a file (a missing
+            ``Path("vit_b")`` is an error that says to pass the string ``"vit_b"`` for the zoo model).
         device: ``"cuda"``, ``"mps"``, ``"cpu"``, a ``torch.device``, or None for the best available.
         config: force an architecture (a ``SamConfig`` or a name in ``CONFIGS``) instead of
             detecting it from the tensors; the file must still fit it exactly.
@@ -333,6 +408,9 @@ def load_model(
         preprocessing: how the model expects its input image (``"sam"`` or ``"medsam"``, see
             :mod:`napari_sam.model.zoo`); default: the zoo entry's, or ``"sam"`` for a file.
             Stored as ``model.preprocessing`` for the engine.
+
+    Warns:
+        RuntimeWarning: some tensors hold NaN or infinite values (e.g. a diverged training run).
 
     Raises:
         CheckpointNotFoundError: neither a zoo name nor an existing file.
@@ -354,12 +432,7 @@ def load_model(
         expected = forced or CONFIGS[entry.config_name]
         source = f"zoo model {entry.name!r} ({path})"
     else:
-        path = Path(name_or_path).expanduser()
-        if not path.exists():
-            raise CheckpointNotFoundError(
-                f"{str(name_or_path)!r} is neither an existing checkpoint file nor a zoo model name "
-                f"(known names: {', '.join(zoo.list_models())})."
-            )
+        path = _checkpoint_file(name_or_path)
         expected = forced
         source = str(path)
     state_dict = read_state_dict(path)
@@ -367,27 +440,96 @@ def load_model(
         expected = detect_config(state_dict, source=source)
     else:
         check_config(state_dict, expected, source=source)
+    _warn_if_non_finite(state_dict, source)
     model = build_from_state_dict(state_dict, expected)
     model.preprocessing = preprocessing or zoo.PREPROCESS_SAM
     return model.to(target_device).eval()
+
+
+def _current_umask() -> int:
+    """The process umask (read without changing it where the OS allows: Linux's /proc)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere the only portable way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
+def save_atomically(obj: Any, path: PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` so that ``path`` is never a partial file.
+
+    The data goes to a temporary file beside ``path`` (same folder, so the rename
+    cannot cross file systems), is flushed to disk, gets the mode a new file would get
+    (``0o666`` minus the umask; ``mkstemp`` alone would leave ``0o600``), and only
+    then replaces ``path``. On any failure the temporary file is removed and an
+    existing ``path`` is untouched.
+
+    Parameters
+    ----------
+    obj
+        What to save (tensors and plain containers, so it loads with ``weights_only=True``).
+    path
+        The final file; its folder is created if missing.
+
+    Returns
+    -------
+    Path
+        ``path``, expanded.
+    """
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(tmp_name, 0o666 & ~_current_umask())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def cpu_state_dict(model: torch.nn.Module) -> StateDict:
+    """``model``'s state dict as detached, contiguous CPU tensors (official key layout)."""
+    return {key: value.detach().to("cpu").contiguous() for key, value in model.state_dict().items()}
 
 
 def save_checkpoint(model: torch.nn.Module, path: PathLike) -> Path:
     """Write ``model``'s weights as a plain state dict (official key layout, CPU tensors).
 
     The file loads with ``torch.load(weights_only=True)`` here and in the official
-    segment-anything code. Written to a temporary file first, then moved into place,
-    so an interrupted save never leaves a truncated checkpoint under ``path``.
+    segment-anything code. It is written with :func:`save_atomically`, so an
+    interrupted save never leaves a truncated checkpoint under ``path``.
+
+    Parameters
+    ----------
+    model
+        The model whose weights to save.
+    path
+        The ``.pt`` / ``.pth`` file to write (replaced if it exists).
+
+    Returns
+    -------
+    Path
+        ``path``, expanded.
+
+    Raises
+    ------
+    CheckpointError
+        Some weights are NaN or infinite (nothing is written: such a file would replace a
+        usable checkpoint with one that predicts nothing).
     """
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {key: value.detach().to("cpu").contiguous() for key, value in model.state_dict().items()}
-    handle, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        torch.save(state, tmp_name)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    state = cpu_state_dict(model)
+    bad = count_non_finite(state)
+    if bad:
+        raise CheckpointError(
+            f"Not saving {path}: {bad} weight tensors hold NaN or infinite values (a diverged training run?)."
+        )
+    return save_atomically(state, path)

@@ -25,7 +25,7 @@ def _wait(app, condition, timeout=120.0):
         app.processEvents()
         time.sleep(0.02)
         if time.time() - start > timeout:
-            raise TimeoutError("the embedding did not finish")
+            raise TimeoutError("the work did not finish")
     for _ in range(20):
         app.processEvents()
         time.sleep(0.01)
@@ -122,7 +122,6 @@ def main() -> None:
     viewer.close()
 
     # --- Segment everything inside a Shapes rectangle of a larger image (tiled)
-    from napari_sam._napari.annotator_widget import LOCAL_FILE
     from napari_sam._napari.segment_everything_widget import SegmentEverythingWidget
 
     sample = synthetic_image((512, 768), seed=23, style="mixed")
@@ -131,17 +130,19 @@ def main() -> None:
     viewer.add_image(sample.image, name="nuclei", colormap="gray")
     viewer.add_shapes([[[40, 60], [470, 60], [470, 700], [40, 700]]], shape_type="rectangle", name="region",
                       edge_color="yellow", face_color="transparent", edge_width=3)
-    widget = SegmentEverythingWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Segment everything", area="right")
-    widget.model_choice.value = LOCAL_FILE
-    widget.checkpoint.value = args.model
+    _, widget = viewer.window.add_plugin_dock_widget("napari-sam", "Segment everything")
+    assert isinstance(widget, SegmentEverythingWidget)
+    widget.model_picker.choose(args.model)
     widget.tile_size.value = 256
     widget.halo.value = 48
     widget.points_per_side.value = 16
     widget.pred_iou_thresh.value = 0.5  # the test model's IoU head stays below SAM's 0.88
     widget.nested_thresh.value = 0.8
     widget.roi_choice.value = viewer.layers["region"]
-    widget.run(synchronous=True)
+    widget.run_button.native.click()
+    _wait(app, lambda: not widget.is_busy())
+    if not [layer for layer in viewer.layers if layer.name == "nuclei everything"]:
+        raise RuntimeError(f"Segment everything gave no labels: {widget.status.value}")
     viewer.layers.selection.active = viewer.layers["region"]
     _wait(app, lambda: True)  # let the dock take its room before fitting the view to the canvas
     viewer.reset_view()

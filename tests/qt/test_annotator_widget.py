@@ -14,8 +14,9 @@ import pytest
 from napari.utils.notifications import notification_manager
 from qtpy.QtCore import QPoint, Qt, QTimer
 
-from napari_sam._napari.annotator_widget import LOCAL_FILE, AnnotatorWidget
+from napari_sam._napari.annotator_widget import AnnotatorWidget
 from napari_sam._napari.demo import PLUGIN, WIDGET
+from napari_sam._napari.model_picker import LOCAL_FILE
 from napari_sam.engine import Predictor
 from napari_sam.engine.datasets.synthetic import synthetic_image, synthetic_volume
 
@@ -353,10 +354,41 @@ def test_a_bad_checkpoint_file_is_a_message(make_napari_viewer, qtbot, tmp_path,
     assert not widget.model_file.native.isHidden()  # the file chooser appears
     widget.model_file.value = bad
     widget.load_button.clicked.emit()
-    qtbot.waitUntil(lambda: widget.load_button.enabled and "weights.pth" in widget.model_status.text(), timeout=30_000)
-    assert "Traceback" not in widget.model_status.text()
+    qtbot.waitUntil(lambda: not widget.model_picker.is_loading(), timeout=30_000)
+    assert "weights.pth" in widget.model_status.text() and "Traceback" not in widget.model_status.text()
+    assert widget.load_button.text == "Load model"
     assert widget.controller.predictor is None
     assert any("weights.pth" in str(n.message) for n in notifications)
+
+
+def test_the_load_button_cancels_a_load_in_progress(make_napari_viewer, qtbot, monkeypatch, tmp_path, tiny_model):
+    import napari_sam.model
+    from napari_sam.model.checkpoint import save_checkpoint
+
+    checkpoint = save_checkpoint(tiny_model, tmp_path / "tiny.pt")
+    real, started = napari_sam.model.load_model, []
+
+    def slow(*args, **kwargs):
+        started.append(args)
+        time.sleep(0.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(napari_sam.model, "load_model", slow)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).random((64, 64)).astype(np.float32))
+    widget = open_widget(viewer)
+    widget.model_picker.choose(str(checkpoint))
+    widget.load_button.clicked.emit()
+    qtbot.waitUntil(lambda: len(started) == 1, timeout=EMBED_TIMEOUT_MS)
+    assert widget.load_button.text == "Cancel loading"
+    widget.load_button.clicked.emit()
+    assert widget.load_button.text == "Load model" and "cancelled" in widget.model_status.text()
+    qtbot.wait(800)  # the abandoned load ends in its thread; its model is not used
+    assert widget.controller.predictor is None
+    widget.load_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.controller.predictor is not None, timeout=EMBED_TIMEOUT_MS)
+    wait_for_embedding(qtbot, widget)
+    assert len(started) == 2
 
 
 def test_a_missing_zoo_checkpoint_says_how_to_place_it(make_napari_viewer, qtbot, monkeypatch, tmp_path):

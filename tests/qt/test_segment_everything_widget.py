@@ -1,82 +1,348 @@
 """The "Segment everything" widget: what a user does, from image to a new Labels layer.
 
-GUI tests: run under Xvfb (``xvfb-run -a python -m pytest``).
+The widget is docked through the plugin's manifest, the model is chosen as a user
+chooses it (a checkpoint file), Run is clicked, and the test waits until Run is
+enabled again. GUI tests: run under Xvfb (``xvfb-run -a python -m pytest``).
 """
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
+from napari.layers import Labels
+from napari.utils.notifications import notification_manager
 
 from napari_sam.engine.datasets.synthetic import synthetic_image
 
 pytestmark = pytest.mark.gui
+TRAINED_CHECKPOINT = Path(__file__).parents[1] / "data" / "tiny_sam_synthetic.pt"
+RUN_TIMEOUT_MS = 60_000
+PLUGIN, WIDGET = "napari-sam", "Segment everything"
+
+
+# ----------------------------------------------------------------- helpers
+def open_widget(viewer):
+    """Dock the widget through the manifest, as Plugins / Layers > Segment do."""
+    from napari_sam._napari.segment_everything_widget import SegmentEverythingWidget
+
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    assert isinstance(widget, SegmentEverythingWidget)
+    return widget
+
+
+def choose_checkpoint(widget, path) -> None:
+    from napari_sam._napari.model_picker import LOCAL_FILE
+
+    widget.model_choice.value = LOCAL_FILE
+    widget.model_file.value = path
+
+
+def accept_all_masks(widget, points_per_side: int = 4) -> None:
+    # a random-weight model proposes few confident masks: accept them all so the result is not empty
+    widget.pred_iou_thresh.value = 0.0
+    widget.stability_thresh.value = 0.0
+    widget.points_per_side.value = points_per_side
+
+
+def click_run_and_wait(qtbot, widget) -> None:
+    widget.run_button.native.click()
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=RUN_TIMEOUT_MS)
 
 
 @pytest.fixture
-def widget(make_napari_viewer, tiny_model):
-    from napari_sam._napari.segment_everything_widget import SegmentEverythingWidget
+def status_texts(qtbot):
+    """Watch a widget's status line as a user does: every text it shows, in order (polled every millisecond)."""
+    from qtpy.QtCore import QTimer
 
+    timers = []
+
+    def watch(widget, on_text=None) -> list[str]:
+        seen: list[str] = []
+
+        def poll():
+            text = widget.status.value
+            if not seen or seen[-1] != text:
+                seen.append(text)
+                if on_text is not None:
+                    on_text(text)
+
+        timer = QTimer()
+        timer.timeout.connect(poll)
+        timer.start(1)
+        timers.append(timer)
+        return seen
+
+    yield watch
+    for timer in timers:
+        timer.stop()
+
+
+def labels_layers(viewer) -> list:
+    return [layer for layer in viewer.layers if isinstance(layer, Labels)]
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path, tiny_model) -> Path:
+    """The random-weight tiny SAM saved as a local checkpoint file (fast to load)."""
+    from napari_sam.model.checkpoint import save_checkpoint
+
+    return save_checkpoint(tiny_model, tmp_path / "tiny.pt")
+
+
+@pytest.fixture
+def notifications():
+    received = []
+    notification_manager.notification_ready.connect(received.append)
+    yield received
+    notification_manager.notification_ready.disconnect(received.append)
+
+
+@pytest.fixture
+def widget(make_napari_viewer, tiny_checkpoint):
     viewer = make_napari_viewer()
     viewer.add_image(synthetic_image((300, 420), seed=4).image, name="nuclei", scale=(2.0, 2.0), translate=(10, 0))
-    w = SegmentEverythingWidget(viewer)
-    w.model = tiny_model
-    # a random-weight model proposes few confident masks: accept them all so the result is not empty
-    w.pred_iou_thresh.value = 0.0
-    w.stability_thresh.value = 0.0
-    w.points_per_side.value = 4
+    w = open_widget(viewer)
+    choose_checkpoint(w, tiny_checkpoint)
+    accept_all_masks(w)
     return w
 
 
-def test_region_of_interest_from_a_rectangle_gives_an_aligned_labels_layer(widget):
+@pytest.fixture
+def load_calls(monkeypatch):
+    """Every call of ``napari_sam.model.load_model`` (the function the widgets load checkpoints with)."""
+    import napari_sam.model
+
+    calls = []
+    real = napari_sam.model.load_model
+
+    def counting(*args, **kwargs):
+        calls.append((args, kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(napari_sam.model, "load_model", counting)
+    return calls
+
+
+# ----------------------------------------------------------------- planes
+@pytest.mark.parametrize("order", [(1, 0, 2), (1, 2, 0)], ids=["axes 0,2 shown", "axes 2,0 shown (transposed)"])
+def test_transposed_dims_segment_the_plane_on_screen(make_napari_viewer, qtbot, order):
+    """With dims.order putting axis 1 on the slider, the plane (:, k, :) is segmented and labelled."""
+    nuclei = synthetic_image((160, 224), seed=7, style="mixed")
+    depth, shown = 12, 3
+    background = np.median(nuclei.image)
+    stack = np.full((160, depth, 224), background, dtype=nuclei.image.dtype)
+    stack[:, shown, :] = nuclei.image  # objects only in the plane shown after the transposition
+    viewer = make_napari_viewer()
+    image = viewer.add_image(stack, name="stack", scale=(1.0, 2.0, 1.0))
+    viewer.dims.order = order
+    viewer.dims.set_point(1, shown * 2.0)
+    widget = open_widget(viewer)
+    choose_checkpoint(widget, TRAINED_CHECKPOINT)
+    widget.points_per_side.value = 16
+    widget.pred_iou_thresh.value = 0.5  # the test model's IoU head stays below SAM's 0.88
+
+    click_run_and_wait(qtbot, widget)
+
+    (layer,) = labels_layers(viewer)
+    assert layer.data.shape == (160, 1, 224)  # rows on axis 0, columns on axis 2: the plane's orientation
+    plane_labels = np.asarray(layer.data[:, 0, :])
+    assert plane_labels.max() >= 5
+    assert iou(plane_labels > 0, nuclei.labels > 0) > 0.5
+    # the layer covers the shown plane of the image, and no other plane
+    for row, col in [(0, 0), (100, 37)]:
+        np.testing.assert_allclose(layer.data_to_world((row, 0, col)), image.data_to_world((row, shown, col)))
+    covered = [k for k in range(depth) if round(layer.world_to_data(image.data_to_world((0, k, 0)))[1]) == 0]
+    assert covered == [shown]
+
+
+def test_region_of_interest_from_a_rectangle_gives_an_aligned_labels_layer(widget, qtbot):
     viewer = widget.viewer
     # rectangle in world coordinates: image rows 50..149, cols 100..299 (scale 2, translate 10 in y)
     shapes = viewer.add_shapes([[[110, 200], [110, 598], [308, 598], [308, 200]]], shape_type="rectangle", name="roi")
     widget.roi_choice.value = shapes
     widget.image_choice.value = viewer.layers["nuclei"]
-    layer = widget.run(synchronous=True)
-    assert layer is not None and layer in viewer.layers
+    click_run_and_wait(qtbot, widget)
+    (layer,) = labels_layers(viewer)
+    assert layer.name == "nuclei everything"
     assert layer.data.shape == (100, 200)
     np.testing.assert_allclose(layer.scale, (2.0, 2.0))
     np.testing.assert_allclose(layer.translate, (10 + 50 * 2, 100 * 2))
     assert layer.data.max() >= 1
 
 
-def test_run_in_a_worker_reports_progress_and_adds_labels(widget, qtbot):
+def test_a_rectangle_drawn_on_a_transposed_view_is_cut_from_the_plane_shown():
+    from napari.components import ViewerModel
+
+    from napari_sam._napari.planes import current_plane
+    from napari_sam._napari.segment_everything_widget import roi_box
+
+    viewer = ViewerModel()
+    image = viewer.add_image(np.zeros((40, 6, 50)), scale=(1.0, 2.0, 0.5))
+    viewer.dims.order = (1, 0, 2)
+    viewer.dims.set_point(1, 3 * 2.0)
+    plane = current_plane(viewer, image)
+    # drawn on the view: rows 5..14 of axis 0, world columns 5..14.5 = data columns 10..29 of axis 2
+    shapes = viewer.add_shapes([[[5, 6, 5], [5, 6, 14.5], [14, 6, 14.5], [14, 6, 5]]], shape_type="rectangle")
+    assert roi_box(viewer, shapes, image, plane) == (5, 15, 10, 30)
+
+
+# ------------------------------------------------------ workers, progress
+def test_run_in_a_worker_reports_progress_and_adds_labels(widget, qtbot, status_texts):
     viewer = widget.viewer
     widget.tile_size.value = 256
     widget.halo.value = 32
-    steps = []
-    widget.run()
-    assert widget.worker is not None and not widget.run_button.enabled
-    widget.worker.yielded.connect(steps.append)
-    with qtbot.waitSignal(widget.worker.finished, timeout=60_000):
-        pass
-    labels = [layer for layer in viewer.layers if layer.name == "nuclei everything"]
-    assert len(labels) == 1 and labels[0].data.shape == (300, 420)
-    assert steps and steps[-1][0] == steps[-1][1] == 6  # 2 x 3 tiles
-    assert widget.run_button.enabled and not widget.cancel_button.enabled
+    texts = status_texts(widget)
+    widget.run_button.native.click()
+    assert not widget.run_button.enabled and widget.cancel_button.enabled
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=RUN_TIMEOUT_MS)
+    qtbot.wait(20)
+    (layer,) = labels_layers(viewer)
+    assert layer.data.shape == (300, 420)
+    tiles = [text for text in texts if text.startswith("tile ")]
+    assert tiles and all(text.endswith(" / 6") for text in tiles)  # 2 x 3 tiles
+    assert texts[-1].endswith("objects")
+    assert not widget.cancel_button.enabled
 
 
-def test_cancel_stops_between_tiles_without_a_result(widget, qtbot):
+def test_cancel_stops_between_tiles_without_a_result(widget, qtbot, status_texts):
     viewer = widget.viewer
     widget.tile_size.value = 256
     widget.halo.value = 32
-    widget.run()
-    worker = widget.worker
-    worker.yielded.connect(lambda _step: widget.cancel())
-    with qtbot.waitSignal(worker.finished, timeout=60_000):
-        pass
-    assert not [layer for layer in viewer.layers if layer.name == "nuclei everything"]
+    status_texts(widget, on_text=lambda text: text.startswith("tile 1 ") and widget.cancel_button.native.click())
+    click_run_and_wait(qtbot, widget)
+    assert not labels_layers(viewer)
     assert widget.status.value == "cancelled"
 
 
-def test_bad_parameters_are_reported_not_raised(widget, monkeypatch):
-    import napari_sam._napari.segment_everything_widget as module
+def test_cancel_while_the_model_loads_drops_it(widget, qtbot, monkeypatch, load_calls):
+    import napari_sam.model
 
-    errors = []
-    monkeypatch.setattr(module, "show_error", errors.append)
+    counting, started = napari_sam.model.load_model, []
+
+    def slow(*args, **kwargs):
+        started.append(args)
+        time.sleep(0.5)
+        return counting(*args, **kwargs)
+
+    monkeypatch.setattr(napari_sam.model, "load_model", slow)
+    widget.run_button.native.click()
+    qtbot.waitUntil(lambda: len(started) == 1, timeout=RUN_TIMEOUT_MS)
+    assert widget.cancel_button.enabled and not widget.run_button.enabled
+    widget.cancel_button.native.click()
+    assert widget.run_button.enabled and widget.status.value == "cancelled"
+    qtbot.waitUntil(lambda: len(load_calls) == 1, timeout=RUN_TIMEOUT_MS)  # the load ends in its thread...
+    qtbot.wait(200)
+    assert widget.model_picker.loaded is None and not labels_layers(widget.viewer)  # ...and is dropped
+    click_run_and_wait(qtbot, widget)
+    assert len(labels_layers(widget.viewer)) == 1
+    assert len(load_calls) == 2
+
+
+# --------------------------------------------------------- loading once
+def test_running_twice_loads_the_model_once(widget, qtbot, load_calls):
+    click_run_and_wait(qtbot, widget)
+    click_run_and_wait(qtbot, widget)
+    assert len(labels_layers(widget.viewer)) == 2
+    assert len(load_calls) == 1
+    widget.device_choice.value = "cpu"  # another device: load again
+    click_run_and_wait(qtbot, widget)
+    assert len(load_calls) == 2
+
+
+def test_a_replaced_checkpoint_file_is_loaded_again(widget, qtbot, load_calls, tiny_checkpoint, tiny_model):
+    import os
+
+    from napari_sam.model.checkpoint import save_checkpoint
+
+    click_run_and_wait(qtbot, widget)
+    stat = tiny_checkpoint.stat()
+    save_checkpoint(tiny_model, tiny_checkpoint)
+    os.utime(tiny_checkpoint, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    click_run_and_wait(qtbot, widget)
+    assert len(load_calls) == 2
+
+
+def test_the_annotator_of_the_same_viewer_reuses_the_loaded_model(widget, qtbot, load_calls, tiny_checkpoint):
+    from napari_sam._napari.annotator_widget import AnnotatorWidget
+
+    click_run_and_wait(qtbot, widget)
+    _, annotator = widget.viewer.window.add_plugin_dock_widget(PLUGIN, "Segment Anything annotator")
+    assert isinstance(annotator, AnnotatorWidget)
+    choose_checkpoint(annotator, tiny_checkpoint)
+    annotator.load_button.native.click()
+    qtbot.waitUntil(lambda: annotator.controller.predictor is not None, timeout=RUN_TIMEOUT_MS)
+    assert len(load_calls) == 1
+    assert annotator.controller.predictor.model is widget.model_picker.loaded.model
+
+
+def test_each_viewer_loads_its_own_model(make_napari_viewer, qtbot, tiny_checkpoint, load_calls):
+    opened = []
+    for seed in (1, 2):
+        viewer = make_napari_viewer()
+        viewer.add_image(synthetic_image((96, 128), seed=seed).image, name="nuclei")
+        opened.append(open_widget(viewer))
+        choose_checkpoint(opened[-1], tiny_checkpoint)
+        accept_all_masks(opened[-1])
+        click_run_and_wait(qtbot, opened[-1])
+    assert len(load_calls) == 2
+    assert opened[0].model_picker.loaded.model is not opened[1].model_picker.loaded.model
+
+
+def test_a_bad_checkpoint_file_is_a_notification(widget, qtbot, tmp_path, notifications):
+    bad = tmp_path / "weights.pth"
+    bad.write_bytes(b"this is not a checkpoint")
+    choose_checkpoint(widget, bad)
+    click_run_and_wait(qtbot, widget)
+    assert any("weights.pth" in str(n.message) for n in notifications)
+    assert "Traceback" not in widget.model_picker.status.text()
+    assert not labels_layers(widget.viewer)
+
+
+def test_bad_parameters_are_reported_not_raised(widget, qtbot, notifications, load_calls):
     shapes = widget.viewer.add_shapes(name="empty roi")
     widget.roi_choice.value = shapes
-    assert widget.run(synchronous=True) is None
-    assert errors and "no rectangle" in errors[0]
+    click_run_and_wait(qtbot, widget)
+    assert any("no rectangle" in str(n.message) for n in notifications)
+    assert not labels_layers(widget.viewer) and not load_calls  # nothing loaded for a run that cannot start
+
+
+# ------------------------------------------------------------- defaults
+def test_defaults_and_tooltips_come_from_automatic_params(make_napari_viewer):
+    import dataclasses
+
+    from napari_sam.engine.automatic.params import AutomaticParams
+
+    widget = open_widget(make_napari_viewer())
+    defaults = AutomaticParams()
+    for name in ("points_per_side", "pred_iou_thresh", "stability_thresh", "min_area"):
+        assert getattr(widget, name).value == getattr(defaults, name), name
+    assert widget.nested_thresh.value == 0.0 and defaults.nested_thresh is None  # 0 stands for None (off)
+    assert "point grid" in widget.points_per_side.tooltip
+    assert "stability score" in widget.stability_thresh.tooltip
+    assert {f.name for f in dataclasses.fields(AutomaticParams)} >= {"points_per_side", "min_area"}
+
+
+# ---------------------------------------------------------------- closing
+def test_closing_the_widget_disconnects_it_from_the_viewer(widget):
+    viewer = widget.viewer
+    widget.close()
+    viewer.add_image(np.zeros((20, 20)), name="added after closing")
+    assert "added after closing" not in [layer.name for layer in widget.image_choice.choices]
+
+
+def test_removing_the_dock_disconnects_it_from_the_viewer(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    widget = open_widget(viewer)
+    qtbot.waitUntil(widget.isVisible)
+    viewer.add_image(np.zeros((20, 20)), name="before")
+    assert "before" in [layer.name for layer in widget.image_choice.choices]
+    viewer.window.remove_dock_widget(widget)  # what the dock's close button does
+    viewer.add_image(np.zeros((20, 20)), name="after")
+    assert "after" not in [layer.name for layer in widget.image_choice.choices]

@@ -39,46 +39,17 @@ from napari_sam._napari.controller import (
     AnnotatorController,
     PreviewInfo,
 )
+from napari_sam._napari.model_picker import USER_ERRORS, LoadedModel, ModelPicker
 from napari_sam.engine.errors import InputError
-from napari_sam.model.errors import CheckpointError, DownloadError
 
 if TYPE_CHECKING:
     import napari
 
     from napari_sam._napari.planes import Plane
+    from napari_sam.engine.predict.protocol import PredictorProtocol
 
-LOCAL_FILE = "Local checkpoint file..."
-DEVICES = ("auto", "cpu", "cuda", "mps")
-# Errors with a message written for the user: shown as a notification, not a traceback.
-USER_ERRORS = (InputError, CheckpointError, DownloadError, FileNotFoundError)
-
-
-def model_choices() -> list[str]:
-    from napari_sam.model import zoo
-
-    return [*zoo.list_models(), LOCAL_FILE]
-
-
-def _describe_zoo_model(name: str) -> str:
-    from napari_sam.model import zoo
-
-    if name not in zoo.REGISTRY:
-        return "Pick a SAM checkpoint file (.pth / .pt); the architecture is detected from its tensors."
-    entry = zoo.get_entry(name)
-    where = "downloaded" if zoo.is_cached(name) else "downloaded on first use"
-    return f"{entry.description} ({where})."
-
-
-def _load_model_job(name_or_path: str, device: str, precision: str):
-    """Load a model and wrap it in a Predictor (worker thread). Returns (predictor, model_id) or an error text."""
-    from napari_sam.engine import Predictor
-    from napari_sam.model import load_model
-
-    try:
-        model = load_model(name_or_path, device=None if device == "auto" else device, progress=False)
-        return Predictor(model, device=None if device == "auto" else device, precision=precision), str(name_or_path)
-    except USER_ERRORS as err:
-        return str(err)
+LOAD_TEXT, CANCEL_LOAD_TEXT = "Load model", "Cancel loading"
+PLANE_SETTLE_MS = 250  # embed a slice once the user stops on it, not every slice scrolled past
 
 
 def _section(title: str, *items: widgets.Widget | QWidget) -> QGroupBox:
@@ -88,6 +59,17 @@ def _section(title: str, *items: widgets.Widget | QWidget) -> QGroupBox:
     for item in items:
         layout.addWidget(item.native if isinstance(item, widgets.Widget) else item)
     return box
+
+
+def _row(*items: widgets.Widget) -> widgets.Container:
+    """Widgets side by side, without labels."""
+    return widgets.Container(layout="horizontal", labels=False, widgets=list(items))
+
+
+def _wrapping_label(text: str) -> QLabel:
+    label = QLabel(text)
+    label.setWordWrap(True)
+    return label
 
 
 class AnnotatorWidget(QWidget):
@@ -101,20 +83,31 @@ class AnnotatorWidget(QWidget):
         self._embed_queue: deque[Plane] = deque()
         self._embed_worker = None
         self._embed_progress: progress | None = None
-        self._model_worker = None
+        self._lay_out(
+            self._setup_section(), self._embeddings_section(), self._annotate_section(), self._keys_section()
+        )
+        self._connect_controls()
+        self._connect_controller()
+        self._connect_viewer()
+        if self.image_choice.value is not None:
+            self._on_image_chosen(self.image_choice.value)
 
-        # --- setup
+    # ============================================================= layout
+    def _setup_section(self) -> QGroupBox:
+        """Image and model: the picker's fields, its description and state, and the Load button."""
         self.image_choice = widgets.ComboBox(label="Image", choices=self._image_layers)
-        self.model_choice = widgets.ComboBox(label="Model", choices=model_choices(), value="vit_t")
-        self.model_file = widgets.FileEdit(label="File", mode="r", filter="*.pth *.pt", visible=False)
-        self.device_choice = widgets.ComboBox(label="Device", choices=DEVICES, value="auto")
-        self.load_button = widgets.PushButton(text="Load model")
-        self.model_info = QLabel(_describe_zoo_model("vit_t"))
-        self.model_info.setWordWrap(True)
-        self.model_status = QLabel("No model loaded.")
-        self.model_status.setWordWrap(True)
+        self.model_picker = ModelPicker(self.viewer, file_label="File")
+        self.model_choice = self.model_picker.model_choice
+        self.model_file = self.model_picker.model_file
+        self.device_choice = self.model_picker.device_choice
+        self.model_info = self.model_picker.info
+        self.model_status = self.model_picker.status
+        self.load_button = widgets.PushButton(text=LOAD_TEXT)
+        form = widgets.Container(widgets=[self.image_choice, *self.model_picker.widgets])
+        return _section("Setup", form, self.model_info, self.load_button, self.model_status)
 
-        # --- embeddings
+    def _embeddings_section(self) -> QGroupBox:
+        """Embedding the slice shown, every slice, cancelling; saving and loading them on disk."""
         self.auto_embed = widgets.CheckBox(text="Embed each slice as I visit it", value=True)
         self.embed_button = widgets.PushButton(text="Embed slice", tooltip="Compute this slice's embedding now")
         self.embed_all_button = widgets.PushButton(
@@ -123,72 +116,61 @@ class AnnotatorWidget(QWidget):
         self.cancel_button = widgets.PushButton(text="Cancel", enabled=False)
         self.save_button = widgets.PushButton(text="Save embeddings...")
         self.load_embeddings_button = widgets.PushButton(text="Load embeddings...")
-        self.embed_status = QLabel("")
-        self.embed_status.setWordWrap(True)
+        self.embed_status = _wrapping_label("")
+        compute = _row(self.embed_button, self.embed_all_button, self.cancel_button)
+        disk = _row(self.save_button, self.load_embeddings_button)
+        return _section("Embeddings", self.auto_embed, compute, disk, self.embed_status)
 
-        # --- annotate
+    def _annotate_section(self) -> QGroupBox:
+        """The target labels, commit and clear, the candidates of the preview, and the status line."""
         self.labels_choice = widgets.ComboBox(label="Labels", choices=self._labels_layers, nullable=False)
         self.paint_over = widgets.CheckBox(text="Paint over existing labels", value=False)
         self.commit_button = widgets.PushButton(text=f"Commit ({KEY_COMMIT})")
         self.clear_button = widgets.PushButton(text=f"Clear prompts ({KEY_CLEAR})")
         self.next_button = widgets.PushButton(text=f"Next candidate ({KEY_NEXT_CANDIDATE})")
-        self.preview_status = QLabel(PreviewInfo().describe())
-        self.preview_status.setWordWrap(True)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        bindings = "".join(
+        self.preview_status = _wrapping_label(PreviewInfo().describe())
+        self.status = _wrapping_label("")
+        return _section(
+            "Annotate",
+            widgets.Container(widgets=[self.labels_choice]),
+            self.paint_over,
+            _row(self.commit_button, self.clear_button),
+            self.next_button,
+            self.preview_status,
+            self.status,
+        )
+
+    def _keys_section(self) -> QGroupBox:
+        """The viewer's key bindings, as a table."""
+        rows = "".join(
             f"<tr><td><b>{html.escape(key)}</b></td><td>&nbsp;{html.escape(action)}</td></tr>"
             for key, action in KEY_BINDINGS
         )
-        self.bindings_label = QLabel(f"<table>{bindings}</table>")
-        self.bindings_label.setWordWrap(True)
+        self.bindings_label = _wrapping_label(f"<table>{rows}</table>")
+        return _section("Keys", self.bindings_label)
 
+    def _lay_out(self, *sections: QGroupBox) -> None:
+        """The sections one under the other in a scroll area (a short window scrolls instead of squeezing)."""
         self.setMaximumWidth(400)  # leave the canvas most of the window
         content = QWidget()
         layout = QVBoxLayout(content)
         layout.setContentsMargins(2, 2, 2, 2)
-        scroll = QScrollArea()  # a short window scrolls instead of squeezing the controls
+        for section in sections:
+            layout.addWidget(section)
+        layout.addStretch(1)
+        scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
         scroll.setWidget(content)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(scroll)
-        layout.addWidget(
-            _section(
-                "Setup",
-                widgets.Container(widgets=[self.image_choice, self.model_choice, self.model_file, self.device_choice]),
-                self.model_info,
-                self.load_button,
-                self.model_status,
-            )
-        )
-        buttons = widgets.Container(
-            layout="horizontal", labels=False, widgets=[self.embed_button, self.embed_all_button, self.cancel_button]
-        )
-        disk = widgets.Container(
-            layout="horizontal", labels=False, widgets=[self.save_button, self.load_embeddings_button]
-        )
-        layout.addWidget(_section("Embeddings", self.auto_embed, buttons, disk, self.embed_status))
-        actions = widgets.Container(layout="horizontal", labels=False, widgets=[self.commit_button, self.clear_button])
-        layout.addWidget(
-            _section(
-                "Annotate",
-                widgets.Container(widgets=[self.labels_choice]),
-                self.paint_over,
-                actions,
-                self.next_button,
-                self.preview_status,
-                self.status,
-            )
-        )
-        layout.addWidget(_section("Keys", self.bindings_label))
-        layout.addStretch(1)
 
-        # --- connections
+    # ======================================================== connections
+    def _connect_controls(self) -> None:
         self.image_choice.changed.connect(self._on_image_chosen)
-        self.model_choice.changed.connect(self._on_model_choice)
         self.load_button.clicked.connect(self.load_model)
+        self.model_picker.busy_changed.connect(self._on_model_busy)
         self.embed_button.clicked.connect(lambda: self.embed_current_plane(report=True))
         self.embed_all_button.clicked.connect(self.embed_all_planes)
         self.cancel_button.clicked.connect(self.cancel_embeddings)
@@ -199,19 +181,23 @@ class AnnotatorWidget(QWidget):
         self.commit_button.clicked.connect(self.commit)
         self.clear_button.clicked.connect(self.controller.clear_prompts)
         self.next_button.clicked.connect(lambda: self.controller.cycle_candidate(1))
+
+    def _connect_controller(self) -> None:
         self.controller.status_changed.connect(lambda text: self.status.setText(text))
         self.controller.preview_changed.connect(lambda info: self.preview_status.setText(info.describe()))
         self.controller.plane_changed.connect(self._on_plane_changed)
-        layer_events = self.viewer.layers.events
-        for event in (layer_events.inserted, layer_events.removed, layer_events.reordered):
-            event.connect(self._reset_layer_choices)
         self._plane_timer = QTimer(self)
         self._plane_timer.setSingleShot(True)
-        self._plane_timer.setInterval(250)  # do not embed every slice scrolled past
+        self._plane_timer.setInterval(PLANE_SETTLE_MS)
         self._plane_timer.timeout.connect(self._auto_embed_current)
 
-        if self.image_choice.value is not None:
-            self._on_image_chosen(self.image_choice.value)
+    def _layer_events(self) -> tuple:
+        events = self.viewer.layers.events
+        return events.inserted, events.removed, events.reordered
+
+    def _connect_viewer(self) -> None:
+        for emitter in self._layer_events():
+            emitter.connect(self._reset_layer_choices)
 
     # ============================================================ choices
     def _image_layers(self, _widget=None) -> list[tuple[str, Image]]:
@@ -254,41 +240,38 @@ class AnnotatorWidget(QWidget):
     def _on_paint_over(self, value: bool) -> None:
         self.controller.paint_over = bool(value)
 
-    def _on_model_choice(self, name: str) -> None:
-        self.model_file.visible = name == LOCAL_FILE
-        self.model_info.setText(_describe_zoo_model(name))
-
     # ============================================================== model
     def load_model(self) -> None:
-        """Load the chosen zoo model or file in a worker (downloading a zoo model on first use)."""
-        name = self.model_choice.value
-        source = str(self.model_file.value) if name == LOCAL_FILE else name
-        if name == LOCAL_FILE and not Path(source).is_file():
-            self._report(f"Choose a checkpoint file first ({source!r} is not a file).")
-            return
-        self.load_button.enabled = False
-        self.model_status.setText(f"Loading {source}...")
-        worker = create_worker(
-            _load_model_job,
-            source,
-            self.device_choice.value,
-            "auto",
-            _progress={"desc": f"Loading SAM model {Path(source).name}"},
-        )
-        worker.returned.connect(self._on_model_loaded)
-        worker.finished.connect(lambda: setattr(self.load_button, "enabled", True))
-        self._model_worker = worker
-        worker.start()
+        """Load the chosen zoo model or file in a worker (downloading a zoo model on first use).
 
-    def _on_model_loaded(self, result) -> None:
-        if isinstance(result, str):
-            self.model_status.setText(result)
-            self._report(result, error=True)
+        While it loads, the button cancels. A model already loaded for this choice (here or
+        by Segment everything in this viewer) is used at once.
+        """
+        if self.model_picker.cancel():
             return
-        predictor, model_id = result
-        self.set_predictor(predictor, model_id)
+        try:
+            self.model_picker.request(self._use_model)
+        except USER_ERRORS as err:
+            self._report(str(err))
 
-    def set_predictor(self, predictor, model_id: str | None = None) -> None:
+    def _on_model_busy(self, busy: bool) -> None:
+        self.load_button.text = CANCEL_LOAD_TEXT if busy else LOAD_TEXT
+
+    def _use_model(self, loaded: LoadedModel) -> None:
+        from napari_sam.engine import Predictor
+
+        current = self.controller.predictor
+        if current is not None and getattr(current, "model", None) is loaded.model:
+            self.model_status.setText(f"{loaded.key.name} is loaded already.")
+            return
+        try:
+            predictor = Predictor(loaded.model, device=loaded.key.torch_device, precision="auto")
+        except USER_ERRORS as err:
+            self._report(str(err), error=True)
+            return
+        self.set_predictor(predictor, loaded.key.source)
+
+    def set_predictor(self, predictor: PredictorProtocol, model_id: str | None = None) -> None:
         """Use an engine Predictor (e.g. built from a model in memory) for annotation."""
         self.cancel_embeddings()
         self.controller.set_predictor(predictor, model_id)
@@ -477,10 +460,10 @@ class AnnotatorWidget(QWidget):
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
         self.cancel_embeddings()
+        self.model_picker.close()
         self.controller.close()
         for signal in (self.controller.status_changed, self.controller.preview_changed, self.controller.plane_changed):
             signal.disconnect()
-        layer_events = self.viewer.layers.events
-        for emitter in (layer_events.inserted, layer_events.removed, layer_events.reordered):
+        for emitter in self._layer_events():
             emitter.disconnect(self._reset_layer_choices)
         super().closeEvent(event)

@@ -11,7 +11,7 @@ layers together:
 
 Everything works on the plane the viewer shows (:mod:`.planes`). It needs only
 a ``napari.components.ViewerModel``, so it is tested without a display; the Qt
-widget (:mod:`.widget`) is a thin layer on top that runs embeddings in a thread
+widget (:mod:`.annotator_widget`) is a thin layer on top that runs embeddings in a thread
 worker. Computation is the engine's: the predictor decodes, and
 :mod:`napari_sam.engine.predict.prompts` turns layer data into prompts and masks into
 label writes.
@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from napari.utils.colormaps import DirectLabelColormap
@@ -35,6 +36,9 @@ from napari_sam.engine.predict import prompts as prompt_ops
 from napari_sam.engine.predict.embedding_cache import DEFAULT_MAX_BYTES, EmbeddingCache
 from napari_sam.model.config import NEGATIVE as SAM_NEGATIVE
 from napari_sam.model.config import POSITIVE as SAM_POSITIVE
+
+if TYPE_CHECKING:
+    from napari_sam.engine.predict.protocol import PredictorProtocol
 
 PROMPT_FEATURE = "prompt"
 POSITIVE, NEGATIVE = "positive", "negative"
@@ -105,17 +109,6 @@ def _same(a, b) -> bool:
     return a is b or (a is not None and b is not None and a == b)
 
 
-def _transform_kwargs(layer) -> dict:
-    """Spatial transform of ``layer`` to give helper layers, so data coordinates coincide."""
-    return {
-        "scale": np.asarray(layer.scale),
-        "translate": np.asarray(layer.translate),
-        "rotate": np.asarray(layer.rotate),
-        "shear": np.asarray(layer.shear),
-        "affine": layer.affine,
-    }
-
-
 class AnnotatorController:
     """Interactive SAM annotation in one viewer: prompts -> preview -> commit.
 
@@ -134,7 +127,7 @@ class AnnotatorController:
     def __init__(self, viewer, cache_max_bytes: int = DEFAULT_MAX_BYTES):
         self.viewer = viewer
         self.cache_max_bytes = cache_max_bytes
-        self.predictor = None
+        self.predictor: PredictorProtocol | None = None
         self.model_id: str | None = None
         self.image_layer = None
         self.points_layer = None
@@ -160,8 +153,8 @@ class AnnotatorController:
         self._bind_viewer_keys()
 
     # ================================================================ setup
-    def set_predictor(self, predictor, model_id: str | None = None) -> None:
-        """Use ``predictor`` (an engine :class:`~napari_sam.engine.Predictor`); drops cached embeddings."""
+    def set_predictor(self, predictor: PredictorProtocol | None, model_id: str | None = None) -> None:
+        """Use ``predictor`` (SAM's :class:`~napari_sam.engine.Predictor` or another backend); drops cached embeddings."""
         self.predictor = predictor
         self.model_id = model_id or (predictor.config.name if predictor is not None else None)
         self._forget_embeddings()
@@ -246,7 +239,7 @@ class AnnotatorController:
     def _create_helper_layers(self) -> None:
         image = self.image_layer
         ndim = image.ndim
-        transform = _transform_kwargs(image)
+        transform = plane_ops.transform_kwargs(image)
         plane = self.current_plane()
         self.preview_layer = self.viewer.add_labels(
             np.zeros(self._preview_shape(plane), dtype=np.uint8),
@@ -300,16 +293,11 @@ class AnnotatorController:
                 self.viewer.layers.remove(layer)
 
     def _preview_shape(self, plane: Plane) -> tuple[int, ...]:
-        shape = plane_ops.spatial_shape(self.image_layer)
-        return tuple(shape[axis] if axis in plane.axes else 1 for axis in range(len(shape)))
+        return plane_ops.one_plane_shape(self.image_layer, plane)
 
     def _preview_translate(self, plane: Plane) -> np.ndarray:
-        """Translate that puts the one-plane preview on ``plane`` (exact for scale + translate transforms)."""
-        translate = np.array(self.image_layer.translate, dtype=float)
-        scale = np.asarray(self.image_layer.scale, dtype=float)
-        for axis, index in plane.index:
-            translate[axis] += index * scale[axis]
-        return translate
+        """Translate that puts the one-plane preview on ``plane``."""
+        return plane_ops.one_plane_transform(self.image_layer, plane)["translate"]
 
     def _on_layer_removed(self, event) -> None:
         layer = event.value
@@ -631,7 +619,7 @@ class AnnotatorController:
             self.labels_layer = self.viewer.add_labels(
                 np.zeros(plane_ops.spatial_shape(image), dtype=np.uint32),
                 name="SAM labels",
-                **_transform_kwargs(image),
+                **plane_ops.transform_kwargs(image),
             )
             # keep the prompt layers on top and the points layer active
             for layer in (self.preview_layer, self.boxes_layer, self.points_layer):

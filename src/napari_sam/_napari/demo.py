@@ -23,13 +23,7 @@ def open_annotator(viewer, sample: str | None = "cell", model: str | None = "vit
         viewer.open_sample(PLUGIN, sample)
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
     if model:
-        from napari_sam._napari.annotator_widget import LOCAL_FILE
-
-        if model in widget.model_choice.choices:
-            widget.model_choice.value = model
-        else:
-            widget.model_choice.value = LOCAL_FILE
-            widget.model_file.value = model
+        widget.model_picker.choose(model)
         if load:
             widget.load_model()
     return widget

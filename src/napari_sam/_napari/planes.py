@@ -18,6 +18,9 @@ from napari_sam.engine.errors import InputError
 
 _INTENSITY_PLANES = 8  # planes of a stack read to estimate its intensity range
 
+Box = tuple[int, int, int, int]
+"""A rectangle of a plane in its data pixels: (row0, row1, col0, col1), half-open."""
+
 
 @dataclass(frozen=True)
 class Plane:
@@ -35,10 +38,16 @@ class Plane:
         """A tuple of non-negative ints naming the plane, used as embedding cache key."""
         return (*self.axes, *(i for _, i in self.index))
 
-    def selector(self, ndim: int) -> tuple:
-        """Index tuple that picks this plane out of an ``ndim``-dimensional array."""
+    def selector(self, ndim: int, box: Box | None = None) -> tuple:
+        """Index tuple that picks this plane (or its ``box``) out of an ``ndim``-dimensional array.
+
+        The result has the plane's axes in data order: (rows, cols) = (axes[0], axes[1]).
+        """
         index = self.index_map
-        return tuple(slice(None) if axis in self.axes else index[axis] for axis in range(ndim))
+        rows, cols = (slice(None), slice(None)) if box is None else (slice(box[0], box[1]), slice(box[2], box[3]))
+        return tuple(
+            rows if axis == self.axes[0] else cols if axis == self.axes[1] else index[axis] for axis in range(ndim)
+        )
 
     def full_index(self, rows: np.ndarray, cols: np.ndarray, ndim: int) -> tuple[np.ndarray, ...]:
         """nD fancy index of plane pixels (rows, cols), for ``Labels.data_setitem``."""
@@ -72,7 +81,7 @@ def spatial_shape(layer) -> tuple[int, ...]:
 def displayed_layer_axes(viewer, layer) -> tuple[int, int]:
     """The two data axes of ``layer`` that ``viewer`` displays, as (row_axis, col_axis)."""
     if viewer.dims.ndisplay != 2:
-        raise InputError("Segment Anything works on 2D views: switch the viewer to 2D (Ctrl+Y) to annotate.")
+        raise InputError("Segment Anything works on 2D views: switch the viewer to 2D (Ctrl+Y).")
     offset = viewer.dims.ndim - layer.ndim  # a layer's axes are the viewer's last layer.ndim axes
     axes = sorted(axis - offset for axis in viewer.dims.displayed)
     if axes[0] < 0:
@@ -102,17 +111,76 @@ def all_planes(layer, axes: tuple[int, int]) -> Iterator[Plane]:
 
 
 def plane_shape(layer, plane: Plane) -> tuple[int, int]:
+    """(H, W) of ``plane`` in ``layer``: the sizes of its row and column axes."""
     shape = spatial_shape(layer)
     return shape[plane.axes[0]], shape[plane.axes[1]]
 
 
-def read_plane(layer, plane: Plane) -> np.ndarray:
-    """The plane's pixels as a numpy array (H, W), or (H, W, C) for RGB(A); only this plane is read."""
-    data = base_data(layer)
-    selector = plane.selector(layer.ndim)
+def clip_box(box: Box, shape: tuple[int, int]) -> Box:
+    """``box`` cut to a plane of ``shape`` (H, W); an InputError if nothing of it is left."""
+    row0, row1, col0, col1 = box
+    row0, row1 = max(0, row0), min(shape[0], row1)
+    col0, col1 = max(0, col0), min(shape[1], col1)
+    if row1 - row0 < 1 or col1 - col0 < 1:
+        raise InputError("The region of interest does not overlap the image.")
+    return row0, row1, col0, col1
+
+
+def plane_region(layer, plane: Plane, box: Box | None = None):
+    """The plane's pixels (H, W) or (H, W, C) for RGB(A), cut to ``box``, as the layer's own array type.
+
+    Nothing is read: a dask or zarr layer gives a lazy array, so large planes reach
+    the engine's tiled runner without being loaded whole.
+    """
+    selector = plane.selector(layer.ndim, box)
     if getattr(layer, "rgb", False):
         selector = (*selector, slice(None))
-    return np.asarray(data[selector])
+    return base_data(layer)[selector]
+
+
+def read_plane(layer, plane: Plane) -> np.ndarray:
+    """The plane's pixels as a numpy array (H, W), or (H, W, C) for RGB(A); only this plane is read."""
+    return np.asarray(plane_region(layer, plane))
+
+
+def transform_kwargs(layer) -> dict:
+    """Spatial transform of ``layer`` as ``add_*`` keyword arguments, so a new layer's data coincide with it."""
+    return {
+        "scale": np.asarray(layer.scale),
+        "translate": np.asarray(layer.translate),
+        "rotate": np.asarray(layer.rotate),
+        "shear": np.asarray(layer.shear),
+        "affine": layer.affine,
+    }
+
+
+def one_plane_shape(layer, plane: Plane, size: tuple[int, int] | None = None) -> tuple[int, ...]:
+    """Shape of a one-plane layer over ``plane``: ``size`` (default: the plane's) on its axes, 1 elsewhere."""
+    rows, cols = plane_shape(layer, plane) if size is None else size
+    return tuple(
+        rows if axis == plane.axes[0] else cols if axis == plane.axes[1] else 1 for axis in range(layer.ndim)
+    )
+
+
+def one_plane_transform(layer, plane: Plane, corner: tuple[int, int] = (0, 0)) -> dict:
+    """Transform (``add_*`` keywords) of a one-plane layer whose pixel 0 is ``plane``'s pixel ``corner`` (row, col).
+
+    Its data ``d`` sit at ``layer``'s data ``d + origin``, origin = the plane's index on
+    the other axes and ``corner`` on the plane's axes; so its translate is where
+    ``layer``'s scale, rotate and shear put ``origin`` (the affine applies after).
+    """
+    from napari.utils.transforms import Affine
+
+    index = plane.index_map
+    origin = [
+        corner[0] if axis == plane.axes[0] else corner[1] if axis == plane.axes[1] else index[axis]
+        for axis in range(layer.ndim)
+    ]
+    kwargs = transform_kwargs(layer)
+    data_to_physical = Affine(
+        scale=kwargs["scale"], translate=kwargs["translate"], rotate=kwargs["rotate"], shear=kwargs["shear"]
+    )
+    return {**kwargs, "translate": np.asarray(data_to_physical(np.asarray(origin, dtype=float)))}
 
 
 def layer_intensity_range(layer) -> tuple | None:

@@ -68,3 +68,21 @@ def test_clip_box_keeps_the_part_inside_and_refuses_a_box_outside():
     assert plane_ops.clip_box((-3, 5, 2, 99), (10, 20)) == (0, 5, 2, 20)
     with pytest.raises(InputError, match="does not overlap"):
         plane_ops.clip_box((12, 15, 0, 5), (10, 20))
+
+
+@pytest.mark.filterwarnings("ignore:Non-orthogonal slicing:UserWarning")  # napari's, about drawing such a stack
+def test_the_annotator_preview_sits_on_the_slice_of_a_tilted_stack():
+    """The preview layer covers the slice shown, also when the stack is rotated across its slices."""
+    from napari_sam._napari.controller import AnnotatorController
+
+    viewer = ViewerModel()
+    tilt = ((0.8, -0.6, 0.0), (0.6, 0.8, 0.0), (0.0, 0.0, 1.0))  # mixes the slice axis with the rows
+    image = viewer.add_image(np.zeros((5, 20, 30)), scale=(2.0, 1.0, 1.0), translate=(1.0, 2.0, 3.0), rotate=tilt)
+    viewer.dims.point = tuple(image.data_to_world((3, 10, 15)))
+    controller = AnnotatorController(viewer)
+    controller.set_image_layer(image)
+    assert controller.current_plane().index_map == {0: 3}
+    preview = controller.preview_layer
+    for row, col in [(0, 0), (7, 11)]:
+        np.testing.assert_allclose(preview.data_to_world((0, row, col)), image.data_to_world((3, row, col)))
+    controller.close()

@@ -305,6 +305,18 @@ def test_a_bad_checkpoint_file_is_a_notification(widget, qtbot, tmp_path, notifi
     assert not labels_layers(widget.viewer)
 
 
+def test_a_device_this_machine_lacks_is_a_notification(widget, qtbot, notifications):
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    missing = "cuda" if not torch.cuda.is_available() else "mps"
+    assert missing == "cuda" or not (mps and mps.is_available()), "this machine has every device"
+    widget.device_choice.value = missing
+    click_run_and_wait(qtbot, widget)
+    assert any(missing in str(n.message).lower() for n in notifications)
+    assert not labels_layers(widget.viewer) and widget.model_picker.loaded is None
+
+
 def test_bad_parameters_are_reported_not_raised(widget, qtbot, notifications, load_calls):
     shapes = widget.viewer.add_shapes(name="empty roi")
     widget.roi_choice.value = shapes

@@ -89,7 +89,13 @@ _VIEWER_MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def viewer_models(viewer) -> weakref.WeakValueDictionary:
-    """The models loaded by ``viewer``'s widgets, by :class:`ModelKey` (kept while a widget uses them)."""
+    """The models loaded by ``viewer``'s widgets, by :class:`ModelKey` (kept while a widget uses them).
+
+    Parameters
+    ----------
+    viewer
+        A napari viewer, or the public-only proxy of one that plugin widgets receive.
+    """
     viewer = getattr(viewer, "__wrapped__", viewer)  # plugin widgets get a proxy: key on the viewer itself
     models = _VIEWER_MODELS.get(viewer)
     if models is None:
@@ -104,8 +110,10 @@ def load_job(key: ModelKey) -> torch.nn.Module:
     RuntimeError (DownloadError is one) instead of emitting ``errored``.
     """
     import napari_sam.model  # looked up at call time, so the one load function can be counted in tests
+    from napari_sam.engine.predict.device import select_device
 
-    return napari_sam.model.load_model(key.source, device=key.torch_device, progress=False)
+    device = select_device(key.torch_device)  # a device this machine lacks is an InputError, said before loading
+    return napari_sam.model.load_model(key.source, device=device, progress=False)
 
 
 class ModelPicker:
@@ -179,8 +187,16 @@ class ModelPicker:
     def request(self, on_ready: Callable[[LoadedModel], None]) -> None:
         """Call ``on_ready`` with the chosen model: now if it is loaded, else after a worker has loaded it.
 
-        A bad choice raises InputError at once. A second request while loading
-        replaces the first one's callback; a cancelled or failed load calls nothing.
+        Parameters
+        ----------
+        on_ready
+            Called on the main thread with the :class:`LoadedModel`. A new request while
+            loading replaces the load in progress; a cancelled or failed load calls nothing.
+
+        Raises
+        ------
+        InputError
+            At once, when the choice is not usable (no checkpoint file chosen).
         """
         loaded = self.ready()
         if loaded is not None:

@@ -117,7 +117,20 @@ def plane_shape(layer, plane: Plane) -> tuple[int, int]:
 
 
 def clip_box(box: Box, shape: tuple[int, int]) -> Box:
-    """``box`` cut to a plane of ``shape`` (H, W); an InputError if nothing of it is left."""
+    """``box`` cut to a plane of ``shape``.
+
+    Parameters
+    ----------
+    box
+        (row0, row1, col0, col1) in the plane's data pixels, half-open; may reach outside.
+    shape
+        The plane's (H, W).
+
+    Raises
+    ------
+    InputError
+        When no pixel of ``box`` lies in the plane.
+    """
     row0, row1, col0, col1 = box
     row0, row1 = max(0, row0), min(shape[0], row1)
     col0, col1 = max(0, col0), min(shape[1], col1)
@@ -127,10 +140,19 @@ def clip_box(box: Box, shape: tuple[int, int]) -> Box:
 
 
 def plane_region(layer, plane: Plane, box: Box | None = None):
-    """The plane's pixels (H, W) or (H, W, C) for RGB(A), cut to ``box``, as the layer's own array type.
+    """The plane's pixels (h, w) or (h, w, C) for RGB(A), cut to ``box``, as the layer's own array type.
 
     Nothing is read: a dask or zarr layer gives a lazy array, so large planes reach
     the engine's tiled runner without being loaded whole.
+
+    Parameters
+    ----------
+    layer
+        An Image layer (level 0 of a multiscale one is used).
+    plane
+        The plane, in the layer's data frame; rows are ``plane.axes[0]``.
+    box
+        (row0, row1, col0, col1) inside the plane (see :func:`clip_box`); None: the whole plane.
     """
     selector = plane.selector(layer.ndim, box)
     if getattr(layer, "rgb", False):
@@ -155,7 +177,17 @@ def transform_kwargs(layer) -> dict:
 
 
 def one_plane_shape(layer, plane: Plane, size: tuple[int, int] | None = None) -> tuple[int, ...]:
-    """Shape of a one-plane layer over ``plane``: ``size`` (default: the plane's) on its axes, 1 elsewhere."""
+    """Shape of a one-plane layer over ``plane``: ``size`` on its axes, 1 elsewhere.
+
+    Parameters
+    ----------
+    layer
+        The layer the plane belongs to (its ``ndim`` axes, without an RGB channel axis).
+    plane
+        The plane the new layer covers.
+    size
+        (h, w) of the new layer on the plane's (row, col) axes; None: the whole plane.
+    """
     rows, cols = plane_shape(layer, plane) if size is None else size
     return tuple(
         rows if axis == plane.axes[0] else cols if axis == plane.axes[1] else 1 for axis in range(layer.ndim)
@@ -163,11 +195,20 @@ def one_plane_shape(layer, plane: Plane, size: tuple[int, int] | None = None) ->
 
 
 def one_plane_transform(layer, plane: Plane, corner: tuple[int, int] = (0, 0)) -> dict:
-    """Transform (``add_*`` keywords) of a one-plane layer whose pixel 0 is ``plane``'s pixel ``corner`` (row, col).
+    """Transform (``add_*`` keywords) of a one-plane layer whose first pixel is ``plane``'s pixel ``corner``.
 
     Its data ``d`` sit at ``layer``'s data ``d + origin``, origin = the plane's index on
     the other axes and ``corner`` on the plane's axes; so its translate is where
     ``layer``'s scale, rotate and shear put ``origin`` (the affine applies after).
+
+    Parameters
+    ----------
+    layer
+        The layer whose plane the new layer covers; scale, rotate, shear and affine are copied.
+    plane
+        The plane the new layer lies on.
+    corner
+        (row, col) of the plane's pixel under the new layer's first pixel (a region's corner).
     """
     from napari.utils.transforms import Affine
 

@@ -77,8 +77,22 @@ def field_docs(cls: type) -> dict[str, str]:
 def roi_box(viewer, shapes: Shapes, image: Image, plane: Plane) -> Box:
     """The first shape's bounding box in ``plane``'s data pixels (row0, row1, col0, col1), clipped to the plane.
 
-    A Shapes layer with fewer dimensions than the viewer lies on the viewer's last
-    axes; its vertices take the viewer's current point on the others.
+    Parameters
+    ----------
+    viewer
+        The viewer; a Shapes layer with fewer dimensions than it lies on its last
+        axes, and its vertices take the viewer's current point on the others.
+    shapes
+        The layer whose first shape is the region of interest.
+    image
+        The image layer being segmented.
+    plane
+        The plane of ``image`` that is segmented (see :func:`~.planes.current_plane`).
+
+    Raises
+    ------
+    InputError
+        When the layer holds no shape, or the shape misses the plane.
     """
     if len(shapes.data) == 0:
         raise InputError(f"The Shapes layer {shapes.name!r} holds no rectangle to use as region of interest.")
@@ -102,7 +116,19 @@ def roi_box(viewer, shapes: Shapes, image: Image, plane: Plane) -> Box:
 def segment_job(
     pixels, loaded: LoadedModel, tile_shape: int | None, halo: int | None, params: AutomaticParams
 ) -> Generator[tuple[int, int], None, np.ndarray]:
-    """Worker generator: yields (tiles done, tiles total), returns the (h, w) labels of ``pixels``."""
+    """Worker generator: yields (tiles done, tiles total), returns the (h, w) int32 labels of ``pixels``.
+
+    Parameters
+    ----------
+    pixels
+        The region to segment, (h, w) or (h, w, C), any array type (read tile by tile).
+    loaded
+        The model and the device it was loaded for.
+    tile_shape, halo
+        Tile side and halo in pixels; None: the model's input size, and tile / 8.
+    params
+        The automatic-segmentation settings.
+    """
     from napari_sam.engine.automatic.segment import segment_everything_steps
 
     labels = yield from segment_everything_steps(

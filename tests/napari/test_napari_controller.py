@@ -55,6 +55,9 @@ class DiscPredictor:
     def set_embedding(self, embedding):
         self._embedding = embedding
 
+    def encoder_fingerprint(self) -> str:
+        return f"disc r={self.radius}"
+
     def _disc(self, center, radius):
         h, w = self._embedding.original_size
         rows, cols = np.mgrid[:h, :w]
@@ -391,6 +394,15 @@ def test_save_and_load_embeddings(viewer, tmp_path):
     wrong_model.set_image_layer(wrong_model.viewer.layers[0])
     with pytest.raises(ValueError, match="another image or model"):
         wrong_model.load_embeddings(tmp_path / "emb.zarr")
+
+    # another image of the same shape and dtype (e.g. the next file of a folder): refused too
+    shifted = np.roll(image.data, 5, axis=-1)
+    other_image = AnnotatorController(ViewerModel())
+    other_image.viewer.add_image(shifted)
+    other_image.set_predictor(DiscPredictor(), model_id="disc")
+    other_image.set_image_layer(other_image.viewer.layers[0])
+    with pytest.raises(ValueError, match="another image or model"):
+        other_image.load_embeddings(tmp_path / "emb.zarr")
 
 
 def test_background_embedding_requests_once(viewer):

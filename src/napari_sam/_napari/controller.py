@@ -346,18 +346,18 @@ class AnnotatorController:
         return self._intensity_ranges[layer_id]
 
     def cache_fingerprint(self) -> dict:
-        """What a saved embedding cache must match: model, image shape/dtype, intensity range."""
+        """What a saved embedding cache must match: the image's pixels, the encoder's weights,
+        the model name, the intensity range (see ``engine.predict.fingerprint``)."""
+        from napari_sam.engine.predict.fingerprint import cache_fingerprint
+
         image = self.image_layer
-        data = plane_ops.base_data(image)
-        rng = self.intensity_range()
-        return {
-            "model": self.model_id,
-            "architecture": self.predictor.config.name if self.predictor is not None else None,
-            "image_shape": [int(s) for s in data.shape],
-            "image_dtype": str(np.dtype(data.dtype)),
-            "rgb": bool(getattr(image, "rgb", False)),
-            "intensity_range": None if rng is None else [np.asarray(v).tolist() for v in rng],
-        }
+        return cache_fingerprint(
+            plane_ops.base_data(image),
+            self.predictor,
+            intensity_range=self.intensity_range(),
+            model=self.model_id,
+            rgb=bool(getattr(image, "rgb", False)),
+        )
 
     def save_embeddings(self, path) -> int:
         """Save the current image's embeddings to a zarr directory (later ones are added as computed)."""
@@ -550,8 +550,9 @@ class AnnotatorController:
         if not self.ensure_embedding(plane):
             self._show(plane, None, PreviewInfo(message="Computing the image embedding..."))
             return
-        self._activate_embedding(plane)
         try:
+            # a corrupt saved cache entry surfaces here as InputError: say so in the preview
+            self._activate_embedding(plane)
             prediction = self._predict(plane, points, labels, boxes)
         except InputError as err:
             self._show(plane, None, PreviewInfo(message=str(err)))

@@ -4,12 +4,14 @@ A thin wrapper over the fine-tuning API (``napari_sam.engine.training.loop``): r
 initialisation of the ``tiny_trained_test`` config (seeded), an endless stream of
 synthetic "mixed" images (``SyntheticDataset``, seeds from 1_000_000 up; the
 quality tests use seeds below 1000), SAM's interactive prompt training, and a
-checkpoint every few hundred steps so an interrupted run resumes with ``--resume``.
+train state every hundred steps so an interrupted run resumes with ``--resume``.
+The fixture exists already: retraining it needs ``--overwrite`` (it is replaced only
+when the new run is complete).
 
 This model exists so the test suite can check segmentation quality end to end on a
 machine that cannot download real SAM weights. It is not a model for users.
 
-    python tools/train_tiny_model.py --output tests/data/tiny_sam_synthetic.pt --log train.log
+    python tools/train_tiny_model.py --output tests/data/tiny_sam_synthetic.pt --overwrite --log train.log
 """
 
 from __future__ import annotations
@@ -22,40 +24,41 @@ from pathlib import Path
 
 TRAIN_SEED_BASE = 1_000_000  # synthetic training images use seeds >= this; held-out tests use seeds < 1000
 VALIDATION_SEED = 500
+# How the fixture was trained from scratch: FinetuneOptions defaults suit fine-tuning a pretrained model.
+FROM_SCRATCH = {
+    "steps": 1200, "correction_iterations": 1, "learning_rate": 1e-3, "warmup_steps": 60, "mask_loss": "bce_dice",
+    "focal_weight": 1.0, "checkpoint_every": 100, "device": "cpu",
+}
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The tool's options: FinetuneOptions (with the FROM_SCRATCH defaults) plus model and output settings."""
+    from napari_sam.engine.training.options import add_finetune_arguments
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=Path("tests/data/tiny_sam_synthetic.pt"))
     parser.add_argument("--log", type=Path, default=None, help="also append progress lines to this file")
     parser.add_argument("--config", default="tiny_trained_test")
-    parser.add_argument("--steps", type=int, default=1200)
-    parser.add_argument("--images-per-step", type=int, default=4)
-    parser.add_argument("--objects-per-image", type=int, default=8)
-    parser.add_argument("--correction-iterations", type=int, default=1)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--warmup-steps", type=int, default=60)
-    parser.add_argument("--mask-loss", default="bce_dice", choices=("bce_dice", "focal_dice"))
-    parser.add_argument("--focal-weight", type=float, default=1.0)
-    parser.add_argument("--validate-every", type=int, default=100)
-    parser.add_argument("--checkpoint-every", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1 is fastest on a busy shared machine)")
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--hypernet-init-scale", type=float, default=1.0,
                         help="multiply the initial output layer of the mask hypernetworks (larger initial mask "
                              "logits shorten the plateau at the start of training from scratch)")
-    parser.add_argument("--resume", action="store_true", help="continue from --output and its .train_state.pt")
     parser.add_argument("--init", type=Path, help="start from this checkpoint's weights instead of random ones "
                         "(relative-position tables of another length, e.g. a block made global, are resampled)")
-    args = parser.parse_args(argv)
+    add_finetune_arguments(parser, FROM_SCRATCH)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
 
     import numpy as np
     import torch
 
     from napari_sam.engine.datasets.synthetic import SyntheticDataset
-    from napari_sam.engine.training.loop import FinetuneOptions, finetune
+    from napari_sam.engine.training.loop import finetune
+    from napari_sam.engine.training.options import options_from_args
     from napari_sam.model import build_sam
 
     torch.set_num_threads(args.threads)
@@ -70,20 +73,8 @@ def main(argv=None) -> int:
     images_needed = args.steps * args.images_per_step
     train = SyntheticDataset(images_needed, seed=TRAIN_SEED_BASE, style="mixed", vary_style=True)
     val = SyntheticDataset(4, seed=VALIDATION_SEED, style="mixed")
-    options = FinetuneOptions(
-        steps=args.steps,
-        images_per_step=args.images_per_step,
-        objects_per_image=args.objects_per_image,
-        correction_iterations=args.correction_iterations,
-        learning_rate=args.lr,
-        warmup_steps=args.warmup_steps,
-        mask_loss=args.mask_loss,
-        focal_weight=args.focal_weight,
-        validate_every=args.validate_every,
-        checkpoint_every=args.checkpoint_every,
-        seed=args.seed,
-        device=args.device,
-    )
+    options = options_from_args(args)
+
     def report(line: str) -> None:
         print(line, flush=True)
         if args.log:
@@ -91,7 +82,8 @@ def main(argv=None) -> int:
                 log.write(line + "\n")
 
     report(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} train_tiny_model {' '.join(sys.argv[1:] if argv is None else argv)}")
-    for progress in finetune(model, train, val, options, checkpoint_path=args.output, resume=args.resume):
+    for progress in finetune(model, train, val, options, checkpoint_path=args.output, resume=args.resume,
+                             overwrite=args.overwrite):
         if progress.loss is None or progress.validation or progress.checkpoint or progress.step % 10 == 0:
             report(progress.describe())
     digest = hashlib.sha256(args.output.read_bytes()).hexdigest()

@@ -5,10 +5,16 @@ takes) and an integer instance label image ``(H, W)`` (0 background, 1..N object
 both in napari's pixel frame. ``prepare_sample`` turns a pair into exactly what the
 ``Predictor`` feeds the model at inference (``to_uint8_rgb`` then
 ``image_to_model_input``) plus the labels moved into SAM's input frame.
+
+Two kinds of label images are repaired rather than refused, each said out loud:
+a binary mask (one value, several separate regions) gets a warning and its
+connected regions become the objects; ids larger than the image has pixels (e.g.
+near 1e9) are renumbered 1..N in their order, so no step allocates per possible id.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,11 +46,65 @@ class TrainingPair(NamedTuple):
     name: str = "image"
 
 
+def _relabel_sequentially(labels: np.ndarray) -> np.ndarray:
+    """Ids renumbered 1..N in their order (0 stays background), without one counter per possible id."""
+    ids, inverse = np.unique(labels, return_inverse=True)
+    inverse = inverse.reshape(labels.shape).astype(np.int64)
+    return inverse if ids[0] == 0 else inverse + 1
+
+
+def _split_binary_mask(labels: np.ndarray, name: str) -> np.ndarray:
+    """A binary mask (a single foreground value, several separate regions) -> one object per region, with a warning.
+
+    Instance labels give every object its own id. One value in several separate
+    regions is a semantic (binary) mask: training on it as one object would teach
+    SAM to segment all of them from one click. Touching objects stay merged, hence
+    the advice to label instances.
+    """
+    from skimage.measure import label as connected_components
+
+    foreground = labels[labels != 0]
+    if foreground.size == 0 or (foreground != foreground[0]).any():
+        return labels
+    regions, count = connected_components(labels != 0, connectivity=1, return_num=True)
+    if count < 2:
+        return labels
+    warnings.warn(
+        f"The labels of {name} look like a binary mask: one value ({foreground[0]}) in {count} separate regions. "
+        f"Each region is used as one object; touching objects stay merged. Label each object with its own id "
+        f"(instance labels) for better training.",
+        UserWarning,
+        stacklevel=3,
+    )
+    return regions.astype(np.int64)
+
+
 def validate_pair(image, labels, name: str = "image", require_objects: bool = True) -> TrainingPair:
     """Check one image/label pair; returns it as numpy arrays with int64 labels.
 
-    Raises ``InputError`` for mismatched shapes, non-integer labels, images that are not
-    2D (optionally with up to 4 channels last), and (``require_objects``) labels without objects.
+    Parameters
+    ----------
+    image
+        ``(H, W)`` or ``(H, W, C)`` (C <= 4), pixel frame, any real dtype.
+    labels
+        ``(H, W)`` integer instance labels (0 background). A binary mask with several
+        separate regions is split into one object per region (with a warning); ids
+        larger than the image's pixel count are renumbered 1..N.
+    name
+        Names the pair in error messages.
+    require_objects
+        Refuse labels without any object.
+
+    Returns
+    -------
+    TrainingPair
+        The image and the (possibly renumbered) int64 labels.
+
+    Raises
+    ------
+    InputError
+        Mismatched shapes, non-integer labels, images that are not 2D (optionally with
+        up to 4 channels last), and (``require_objects``) labels without objects.
     """
     image = np.asarray(image)
     labels = validate_instance_labels(labels, name=f"labels of {name}")
@@ -63,7 +123,9 @@ def validate_pair(image, labels, name: str = "image", require_objects: bool = Tr
         raise InputError(f"{name} has unsupported dtype {image.dtype}.")
     if require_objects and not labels.any():
         raise InputError(f"The labels of {name} contain no objects (all 0); annotate at least one object.")
-    return TrainingPair(image, labels, name)
+    if labels.size and labels.max() > labels.size:
+        labels = _relabel_sequentially(labels)
+    return TrainingPair(image, _split_binary_mask(labels, name), name)
 
 
 def pairs_from_arrays(images, labels, name: str = "layer") -> list[TrainingPair]:
@@ -109,12 +171,40 @@ def _files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
 
 
+def _label_file_for(image_path: Path, label_files: list[Path]) -> Path | None:
+    """The one label file named like ``image_path`` (see ``LABEL_NAME_ENDINGS``); an error if several are."""
+    names = {image_path.stem + ending for ending in LABEL_NAME_ENDINGS}
+    matches = [path for path in label_files if path.stem in names and path != image_path]
+    if len(matches) > 1:
+        raise InputError(
+            f"Several label files could belong to {image_path.name}: {', '.join(p.name for p in matches)} (in "
+            f"{matches[0].parent}). Keep one of them, or move the others out of the label folder."
+        )
+    return matches[0] if matches else None
+
+
 def load_folder_pairs(image_dir, label_dir) -> list[TrainingPair]:
     """Training pairs from a folder of images and a folder of instance label images.
 
     Labels are matched to images by file name: ``cell1.tif`` goes with ``cell1.tif``,
     ``cell1.png``, ``cell1_labels.tif``, ``cell1_masks.png`` and similar. Every image
-    needs its label file; each pair is validated (see ``validate_pair``).
+    needs exactly one label file; each pair is validated (see ``validate_pair``).
+
+    Parameters
+    ----------
+    image_dir, label_dir
+        The folder of images and the folder of their label images.
+
+    Returns
+    -------
+    list of TrainingPair
+        One validated pair per image, in file-name order.
+
+    Raises
+    ------
+    InputError
+        A folder is missing or empty, an image has no label file or several candidates,
+        or a pair is not valid.
     """
     image_dir, label_dir = Path(image_dir), Path(label_dir)
     for folder, what in ((image_dir, "image"), (label_dir, "label")):
@@ -125,28 +215,21 @@ def load_folder_pairs(image_dir, label_dir) -> list[TrainingPair]:
         raise InputError(
             f"The image folder {image_dir} contains no images ({', '.join(IMAGE_SUFFIXES)} files)."
         )
-    label_files = {p.stem: p for p in _files(label_dir, LABEL_SUFFIXES)}
+    label_files = _files(label_dir, LABEL_SUFFIXES)
     if not label_files:
         raise InputError(f"The label folder {label_dir} contains no label images ({', '.join(LABEL_SUFFIXES)}).")
-    pairs = []
-    missing = []
-    for image_path in images:
-        match = next(
-            (label_files[image_path.stem + ending] for ending in LABEL_NAME_ENDINGS
-             if image_path.stem + ending in label_files),
-            None,
-        )
-        if match is None:
-            missing.append(image_path.name)
-            continue
-        pairs.append(validate_pair(read_image_file(image_path), read_image_file(match), name=str(image_path)))
+    matches = {image_path: _label_file_for(image_path, label_files) for image_path in images}
+    missing = [image_path.name for image_path, match in matches.items() if match is None]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise InputError(
             f"No label image in {label_dir} for {shown}; name labels like their image "
             "(e.g. img1.tif -> img1.tif or img1_labels.tif)."
         )
-    return pairs
+    return [
+        validate_pair(read_image_file(image_path), read_image_file(match), name=str(image_path))
+        for image_path, match in matches.items()
+    ]
 
 
 # ----------------------------------------------------------------------------- model input
@@ -245,6 +328,52 @@ def check_training_data(data: Sequence, what: str = "training data") -> None:
     """Fail early with a clear message when a dataset is empty."""
     if len(data) == 0:
         raise InputError(f"The {what} is empty: give at least one image with instance labels.")
+
+
+class ValidatedPairs(Sequence):
+    """A sequence of ``(image, labels[, name])`` items, each validated on access.
+
+    Lazy datasets (``SyntheticDataset``) generate items on access, so they are
+    checked one by one as the training reaches them; :class:`TrainingPair` items
+    (made by :func:`validate_pair`) pass unchanged.
+    """
+
+    def __init__(self, data: Sequence, what: str) -> None:
+        self.data = data
+        self.what = what
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> TrainingPair:
+        item = self.data[index]
+        if isinstance(item, TrainingPair):
+            return item
+        name = item[2] if len(item) > 2 else f"{self.what}[{index}]"
+        return validate_pair(item[0], item[1], name=name)
+
+
+def as_training_pairs(data, what: str) -> ValidatedPairs:
+    """Any sequence of ``(image, labels[, name])`` -> a lazily validated sequence of :class:`TrainingPair`.
+
+    Parameters
+    ----------
+    data
+        Lists of pairs, ``load_folder_pairs``, ``pairs_from_arrays``, ``SyntheticDataset``...
+    what
+        Names the data in error messages ("training data", "validation data").
+
+    Raises
+    ------
+    InputError
+        ``data`` is None, a path, or empty.
+    """
+    if data is None:
+        raise InputError(f"No {what} given.")
+    if isinstance(data, (str, Path)):
+        raise InputError(f"{what}: pass pairs (see load_folder_pairs / pairs_from_arrays), not a path.")
+    check_training_data(data, what)
+    return ValidatedPairs(data, what)
 
 
 def count_objects(pairs: Sequence[TrainingPair], min_size: int = 1) -> int:

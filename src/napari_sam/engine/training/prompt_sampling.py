@@ -13,31 +13,47 @@ The training samplers follow SAM's interactive training recipe: random positive
 points inside the object, negatives just outside it, the bounding box with jitter,
 then correction points drawn from the error of the previous prediction (a positive
 point where the object was missed, a negative one where the mask spilled over).
+``first_prompts`` draws a whole step's first prompts (a :class:`PromptSet`) with the
+mix of prompt kinds set in ``FinetuneOptions``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from napari_sam.engine.errors import InputError
+from napari_sam.engine.training.options import PROMPT_KINDS
 from napari_sam.model.config import NEGATIVE, PADDING, POSITIVE
 
 if TYPE_CHECKING:
     import torch
 
-# point labels of SAM's prompt encoder
+    from napari_sam.engine.training.options import FinetuneOptions
 
+# Most positive and negative points of a first prompt of kind "points".
+MAX_POSITIVE, MAX_NEGATIVE = 3, 2
 
 # ------------------------------------------------------------------ pixel-frame helpers (numpy)
 
 
+def object_sizes(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ids (sorted, 0 excluded) and pixel counts of the objects of an instance label image.
+
+    Counts only the ids present (``np.unique``), so ids near 1e9 cost no memory
+    (a ``bincount`` would allocate one counter per possible id).
+    """
+    ids, counts = np.unique(np.asarray(labels), return_counts=True)
+    keep = ids != 0
+    return ids[keep].astype(np.int64), counts[keep]
+
+
 def object_ids(labels: np.ndarray, min_size: int = 1) -> np.ndarray:
     """Ids of the objects in an instance label image with at least ``min_size`` pixels (sorted)."""
-    counts = np.bincount(np.asarray(labels).ravel().astype(np.int64))
-    ids = np.nonzero(counts >= min_size)[0]
-    return ids[ids != 0]
+    ids, counts = object_sizes(labels)
+    return ids[counts >= min_size]
 
 
 def object_boxes(labels: np.ndarray) -> dict[int, np.ndarray]:
@@ -233,3 +249,113 @@ def validate_instance_labels(labels: np.ndarray, name: str = "labels") -> np.nda
     if labels.size and labels.min() < 0:
         raise InputError(f"{name} contains negative values; instance labels must be >= 0.")
     return labels.astype(np.int64, copy=False)
+
+
+# ------------------------------------------------------------------ a training step's first prompts (torch)
+
+
+@dataclass
+class PromptSet:
+    """Prompt sets of the M objects of one training step, input frame.
+
+    coords ``(M, N, 2)`` (x, y), labels ``(M, N)`` (-1 padding), boxes ``(M, 4)``,
+    has_box ``(M,)`` bool, multimask ``(M,)`` bool (train the three ambiguity-aware outputs).
+    """
+
+    coords: torch.Tensor
+    labels: torch.Tensor
+    boxes: torch.Tensor
+    has_box: torch.Tensor
+    multimask: torch.Tensor
+
+    def add_points(self, coords: torch.Tensor, labels: torch.Tensor) -> None:
+        """Append points ``(M, n, 2)`` with labels ``(M, n)`` to every prompt set (corrections)."""
+        import torch
+
+        self.coords = torch.cat([self.coords, coords], dim=1)
+        self.labels = torch.cat([self.labels, labels], dim=1)
+
+
+def _interior(targets: torch.Tensor, width: int = 2) -> torch.Tensor:
+    """Pixels at least ``width`` pixels inside each ``(M, H, W)`` mask (a cheap erosion)."""
+    import torch.nn.functional as F
+
+    outside = (~targets).float()[:, None]
+    grown = F.max_pool2d(outside, kernel_size=2 * width + 1, stride=1, padding=width)
+    return (grown[:, 0] == 0) & targets
+
+
+def _candidate_points(
+    targets: torch.Tensor, rng: np.random.Generator, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``MAX_POSITIVE`` positives and ``MAX_NEGATIVE`` negatives per object, and which objects have negatives."""
+    import torch
+
+    # Users click inside objects, mostly away from the border: half the points come from the interior.
+    interior = _interior(targets)
+    use_interior = torch.as_tensor(rng.random(targets.shape[0]) < 0.5, device=targets.device)
+    use_interior &= interior.flatten(1).any(dim=1)
+    point_regions = torch.where(use_interior[:, None, None], interior, targets)
+    positives, _ = sample_points_in(point_regions, MAX_POSITIVE, generator)
+    negatives, has_negative_pixels = sample_negative_points(targets, MAX_NEGATIVE, generator=generator)
+    return positives, negatives, has_negative_pixels
+
+
+def _point_labels(kinds: np.ndarray, has_negative: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``(M, MAX_POSITIVE + MAX_NEGATIVE)`` labels: how many candidate points each kind of prompt uses."""
+    n_positive = np.where(kinds == PROMPT_KINDS.index("box"), 0, 1)
+    several = kinds == PROMPT_KINDS.index("points")
+    n_positive[several] = rng.integers(1, MAX_POSITIVE + 1, several.sum())
+    n_negative = np.zeros(len(kinds), dtype=int)
+    n_negative[several] = rng.integers(0, MAX_NEGATIVE + 1, several.sum())
+    n_negative[~has_negative] = 0
+    positive = np.where(np.arange(MAX_POSITIVE)[None, :] < n_positive[:, None], POSITIVE, PADDING)
+    negative = np.where(np.arange(MAX_NEGATIVE)[None, :] < n_negative[:, None], NEGATIVE, PADDING)
+    return np.concatenate([positive, negative], axis=1)
+
+
+def first_prompts(
+    targets: torch.Tensor,
+    valid_sizes: list[tuple[int, int]],
+    options: FinetuneOptions,
+    rng: np.random.Generator,
+    generator: torch.Generator,
+) -> PromptSet:
+    """Draw each object's first prompt: a box, one point, point + box, or several points.
+
+    Parameters
+    ----------
+    targets
+        ``(M, S, S)`` bool object masks, input frame.
+    valid_sizes
+        ``(h, w)`` of the image inside the padded input, one per object.
+    options
+        Mix of prompt kinds (``prompt_probabilities``), box jitter, multimask probability.
+    rng, generator
+        Random sources (numpy for choices, torch for pixels), so a step is reproducible.
+
+    Returns
+    -------
+    PromptSet
+        Prompts of all M objects, with all-padding point columns dropped.
+    """
+    import torch
+
+    m, device = targets.shape[0], targets.device
+    probabilities = np.asarray(options.prompt_probabilities, dtype=np.float64)
+    kinds = rng.choice(len(PROMPT_KINDS), size=m, p=probabilities / probabilities.sum())
+    positives, negatives, has_negative = _candidate_points(targets, rng, generator)
+    labels = torch.as_tensor(_point_labels(kinds, has_negative.cpu().numpy(), rng), device=device)
+    coords = torch.cat([positives, negatives], dim=1)
+    # drop all-padding columns so prompts carry as few padding tokens as possible
+    keep = (labels != PADDING).any(dim=0)
+    coords, labels = coords[:, keep], labels[:, keep]
+
+    valid_hw = torch.as_tensor(valid_sizes, dtype=torch.float32)
+    boxes = jitter_boxes(box_prompts_from_masks(targets), (int(valid_hw[:, 0].max()), int(valid_hw[:, 1].max())),
+                         options.box_jitter, generator=generator)
+    with_box = np.isin(kinds, [PROMPT_KINDS.index("box"), PROMPT_KINDS.index("point_box")])
+    single_point = kinds == PROMPT_KINDS.index("point")
+    multimask = single_point & (rng.random(m) < options.multimask_probability)
+    return PromptSet(coords, labels.long(), boxes, torch.as_tensor(with_box, device=device),
+                     torch.as_tensor(multimask, device=device))

@@ -48,7 +48,7 @@ def test_segment_tiff_to_tiff_with_progress(tmp_path, checkpoint, stack, capsys)
     np.testing.assert_array_equal(labels, _expected(stack, checkpoint))
 
 
-def test_segment_zarr_to_zarr(tmp_path, checkpoint, stack):
+def test_segment_zarr_to_zarr(tmp_path, checkpoint, stack, capsys):
     import zarr
 
     source = zarr.open_array(
@@ -60,11 +60,12 @@ def test_segment_zarr_to_zarr(tmp_path, checkpoint, stack):
     argv = ["segment", image, "--model", str(checkpoint), "--out", str(out), "--no-progress", *LOOSE]
     assert main(argv) == 0
     np.testing.assert_array_equal(zarr.open_array(str(out), mode="r")[:], _expected(stack, checkpoint))
-    # the output exists now: refused without --overwrite, replaced with it
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
+    # the output exists now: refused without --overwrite (one line saying so), replaced with it
+    capsys.readouterr()
+    assert main(argv) == 1
+    assert "--overwrite" in capsys.readouterr().err
     assert main([*argv, "--overwrite"]) == 0
+    np.testing.assert_array_equal(zarr.open_array(str(out), mode="r")[:], _expected(stack, checkpoint))
 
 
 def test_bad_arguments_give_one_clear_line(tmp_path, checkpoint, stack, capsys):
@@ -79,3 +80,157 @@ def test_bad_arguments_give_one_clear_line(tmp_path, checkpoint, stack, capsys):
     status = main(["segment", image, "--model", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "m.tif")])
     assert status == 1
     assert "missing.pt" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- nothing is lost
+
+
+@pytest.fixture
+def existing_output(tmp_path, checkpoint, stack):
+    """An earlier run's labels.tif, and its bytes."""
+    np.save(tmp_path / "stack.npy", stack)
+    out = tmp_path / "labels.tif"
+    argv = ["segment", str(tmp_path / "stack.npy"), "--model", str(checkpoint), "--out", str(out), "--no-progress"]
+    assert main([*argv, *LOOSE]) == 0
+    return out, out.read_bytes()
+
+
+def _garbage(path):
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (lambda argv, tmp: [tmp / "missing.npy" if a == str(tmp / "stack.npy") else a for a in argv], "missing.npy"),
+        (lambda argv, tmp: [*argv, "--model", str(tmp / "missing.pt")], "missing.pt"),
+        (lambda argv, tmp: [*argv, "--model", _garbage(tmp / "bad.pt")], "bad.pt"),
+        (lambda argv, tmp: [*argv, "--halo", "200"], "halo"),
+        (lambda argv, tmp: [*argv, "--tile-size", "64"], "smaller than the model"),
+        (lambda argv, tmp: [*argv, "--min-area", "-1"], "min_area"),
+    ],
+    ids=["missing-input", "missing-model", "unreadable-model", "bad-halo", "bad-tile", "bad-min-area"],
+)
+def test_overwrite_keeps_the_old_output_when_anything_is_wrong(
+    tmp_path, checkpoint, existing_output, change, words, capsys
+):
+    out, before = existing_output
+    image = str(tmp_path / "stack.npy")
+    argv = ["segment", image, "--model", str(checkpoint), "--out", str(out), "--overwrite", *LOOSE]
+    argv = [str(a) for a in change(argv, tmp_path)]
+    capsys.readouterr()
+    try:
+        status = main(argv)
+    except SystemExit as usage:  # usage errors exit with status 2 through argparse
+        status = usage.code
+    assert status in (1, 2)
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+    assert out.read_bytes() == before
+
+
+def test_the_input_is_never_deleted_or_written_over(tmp_path, checkpoint, stack, capsys):
+    import tifffile
+
+    image = tmp_path / "stack.tif"
+    tifffile.imwrite(image, stack)
+    before = image.read_bytes()
+    argv = ["segment", str(image), "--model", str(checkpoint), "--out", str(image), "--overwrite", *LOOSE]
+    assert main(argv) == 1
+    assert "input" in capsys.readouterr().err
+    assert image.read_bytes() == before
+
+
+def test_an_interrupted_run_says_how_to_resume_and_resume_finishes_it(
+    tmp_path, checkpoint, stack, capsys, monkeypatch
+):
+    import zarr
+
+    from napari_sam.engine.automatic import segment as engine_segment
+
+    np.save(tmp_path / "stack.npy", stack)
+    out = tmp_path / "labels.zarr"
+    image = str(tmp_path / "stack.npy")
+    argv = ["segment", image, "--model", str(checkpoint), "--out", str(out), "--no-progress", *LOOSE]
+    real_run_steps = engine_segment.run_steps
+
+    def ctrl_c_after_one_tile(steps, progress=None):
+        def stop(done, total):
+            if done >= 1:
+                raise KeyboardInterrupt
+
+        return real_run_steps(steps, stop)
+
+    monkeypatch.setattr(engine_segment, "run_steps", ctrl_c_after_one_tile)
+    assert main(argv) == 130  # one slice (one tile) done, the second not
+    assert "1 of 2 tiles" in capsys.readouterr().err
+    assert zarr.open_array(str(out), mode="r").attrs["napari_sam"]["complete"] is False
+    monkeypatch.setattr(engine_segment, "run_steps", real_run_steps)
+    assert main(argv) == 1  # exists, incomplete: neither replaced nor continued silently
+    assert "--resume" in capsys.readouterr().err
+    assert main([*argv, "--resume"]) == 0
+    np.testing.assert_array_equal(zarr.open_array(str(out), mode="r")[:], _expected(stack, checkpoint))
+
+
+# ----------------------------------------------------------------------------- one clear line, no traceback
+
+
+def test_a_corrupt_input_and_a_missing_output_folder_are_one_line(tmp_path, checkpoint, capsys):
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"II*\x00" + bytes(range(256)) * 4)
+    status = main(["segment", str(bad), "--model", str(checkpoint), "--out", str(tmp_path / "l.tif")])
+    err = capsys.readouterr().err
+    assert status == 1 and "broken.tif" in err and "Traceback" not in err
+    np.save(tmp_path / "plane.npy", np.zeros((256, 256), np.uint8))
+    status = main(["segment", str(tmp_path / "plane.npy"), "--model", str(checkpoint),
+                   "--out", str(tmp_path / "no" / "such" / "l.zarr")])
+    err = capsys.readouterr().err
+    assert status == 1 and "does not exist" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_failed_download_is_one_line(tmp_path, monkeypatch, capsys):
+    from napari_sam.model import zoo
+    from napari_sam.model.errors import DownloadError
+
+    def offline(name, progress=True):
+        raise DownloadError(f"Could not download model {name!r}: no network. Place the file by hand.")
+
+    monkeypatch.setattr(zoo, "fetch_checkpoint", offline)
+    np.save(tmp_path / "plane.npy", np.zeros((256, 256), np.uint8))
+    status = main(["segment", str(tmp_path / "plane.npy"), "--model", "vit_t", "--out", str(tmp_path / "l.tif")])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.startswith("napari-sam segment: error: Could not download model 'vit_t'") and "Traceback" not in err
+
+
+def test_a_device_that_is_not_there_is_one_line(tmp_path, checkpoint, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    np.save(tmp_path / "plane.npy", np.zeros((256, 256), np.uint8))
+    argv = ["segment", str(tmp_path / "plane.npy"), "--model", str(checkpoint), "--out", str(tmp_path / "l.tif")]
+    status = main([*argv, "--device", "cuda"])
+    err = capsys.readouterr().err
+    assert status == 1 and "cuda" in err and "no usable CUDA" in err and "Traceback" not in err
+    assert not (tmp_path / "l.tif").exists()
+
+
+# ----------------------------------------------------------------------------- options
+
+
+def test_automatic_options_take_their_defaults_from_automatic_params(capsys):
+    from napari_sam.cli import build_parser
+    from napari_sam.engine.automatic.params import AutomaticParams
+
+    defaults = AutomaticParams()
+    args = build_parser().parse_args(["segment", "in.tif", "--model", "m.pt", "--out", "o.zarr"])
+    for field in ("points_per_side", "pred_iou_thresh", "stability_thresh", "nms_thresh", "min_area", "nested_thresh",
+                  "points_per_batch"):
+        assert getattr(args, field) == getattr(defaults, field), field
+    with pytest.raises(SystemExit):
+        main(["segment", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {defaults.pred_iou_thresh})" in help_text
+    assert f"(default: {defaults.points_per_side})" in help_text
+    assert "tile - 2 * halo" in help_text  # --halo says what the code does

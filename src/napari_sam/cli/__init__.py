@@ -21,8 +21,6 @@ from napari_sam.cli.errors import UsageError
 SUBCOMMANDS = (segment, finetune, annotate)
 
 
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="napari-sam", description="Segment Anything in napari and on the command line.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -32,27 +30,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 1 bad input, 2 usage error)."""
+    """Run the command line; returns the exit status (0 ok, 1 bad input, 2 usage error, 130 interrupted).
+
+    Expected failures (bad input, unusable or missing checkpoints, failed downloads, a device
+    that is not there) print one line, ``napari-sam COMMAND: error: ...``, and no traceback.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "run", None) is None:
         parser.print_help()
         return 2
-    from napari_sam.engine.errors import InputError
-
     try:
         return int(args.run(args) or 0)
     except UsageError as error:
         parser.error(str(error))  # exits with status 2
-    except InputError as error:
+    except Exception as error:
+        if not isinstance(error, _expected_errors()):
+            raise
         print(f"napari-sam {args.command}: error: {error}", file=sys.stderr)
         return 1
-    except Exception as error:  # checkpoint problems and the like: one clear line, not a traceback
-        from napari_sam.model.errors import CheckpointError
-
-        if isinstance(error, CheckpointError):
-            print(f"napari-sam {args.command}: error: {error}", file=sys.stderr)
-            return 1
-        raise
     return 0
 
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's input or environment, not a bug: reported in one line."""
+    from napari_sam.engine.errors import InputError
+    from napari_sam.model.errors import CheckpointError, DeviceError, DownloadError
+
+    return InputError, CheckpointError, DownloadError, DeviceError

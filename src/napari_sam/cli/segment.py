@@ -8,8 +8,21 @@ from pathlib import Path
 
 from napari_sam.cli.errors import UsageError
 
+# (option, AutomaticParams field, type, help, help when the default is None); defaults come from AutomaticParams
+AUTOMATIC_OPTIONS = (
+    ("--points-per-side", "points_per_side", int, "prompt grid of N x N points per tile", None),
+    ("--pred-iou-thresh", "pred_iou_thresh", float, "drop masks whose predicted IoU is below this", None),
+    ("--stability-thresh", "stability_thresh", float, "drop masks whose stability score is below this", None),
+    ("--nms-thresh", "nms_thresh", float, "box IoU above which the lower-scoring of two masks is dropped", None),
+    ("--nested-thresh", "nested_thresh", float, "also suppress masks nested in better ones (e.g. 0.8)", "off"),
+    ("--min-area", "min_area", int, "remove objects, holes and specks below this many pixels", None),
+    ("--points-per-batch", "points_per_batch", int, "prompts decoded at once", "chosen to fit memory"),
+)
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from napari_sam.engine.automatic.params import AutomaticParams
+
     p = subparsers.add_parser(
         "segment",
         help="segment everything in an image of any size (tiled automatic segmentation)",
@@ -18,29 +31,40 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "the image is tiled with a halo, every tile is segmented with a point grid, and objects are "
             "stitched so that each appears exactly once. Input: TIFF (memory-mapped), zarr, .npy or any "
             "image file; output: labels as TIFF (memory-mapped) or zarr, written without holding the "
-            "image in memory."
+            "image in memory. An existing output is only replaced with --overwrite, once the new one is "
+            "complete; the input is never written over. An interrupted zarr output is marked incomplete "
+            "and continued with --resume."
         ),
     )
     p.add_argument("image", type=Path, help="input image: .tif/.tiff, .zarr, .npy, .png, ...")
     p.add_argument("--model", required=True, help="model-zoo name or checkpoint file")
     p.add_argument("--out", type=Path, required=True, help="output labels: .tif/.tiff or .zarr")
-    p.add_argument("--tile-size", type=int, help="tile side in pixels (default and minimum: the model's input size)")
-    p.add_argument("--halo", type=int, help="overlap around each tile's core (default: tile size / 8)")
-    p.add_argument("--points-per-side", type=int, default=32)
-    p.add_argument("--pred-iou-thresh", type=float, default=0.88)
-    p.add_argument("--stability-thresh", type=float, default=0.95)
-    p.add_argument("--min-area", type=int, default=0, help="remove objects, holes and specks below this many pixels")
-    p.add_argument("--nested-thresh", type=float, help="also suppress masks nested in better ones (e.g. 0.8)")
+    p.add_argument("--tile-size", type=int, help="side of the windows the model sees, in pixels "
+                   "(default and minimum: the model's input size)")
+    p.add_argument("--halo", type=int, help="context inside each window: windows overlap by 2 x halo and own "
+                   "cores of tile - 2 * halo pixels (default: tile size / 8); make it at least the diameter of "
+                   "the largest objects")
+    defaults = AutomaticParams()
+    for option, field, kind, text, none_text in AUTOMATIC_OPTIONS:
+        default = getattr(defaults, field)
+        shown = none_text if default is None else default
+        p.add_argument(option, dest=field, type=kind, default=default, help=f"{text} (default: {shown})")
     p.add_argument("--scheduler", help="dask.distributed scheduler address (tcp://host:8786); default: this process")
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: the best available)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output (once the new one is complete; never the input)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted zarr output started with the same settings")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
 
 def _progress_printer(disabled: bool):
-    """``(update(done, total), close())`` drawing a progress bar on stderr (tqdm when installed)."""
+    """``(update(done, total), close())`` drawing a progress bar on stderr (tqdm when installed).
+
+    The bar appears at the first update, so a run that fails its checks prints only its error.
+    """
     if disabled:
         return (lambda done, total: None), (lambda: None)
     try:
@@ -54,62 +78,60 @@ def _progress_printer(disabled: bool):
             print(f"\rtiles [{bar}] {done}/{total}", end=end, file=sys.stderr, flush=True)
 
         return update, (lambda: None)
-    bar = tqdm(total=0, unit="tile", desc="segment", file=sys.stderr)
+    bars = []
 
     def update(done, total):
-        bar.total = total
-        bar.update(done - bar.n)
+        if not bars:
+            bars.append(tqdm(total=total, initial=done - 1, unit="tile", desc="segment", file=sys.stderr))
+        bars[0].total = total
+        bars[0].update(done - bars[0].n)
 
-    return update, bar.close
+    def close():
+        if bars:
+            bars.pop().close()
+
+    return update, close
 
 
 def run(args: argparse.Namespace) -> int:
-    import shutil
     import time
 
-    from napari_sam.engine.automatic.segment import load_model_any, segment_everything
+    from napari_sam.engine.automatic.params import AutomaticParams
+    from napari_sam.engine.automatic.segment import run_steps, segment_everything_steps
 
-    suffix = args.out.name.lower()
-    if not suffix.endswith((".tif", ".tiff", ".zarr")):
+    if not args.out.name.lower().endswith((".tif", ".tiff", ".zarr")):
         raise UsageError(f"--out must end in .tif, .tiff or .zarr, got {args.out}.")
-    if args.out.exists():
-        if not args.overwrite:
-            raise UsageError(f"{args.out} exists; pass --overwrite to replace it.")
-        if args.out.is_dir():
-            shutil.rmtree(args.out)
-        else:
-            args.out.unlink()
-    if not args.image.exists():
-        raise UsageError(f"No such image: {args.image}")
-    # a local run loads the model once here; a cluster's workers load it from the name / file themselves
-    model = args.model if args.scheduler else load_model_any(args.model, device=args.device)
+    params = AutomaticParams(**{field: getattr(args, field) for _, field, *_ in AUTOMATIC_OPTIONS})
+    # every check (input, output, model, tiles) happens in the engine before anything is written
+    steps = segment_everything_steps(
+        args.image, args.model, args.tile_size, args.halo, params, out=args.out, scheduler=args.scheduler,
+        device=args.device, precision=args.precision, overwrite=args.overwrite, resume=args.resume,
+    )
     update, close = _progress_printer(args.no_progress)
     start = time.perf_counter()
     try:
-        labels = segment_everything(
-            args.image,
-            model,
-            tile_shape=args.tile_size,
-            halo=args.halo,
-            points_per_side=args.points_per_side,
-            pred_iou_thresh=args.pred_iou_thresh,
-            stability_thresh=args.stability_thresh,
-            min_area=args.min_area,
-            nested_thresh=args.nested_thresh,
-            out=args.out,
-            scheduler=args.scheduler,
-            progress=update,
-            device=args.device,
-            precision=args.precision,
-        )
+        labels = run_steps(steps, update)
+    except KeyboardInterrupt:
+        close()
+        print(f"napari-sam segment: interrupted; {_left_behind(args.out)}", file=sys.stderr)
+        return 130
     finally:
         close()
     count = _max_label(labels)
-    if hasattr(labels, "flush"):  # memory-mapped TIFF
-        labels.flush()
     del labels
     print(f"{count} objects in {time.perf_counter() - start:.1f} s -> {args.out}", flush=True)
     return 0
+
+
+def _left_behind(out: Path) -> str:
+    """What an interrupted run left at ``out``, and how to continue."""
+    from napari_sam.engine.io.outputs import read_output_info
+
+    info = read_output_info(out) if out.suffix.lower() == ".zarr" and out.exists() else None
+    if info and not info.get("complete"):
+        return (f"{out} holds {info.get('tiles_done')} of {info.get('tiles_total')} tiles and is marked incomplete; "
+                "rerun the same command with --resume to continue.")
+    return f"nothing new was written to {out}."
 
 
 def _max_label(labels) -> int:

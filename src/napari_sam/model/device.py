@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import torch
 
+from napari_sam.model.errors import DeviceError
+
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` as a ``torch.device``; None picks CUDA, then Apple MPS, then CPU."""
+    """``device`` as a ``torch.device``; None picks CUDA, then Apple MPS, then CPU.
+
+    Raises:
+        DeviceError: ``device`` is not a device name, or names CUDA / MPS where there is none.
+    """
     if device is None:
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -17,9 +23,15 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as err:
-        raise RuntimeError(f"Unknown device {device!r}: use 'cpu', 'cuda', 'cuda:N' or 'mps'.") from err
+        raise DeviceError(f"Unknown device {device!r}: use 'cpu', 'cuda', 'cuda:N' or 'mps'.") from err
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"Device {device} was requested but this PyTorch build has no usable CUDA device.")
+        raise DeviceError(
+            f"Device {device} was requested but this PyTorch build has no usable CUDA device; "
+            "choose 'cpu' or leave the device unset to use the best one available."
+        )
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise RuntimeError(f"Device {device} was requested but Apple MPS is not available here.")
+        raise DeviceError(
+            f"Device {device} was requested but Apple MPS is not available here; "
+            "choose 'cpu' or leave the device unset to use the best one available."
+        )
     return device

@@ -33,3 +33,11 @@ class DownloadError(RuntimeError):
 
 class ChecksumMismatchError(DownloadError):
     """A downloaded file did not have the published sha256; it was deleted, not cached."""
+
+
+class DeviceError(RuntimeError):
+    """The requested torch device does not exist here (no CUDA / MPS) or is not a device name.
+
+    A ``RuntimeError`` as before, so callers that caught that keep working; the engine's
+    ``select_device`` turns it into an ``InputError``.
+    """

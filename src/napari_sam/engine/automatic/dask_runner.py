@@ -4,7 +4,7 @@ Each tile's task takes the window's pixels and returns its label image (window
 frame). Given a ``dask.distributed`` scheduler address (or a ``Client``), tasks run
 on the cluster's workers; the model is shipped once per worker by a worker plugin,
 which builds it there and keeps it for all tasks. (Without a scheduler,
-``everything`` runs the same tasks in this process, where
+``segment_everything`` runs the same tasks in this process (``local_runner``), where
 torch already uses every core for one tile; this module, and the ``distributed``
 package, are then never imported.)
 
@@ -15,13 +15,13 @@ tasks submitted at a time, so memory stays bounded however many tiles there are.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from distributed import Client, WorkerPlugin, as_completed, get_worker
 
-from napari_sam.engine.automatic.tiling import TileGrid, segment_tile
+from napari_sam.engine.automatic.tiling import Tile, TileGrid, segment_tile
 from napari_sam.engine.io.images import read_window
 
 
@@ -123,16 +123,16 @@ class DaskTileRunner:
         self.client = None
 
     def iter_tile_labels(
-        self, image, grid: TileGrid, params, intensity_range=None
+        self, image, grid: TileGrid, params, intensity_range=None, tiles: Iterable[Tile] | None = None
     ) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(tile index, labels in the window frame)`` for every tile of ``grid`` of a 2D
-        array-like ``image`` (H, W[, C]), in completion order. At most ``max_in_flight`` tiles
-        (default: two per worker, plus two) are submitted at a time, so the driver holds a
-        bounded number of windows."""
+        """Yield ``(tile index, labels in the window frame)`` for ``tiles`` (default: every tile of
+        ``grid``) of a 2D array-like ``image`` (H, W[, C]), in completion order. At most
+        ``max_in_flight`` tiles (default: two per worker, plus two) are submitted at a time, so the
+        driver holds a bounded number of windows."""
         client = self.client
         workers = max(1, len(client.scheduler_info().get("workers", {})))
         limit = self.max_in_flight or 2 * workers + 2
-        tiles = iter(grid)
+        tiles = iter(grid if tiles is None else tiles)
         futures = as_completed()
         index_of = {}
 

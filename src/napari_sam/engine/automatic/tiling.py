@@ -1,15 +1,27 @@
 """Tile grids with halo over images of any size, and per-tile automatic segmentation.
 
-The image plane (H, W) is cut into CORES of ``tile - 2 * halo`` pixels per axis
-that partition it exactly; each core's WINDOW is the core grown by ``halo`` on
-every side, shifted inwards at the image border so that it stays ``tile`` pixels
-wide whenever the image is (a window never leaves the image). Windows are what
-the model sees; cores decide ownership of objects (see ``stitching``).
+Tile, halo and core (the one description; the API and CLI refer here)
+----------------------------------------------------------------------
+``tile_shape`` is the size of the WINDOW the model sees: ``tile`` pixels per axis.
+The ``halo`` is context INSIDE each window, not added around it: the image plane
+(H, W) is cut into CORES of ``tile - 2 * halo`` pixels per axis that partition it
+exactly, and each core's window is the core grown by ``halo`` on every side, so
+neighbouring windows overlap by ``2 * halo``. At the image border a window is
+shifted inwards so that it stays ``tile`` pixels wide whenever the image is (a
+window never leaves the image); an axis no longer than ``tile`` is one tile.
+Seams (core borders) lie every ``tile - 2 * halo`` pixels, from ``-tile_offset``.
+
+Sizing: for cores of C pixels and a halo of h, use ``tile = C + 2 * h``; the halo
+should be at least the diameter of the largest objects (an object is kept from a
+window that sees it whole, see ``stitching``); default ``tile // 8``. ``2 * halo``
+must be smaller than ``tile``. Example: tile 1024, halo 128 -> cores of 768 px,
+windows overlapping by 256 px. Windows are what the model sees; cores decide
+ownership of objects (``stitching``).
 
 Images may be numpy arrays, dask arrays, zarr arrays or memory-mapped TIFFs
-(``napari_sam.engine.io.images.open_image``); only one window at a time is read. Intensities are scaled to
-8 bits with ONE range for the whole image, estimated from a subsample
-(``image_prep.intensity_range``), never per tile.
+(``napari_sam.engine.io.images.open_image``); only one window at a time is read.
+Intensities are scaled to 8 bits with ONE range for the whole image, estimated from
+a subsample (``napari_sam.engine.predict.preprocessing.intensity_range``), never per tile.
 
 All coordinates are (row, col) pixels of the full image; a window or core is
 ``(row0, row1, col0, col1)``, half-open.
@@ -28,7 +40,6 @@ from napari_sam.engine.io.images import Box
 if TYPE_CHECKING:
     from napari_sam.engine.automatic.params import AutomaticParams
     from napari_sam.engine.predict.predictor import Predictor
-
 
 
 @dataclass(frozen=True)
@@ -103,7 +114,8 @@ def _axis_tiles(size: int, tile: int, halo: int, offset: int = 0) -> list[tuple[
 
 
 def make_tile_grid(image_shape, tile_shape, halo, min_tile: int = 1, offset=0) -> TileGrid:
-    """The tile grid of an (H, W) plane; raises ``InputError`` for unusable tile/halo sizes.
+    """The tile grid of an (H, W) plane (windows of ``tile_shape``, cores of ``tile_shape - 2 * halo``,
+    see the module docstring); raises ``InputError`` for unusable tile/halo sizes.
 
     ``offset`` (pixels, one value or (rows, cols)) shifts the seams: core borders lie at
     ``k * core - offset``, so the first core is shorter.

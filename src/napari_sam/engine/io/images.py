@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,18 +20,50 @@ Box = tuple[int, int, int, int]
 # files the training folders and readers accept
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 LABEL_SUFFIXES = (".tif", ".tiff", ".png")
-def open_image(source):
+
+
+def open_image(source: Any) -> Any:
     """An array-like for ``source``: arrays pass through; a path opens lazily.
 
-    ``.zarr`` directories open with zarr (a group: its first array, e.g. level "0"
-    of a pyramid); ``.tif/.tiff`` memory-map when the file allows, else read
-    through tifffile's zarr store (tiled/compressed TIFFs); ``.npy`` memory-maps.
+    Parameters
+    ----------
+    source
+        An array-like (numpy, dask, zarr, memory map: returned as is) or the path of an
+        image: ``.zarr`` directories open with zarr (a group: its first array, e.g. level
+        "0" of a pyramid); ``.tif/.tiff`` memory-map when the file allows, else read through
+        tifffile's zarr store (tiled/compressed TIFFs); ``.npy`` memory-maps; other files
+        (PNG, JPEG, ...) are read whole with scikit-image.
+
+    Returns
+    -------
+    An array-like of the image in napari's frame. A lazily read file comes as an
+    :class:`ImageFile`, whose reads name the file when they fail.
+
+    Raises
+    ------
+    InputError
+        The path does not exist, or the file is not a readable image (damaged, truncated,
+        not the format its name says).
     """
     if not isinstance(source, (str, os.PathLike)):
         return source
     path = os.fspath(source)
     if not os.path.exists(path):
         raise InputError(f"No such image file: {path}")
+    try:
+        image = _open_path(path)
+    except InputError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as error:  # damaged files raise whatever their reader meets first
+        raise unreadable(path, error) from error
+    if isinstance(image, np.ndarray) and not isinstance(image, np.memmap):
+        return image  # read whole already
+    return ImageFile(image, path)
+
+
+def _open_path(path: str):
     lower = path.lower().rstrip("/")
     if lower.endswith(".zarr") or os.path.isdir(path):
         import zarr
@@ -58,6 +91,48 @@ def open_image(source):
     return skimage.io.imread(path)
 
 
+def unreadable(path: str | os.PathLike, error: BaseException) -> InputError:
+    """The ``InputError`` for a file that could not be read, naming it and the reader's complaint."""
+    return InputError(
+        f"Could not read {os.fspath(path)}: {error}. The file may be damaged or incomplete (a copy cut short?); "
+        "check that it opens in another program, or copy it again."
+    )
+
+
+class ImageFile:
+    """An image file opened lazily: an array-like whose failed reads raise ``InputError`` naming the file.
+
+    A damaged TIFF or zarr often opens fine and fails only when its damaged part is read;
+    this wrapper makes every read (slicing, ``np.asarray``) say which file was at fault.
+    ``array`` is the underlying array (zarr, memory map); ``source_path`` the file.
+    """
+
+    def __init__(self, array: Any, path: str | os.PathLike):
+        self.array = array
+        self.source_path = Path(path)
+        self.shape = tuple(int(s) for s in array.shape)
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        try:
+            return np.asarray(self.array[key])
+        except MemoryError:
+            raise
+        except Exception as error:
+            raise unreadable(self.source_path, error) from error
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        data = self[...]
+        return data if dtype is None else data.astype(dtype, copy=False)
+
+    def __repr__(self) -> str:
+        return f"ImageFile({str(self.source_path)!r}, shape={self.shape}, dtype={self.dtype})"
+
+
 def split_channels(shape: tuple[int, ...]) -> tuple[int, bool]:
     """(number of leading stack axes, has channel axis) for an image shape.
 
@@ -76,10 +151,20 @@ def split_channels(shape: tuple[int, ...]) -> tuple[int, bool]:
     )
 
 
-def read_window(image, window: Box) -> np.ndarray:
-    """The pixels of one window as a numpy array (H_w, W_w[, C])."""
+def read_window(image: Any, window: Box) -> np.ndarray:
+    """The pixels of one window as a numpy array (H_w, W_w[, C]).
+
+    A failed read (a damaged chunk or strip) raises ``InputError`` naming the file when the
+    image knows it (:class:`ImageFile`) and the window.
+    """
     r0, r1, c0, c1 = window
-    return np.asarray(image[r0:r1, c0:c1])
+    try:
+        return np.asarray(image[r0:r1, c0:c1])
+    except (InputError, MemoryError):
+        raise
+    except Exception as error:
+        source = getattr(image, "source_path", None) or "the image"
+        raise InputError(f"Could not read rows {r0}:{r1}, columns {c0}:{c1} of {source}: {error}") from error
 
 
 def read_image_file(path: Path) -> np.ndarray:
@@ -92,5 +177,7 @@ def read_image_file(path: Path) -> np.ndarray:
         from skimage.io import imread
 
         return np.asarray(imread(path))
+    except MemoryError:
+        raise
     except Exception as error:  # unreadable/corrupt files: say which one
-        raise InputError(f"Could not read {path}: {error}") from error
+        raise unreadable(path, error) from error

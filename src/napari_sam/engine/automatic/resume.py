@@ -1,0 +1,155 @@
+"""What identifies a ``segment_everything`` run, how far it got, and where an interrupted one resumes.
+
+A zarr output carries ``attrs["napari_sam"]`` (see ``napari_sam.engine.io.outputs``):
+
+- ``complete``: true only once every tile is painted; ``tiles_done`` / ``tiles_total``:
+  painted tiles over all slices, for a reader to tell a finished result from a partial one;
+- ``run``: the settings the labels depend on (:func:`run_record`): image shape, dtype and
+  intensity range, tile shape, halo, tile offset, every ``AutomaticParams`` field, the
+  seam overlap and a fingerprint of the model's weights;
+- ``resume``: where to continue: ``plane`` (slice index; 0 for a 2D image), ``first_tile``
+  (tiles before it are painted in that slice) and ``labels_used`` (the highest label so far).
+
+A rerun with ``resume=True`` and the same settings continues from ``resume`` (the
+stitcher's rule for which tiles run again is in ``stitching``, "Resuming"); other
+settings are refused, naming what differs. The image itself is identified by its shape,
+dtype and intensity range only: resuming with other pixels of the same kind is not caught.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from napari_sam.engine.automatic.params import AutomaticParams
+from napari_sam.engine.automatic.tiling import TileGrid
+from napari_sam.engine.errors import InputError
+from napari_sam.engine.io.outputs import OutputPlan
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a run starts: slice ``plane``, tile ``first_tile`` in it, ``labels_used`` labels already painted."""
+
+    plane: int = 0
+    first_tile: int = 0
+    labels_used: int = 0
+    complete: bool = False
+    resumed: bool = False
+    """True when continuing an existing output (its last tile may have been painted without being recorded)."""
+
+
+def run_record(
+    image_shape: tuple[int, ...],
+    image_dtype,
+    grid: TileGrid,
+    tile_offset,
+    params: AutomaticParams,
+    intensity_range,
+    same_object_overlap: float,
+    model,
+) -> dict[str, Any]:
+    """The settings a run's labels depend on, as JSON-compatible values (stored with the output)."""
+    record = {
+        "image_shape": [int(s) for s in image_shape],
+        "image_dtype": str(np.dtype(image_dtype)),
+        "intensity_range": None if intensity_range is None else [np.asarray(v).tolist() for v in intensity_range],
+        "tile_shape": list(grid.tile_shape),
+        "halo": list(grid.halo),
+        "tile_offset": [int(v) for v in np.broadcast_to(tile_offset, (2,))],
+        "params": dataclasses.asdict(params),
+        "same_object_overlap": float(same_object_overlap),
+        "model": model_fingerprint(model),
+    }
+    return json.loads(json.dumps(record))  # tuples as lists, as they come back from the attributes
+
+
+def model_fingerprint(model) -> str:
+    """``"<config name>:<hash>"`` of a sample of every weight tensor: cheap even for ViT-H, and it
+    tells two checkpoints of one architecture apart."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        flat = tensor.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 64)][:64].float().cpu().numpy()
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(sample.tobytes())
+    return f"{model.config.name}:{digest.hexdigest()[:16]}"
+
+
+def resume_point(plan: OutputPlan, record: dict[str, Any]) -> ResumePoint | None:
+    """Where to continue the existing output of ``plan``, or None to write a new one.
+
+    None when there is nothing to resume (no output yet, or ``overwrite`` without
+    ``resume``, or ``overwrite`` and a run that does not match). Raises ``InputError`` when
+    ``resume`` was asked for an output that holds another run (or none) and ``overwrite`` was not.
+    """
+    if not plan.exists or not plan.resume:
+        return None
+    info = plan.info or {}
+    if "run" not in info or "resume" not in info:
+        if plan.overwrite:
+            return None
+        raise InputError(
+            f"{plan.path} does not hold a napari-sam segment-everything run, so it cannot be resumed; "
+            "pass overwrite=True (--overwrite) to replace it, or choose another output path."
+        )
+    differences = _differences(info["run"], record)
+    if differences:
+        if plan.overwrite:
+            return None
+        raise InputError(
+            f"{plan.path} holds a run with other settings ({'; '.join(differences)}): resume it with the settings it "
+            "was started with, or pass overwrite=True (--overwrite) to replace it."
+        )
+    state = info["resume"]
+    return ResumePoint(
+        int(state["plane"]), int(state["first_tile"]), int(state["labels_used"]), bool(info.get("complete")), True
+    )
+
+
+def _differences(stored: dict, now: dict, prefix: str = "") -> list[str]:
+    """``"key: <stored> there, <now> now"`` for each setting that differs (nested dicts by dotted key)."""
+    found = []
+    for key in sorted(set(stored) | set(now)):
+        old, new = stored.get(key), now.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            found += _differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            found.append(f"{prefix}{key}: {old} there, {new} now")
+    return found
+
+
+def progress_after(plane: int, painted_tile: int, n_tiles: int, labels_used: int) -> dict[str, Any]:
+    """The progress attributes after tile ``painted_tile`` of slice ``plane`` was painted."""
+    first_tile = painted_tile + 1
+    if first_tile == n_tiles:  # the slice is finished: continue with the next one
+        plane, first_tile = plane + 1, 0
+    return {
+        "tiles_done": plane * n_tiles + first_tile,
+        "resume": {"plane": plane, "first_tile": first_tile, "labels_used": int(labels_used)},
+    }
+
+
+def fresh_progress() -> dict[str, Any]:
+    """The progress attributes of a run that has painted nothing yet."""
+    return {"tiles_done": 0, "resume": {"plane": 0, "first_tile": 0, "labels_used": 0}}
+
+
+def erase_unrecorded_labels(plane_out, window: tuple[int, int, int, int], labels_used: int) -> None:
+    """Clear labels above ``labels_used`` in ``window`` of a 2D output.
+
+    The progress attribute is written after a tile is painted: a run stopped between the two
+    may have painted the next tile's objects (all inside its window) without recording them.
+    They are erased so that the resumed run paints them again, numbered as before.
+    """
+    r0, r1, c0, c1 = window
+    region = np.asarray(plane_out[r0:r1, c0:c1])
+    stale = region > labels_used
+    if stale.any():
+        plane_out[r0:r1, c0:c1] = np.where(stale, 0, region)

@@ -234,3 +234,25 @@ def test_automatic_options_take_their_defaults_from_automatic_params(capsys):
     assert f"(default: {defaults.pred_iou_thresh})" in help_text
     assert f"(default: {defaults.points_per_side})" in help_text
     assert "tile - 2 * halo" in help_text  # --halo says what the code does
+
+
+def test_a_damaged_tiled_tiff_gives_exactly_one_line_in_a_fresh_process(tmp_path, checkpoint):
+    """A damaged tile fails inside zarr's asyncio reads; the abandoned sibling reads must not add
+    pages of asyncio noise (printed at interpreter exit) after the one-line error."""
+    import subprocess
+    import sys
+
+    import tifffile
+
+    image = (synthetic_image((512, 512), seed=5).image * 200).astype(np.uint16)  # 64 tiles, read concurrently
+    tifffile.imwrite(tmp_path / "tiled.tif", image, tile=(64, 64), compression="zlib")
+    data = bytearray((tmp_path / "tiled.tif").read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 3000] = bytes((b * 7 + 13) % 256 for b in data[middle : middle + 3000])
+    (tmp_path / "damaged.tif").write_bytes(bytes(data))
+    argv = ["segment", str(tmp_path / "damaged.tif"), "--model", str(checkpoint), "--out", str(tmp_path / "l.tif")]
+    result = subprocess.run([sys.executable, "-m", "napari_sam.cli", *argv], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith("napari-sam segment: error: Could not read") and "damaged.tif" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.tif", "tiled.tif", "tiny.pt"]

@@ -101,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.out.name.lower().endswith((".tif", ".tiff", ".zarr")):
         raise UsageError(f"--out must end in .tif, .tiff or .zarr, got {args.out}.")
+    _quiet_abandoned_reads()
     params = AutomaticParams(**{field: getattr(args, field) for _, field, *_ in AUTOMATIC_OPTIONS})
     # every check (input, output, model, tiles) happens in the engine before anything is written
     steps = segment_everything_steps(
@@ -121,6 +122,20 @@ def run(args: argparse.Namespace) -> int:
     del labels
     print(f"{count} objects in {time.perf_counter() - start:.1f} s -> {args.out}", flush=True)
     return 0
+
+
+def _quiet_abandoned_reads() -> None:
+    """Keep a damaged input's one-line error the only message.
+
+    zarr 3 reads chunks in asyncio tasks; when one fails (a damaged TIFF tile), its siblings are
+    abandoned and asyncio reports each at exit ("Task was destroyed but it is pending!", a
+    traceback of the already reported error). This command runs no other asyncio code.
+    """
+    import logging
+    import warnings
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
 
 
 def _left_behind(out: Path) -> str:

@@ -125,7 +125,8 @@ def segment_everything_steps(
     model, loaded = _load_models(model, scheduler, device)
     grid = _tile_grid(layout, loaded.config, tile_shape, halo, tile_offset)
     value_range = global_intensity_range(image, layout.has_channels)
-    record = run_record(
+    # what identifies the run, stored with a zarr output to resume it (other outputs cannot be resumed)
+    record = None if plan.kind != "zarr" else run_record(
         layout.shape, image.dtype, grid, tile_offset, params, value_range, same_object_overlap, loaded
     )
     start = resume_point(plan, record) or ResumePoint()
@@ -215,7 +216,11 @@ def _tile_runner(model: Any, scheduler: Any, device: str | None, precision: str,
     return DaskTileRunner(scheduler, model, device, precision)
 
 
-def _open(plan: OutputPlan, record: dict, grid: TileGrid, layout: ImageLayout, start: ResumePoint) -> LabelOutput:
+def _open(
+    plan: OutputPlan, record: dict | None, grid: TileGrid, layout: ImageLayout, start: ResumePoint
+) -> LabelOutput:
+    """The output, with its progress attributes: the run's record, the tiles in all, none done yet
+    (a resumed output keeps what it recorded)."""
     info = {"run": record, "tiles_total": len(grid) * len(layout.planes)}
     if not start.resumed:
         info.update(fresh_progress())

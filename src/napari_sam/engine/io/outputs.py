@@ -31,6 +31,7 @@ from napari_sam.engine.io.safe_write import (
     array_source_path,
     check_output_folder,
     ensure_free_space,
+    is_disk_full,
     move_into_place,
     nbytes,
     paths_overlap,
@@ -44,7 +45,7 @@ INFO_ATTRIBUTE = "napari_sam"
 """The zarr attribute holding an output's progress: ``complete``, ``tiles_done``, ``tiles_total``, ..."""
 
 LABEL_DTYPE = np.int32
-_TIFF_HEADER_ALLOWANCE = 1 << 20  # bytes beyond the pixels a TIFF may need (header, tags)
+_TIFF_HEADER_BYTES = 4096  # generous bytes per page (and file) beyond the pixels: header and tags
 
 
 def output_format(path: str | os.PathLike) -> str:
@@ -85,10 +86,34 @@ def create_output(out: Any, shape: tuple[int, ...], chunks: tuple[int, ...] | No
         if os.path.lexists(out):
             raise InputError(f"{os.fspath(out)} exists; choose another path or remove it first.")
         check_output_folder(out)
-        return _new_zarr(out, shape, chunks) if kind == "zarr" else _new_tiff(out, shape)
+        return _new_on_disk(kind, out, shape, chunks)
     if tuple(out.shape) != tuple(shape):
         raise InputError(f"out has shape {tuple(out.shape)}, but the labels have shape {tuple(shape)}.")
     return out
+
+
+def _new_on_disk(kind: str, path, shape: tuple[int, ...], chunks=None, final_path=None, info: dict | None = None):
+    """A new zarr (with ``info`` as its progress attribute) or TIFF at ``path``, which must not exist.
+
+    On failure nothing is left at ``path``; a full disk is an ``InputError`` naming ``final_path``
+    (where the result is meant to end up; default ``path``).
+    """
+    final_path = Path(final_path or path)
+    try:
+        if kind == "tiff":
+            return _new_tiff(path, shape, final_path)
+        array = _new_zarr(path, shape, chunks)
+        if info is not None:
+            array.attrs[INFO_ATTRIBUTE] = info
+        return array
+    except BaseException as error:
+        remove_path(path)
+        if is_disk_full(error):
+            raise InputError(
+                f"The disk is full: could not create {final_path.name} in {final_path.parent}. "
+                "Free some space or write to another disk."
+            ) from error
+        raise
 
 
 def _new_zarr(path, shape: tuple[int, ...], chunks: tuple[int, ...] | None):
@@ -98,19 +123,20 @@ def _new_zarr(path, shape: tuple[int, ...], chunks: tuple[int, ...] | None):
     return zarr.open_array(os.fspath(path), mode="w", shape=shape, chunks=chunks, dtype=LABEL_DTYPE, fill_value=0)
 
 
-def _new_tiff(path, shape: tuple[int, ...]):
-    """An uncompressed, memory-mapped TIFF, its space reserved on disk (a sparse map died with SIGBUS)."""
+def _new_tiff(path, shape: tuple[int, ...], final_path=None):
+    """An uncompressed, memory-mapped TIFF, its space reserved on disk (a sparse map died with SIGBUS).
+
+    ``final_path``: where the file will end up (named in errors) when ``path`` is a temporary.
+    """
     import tifffile
 
+    final_path = Path(final_path or path)
     size = nbytes(shape, LABEL_DTYPE)
-    ensure_free_space(resolved(path).parent, size + _TIFF_HEADER_ALLOWANCE, f"the labels {Path(path).name}")
-    try:
-        array = tifffile.memmap(os.fspath(path), shape=shape, dtype=LABEL_DTYPE, bigtiff=size > 2**31)
-        with open(path, "r+b") as handle:
-            reserve_file_space(handle.fileno(), os.fstat(handle.fileno()).st_size, path)
-    except BaseException:
-        remove_path(path)
-        raise
+    slices = int(np.prod(shape[:-2], dtype=np.int64))
+    ensure_free_space(final_path.parent, size + _TIFF_HEADER_BYTES * (1 + slices), f"the labels {final_path.name}")
+    array = tifffile.memmap(os.fspath(path), shape=shape, dtype=LABEL_DTYPE, bigtiff=size > 2**31)
+    with open(path, "r+b") as handle:
+        reserve_file_space(handle.fileno(), os.fstat(handle.fileno()).st_size, final_path)
     return array
 
 
@@ -213,8 +239,8 @@ def _exists_message(path: Path, info: dict | None) -> str:
     if info and not info.get("complete", False):
         return (
             f"{path} exists and holds an interrupted run ({info.get('tiles_done', 0)} of "
-            f"{info.get('tiles_total', '?')} tiles done): pass resume=True (napari-sam segment --resume) to continue it with the same settings, or "
-            "overwrite=True (--overwrite) to start over."
+            f"{info.get('tiles_total', '?')} tiles done): pass resume=True (napari-sam segment --resume) to "
+            "continue it with the same settings, or overwrite=True (--overwrite) to start over."
         )
     return f"{path} exists; pass overwrite=True (napari-sam segment --overwrite) to replace it, or choose another path."
 
@@ -304,23 +330,10 @@ def open_output(plan: OutputPlan, info: dict | None = None, *, resume_existing: 
         output = LabelOutput(zarr.open_array(os.fspath(plan.path), mode="r+"), "zarr", plan.path, resumed=True,
                              info={**(plan.info or {}), **info})
         return output
-    if plan.kind == "zarr" and not plan.exists:
-        output = LabelOutput(create_output(plan.path, plan.shape), "zarr", plan.path)
-    else:
-        temporary = temporary_sibling(plan.path, directory=plan.kind == "zarr")
-        remove_path(temporary)  # only its unique name is needed: create_output makes the file or folder
-        try:
-            array = create_output(temporary, plan.shape)
-        except BaseException:
-            remove_path(temporary)
-            raise
-        output = LabelOutput(array, plan.kind, plan.path, temporary=temporary)
-    if plan.kind == "zarr":
-        try:
-            output.record(**info)
-        except BaseException:
-            output.discard()
-            raise
-    else:
-        output.info.update(info)
-    return output
+    in_place = plan.kind == "zarr" and not plan.exists
+    target = plan.path if in_place else temporary_sibling(plan.path, directory=plan.kind == "zarr")
+    if not in_place:
+        remove_path(target)  # only its unique name is needed: the writer makes the file or folder
+    array = _new_on_disk(plan.kind, target, plan.shape, final_path=plan.path,
+                         info=info if plan.kind == "zarr" else None)
+    return LabelOutput(array, plan.kind, plan.path, temporary=None if in_place else target, info=info)

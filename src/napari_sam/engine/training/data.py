@@ -14,6 +14,7 @@ near 1e9) are renumbered 1..N in their order, so no step allocates per possible 
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from napari_sam.engine.errors import InputError
 from napari_sam.engine.io.images import IMAGE_SUFFIXES, LABEL_SUFFIXES, read_image_file
@@ -79,7 +81,9 @@ def _split_binary_mask(labels: np.ndarray, name: str) -> np.ndarray:
     return regions.astype(np.int64)
 
 
-def validate_pair(image, labels, name: str = "image", require_objects: bool = True) -> TrainingPair:
+def validate_pair(
+    image: ArrayLike, labels: ArrayLike, name: str = "image", require_objects: bool = True
+) -> TrainingPair:
     """Check one image/label pair; returns it as numpy arrays with int64 labels.
 
     Parameters
@@ -183,7 +187,7 @@ def _label_file_for(image_path: Path, label_files: list[Path]) -> Path | None:
     return matches[0] if matches else None
 
 
-def load_folder_pairs(image_dir, label_dir) -> list[TrainingPair]:
+def load_folder_pairs(image_dir: str | os.PathLike, label_dir: str | os.PathLike) -> list[TrainingPair]:
     """Training pairs from a folder of images and a folder of instance label images.
 
     Labels are matched to images by file name: ``cell1.tif`` goes with ``cell1.tif``,
@@ -353,7 +357,7 @@ class ValidatedPairs(Sequence):
         return validate_pair(item[0], item[1], name=name)
 
 
-def as_training_pairs(data, what: str) -> ValidatedPairs:
+def as_training_pairs(data: Sequence | None, what: str) -> ValidatedPairs:
     """Any sequence of ``(image, labels[, name])`` -> a lazily validated sequence of :class:`TrainingPair`.
 
     Parameters

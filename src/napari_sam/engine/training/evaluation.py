@@ -14,6 +14,7 @@ in the original pixel frame, so it is exactly what a user gets.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -69,7 +70,7 @@ def _image_ious(predictor: Predictor, image: np.ndarray, labels: np.ndarray, ids
 
 def evaluate_with_predictor(
     model: torch.nn.Module,
-    data,
+    data: Sequence,
     device: str | torch.device | None = None,
     precision: str = "fp32",
     min_object_size: int = 1,
@@ -121,7 +122,7 @@ def evaluate_with_predictor(
 
 def evaluate_prompted_iou(
     model: torch.nn.Module,
-    data,
+    data: Sequence,
     device: str | torch.device | None = None,
     objects_per_image: int | None = 20,
     min_object_size: int = 8,

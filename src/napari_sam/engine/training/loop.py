@@ -40,6 +40,7 @@ from napari_sam.engine.training.options import (
     FinetuneProgress,
 )
 from napari_sam.engine.training.state import (
+    PathLike,
     check_checkpoint_target,
     divergence_error,
     load_training_state,
@@ -114,7 +115,7 @@ class _Run:
     trainable: list
     train_pairs: Sequence[TrainingPair]
     val_pairs: Sequence[TrainingPair] | None
-    checkpoint_path: object
+    checkpoint_path: PathLike | None
 
     def autocast(self):
         from napari_sam.engine.predict.device import autocast
@@ -225,10 +226,10 @@ def _finetune(model, train_pairs, val_pairs, options, checkpoint_path, resume) -
 
 def finetune(
     model: torch.nn.Module,
-    train_data,
-    val_data=None,
+    train_data: Sequence,
+    val_data: Sequence | None = None,
     options: FinetuneOptions | None = None,
-    checkpoint_path=None,
+    checkpoint_path: PathLike | None = None,
     resume: bool = False,
     overwrite: bool = False,
 ) -> Iterator[FinetuneProgress]:
@@ -274,10 +275,10 @@ def finetune(
 
 def run_finetune(
     model: torch.nn.Module,
-    train_data,
-    val_data=None,
+    train_data: Sequence,
+    val_data: Sequence | None = None,
     options: FinetuneOptions | None = None,
-    checkpoint_path=None,
+    checkpoint_path: PathLike | None = None,
     resume: bool = False,
     on_progress: Callable[[FinetuneProgress], None] | None = None,
     overwrite: bool = False,

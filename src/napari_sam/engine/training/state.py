@@ -17,10 +17,11 @@ are never written: the run stops with advice instead.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 from napari_sam.engine.errors import InputError
 
@@ -29,18 +30,19 @@ if TYPE_CHECKING:
 
     from napari_sam.engine.training.options import FinetuneOptions
 
+PathLike = Union[str, os.PathLike]
 TRAIN_STATE_FORMAT = "napari-sam train state 2"
 # what a train state must hold, with the type of each entry
 _STATE_ENTRIES = {"model": Mapping, "optimizer": Mapping, "step": int, "config_name": str}
 
 
-def training_state_path(checkpoint_path) -> Path:
+def training_state_path(checkpoint_path: PathLike) -> Path:
     """Where the train state of a run lives: ``model.pt`` -> ``model.train_state.pt``."""
     path = Path(checkpoint_path)
     return path.with_name(path.stem + ".train_state.pt")
 
 
-def check_checkpoint_target(checkpoint_path, resume: bool, overwrite: bool) -> None:
+def check_checkpoint_target(checkpoint_path: PathLike | None, resume: bool, overwrite: bool) -> None:
     """Refuse to start a run that would replace files it was not told to replace.
 
     Parameters
@@ -74,17 +76,34 @@ def check_checkpoint_target(checkpoint_path, resume: bool, overwrite: bool) -> N
                 f"checkpoint). To train the model at {path} further, start from it (--model) with a new output."
             )
         return
-    existing = [p for p in (path, state) if p.exists()]
-    if existing and not overwrite:
-        what = f"{path} already exists" if path.exists() else f"an interrupted run is saved at {state}"
+    if overwrite:
+        return
+    if state.exists():
         raise InputError(
-            f"{what}. Continue that run with resume=True (--resume), or replace it with overwrite=True "
-            f"(--overwrite; the old file stays until the new run is complete), or choose another output."
+            f"A run is saved at {state}{' (output ' + str(path) + ')' if path.exists() else ''}. Continue it with "
+            f"resume=True (--resume), or start again with overwrite=True (--overwrite; an existing output stays "
+            f"until the new run is complete), or choose another output."
+        )
+    if path.exists():
+        raise InputError(
+            f"{path} already exists. Replace it with overwrite=True (--overwrite; it stays until the new run is "
+            f"complete) or choose another output. (resume=True / --resume needs the run's train state {state}, "
+            f"which is not there.)"
         )
 
 
 def divergence_error(step: int, options: FinetuneOptions, what: str) -> InputError:
-    """The error that stops a run whose ``what`` (loss, gradients, weights) became NaN or infinite."""
+    """The error that stops a run whose ``what`` (loss, gradients, weights) became NaN or infinite.
+
+    Parameters
+    ----------
+    step
+        The step (1-based) that diverged.
+    options
+        The run's settings: the advice names its learning rate and precision.
+    what
+        What became non-finite, e.g. ``"the loss"``.
+    """
     advice = "" if options.precision == "fp32" else f" and train in fp32 (precision 'fp32', not {options.precision!r})"
     return InputError(
         f"Training diverged at step {step}: {what} became NaN or infinite. Lower the learning rate (it was "
@@ -104,7 +123,10 @@ def _finite_cpu_weights(model, step: int, options: FinetuneOptions) -> dict[str,
     return weights
 
 
-def save_training_state(model, optimizer, step: int, options: FinetuneOptions, checkpoint_path) -> Path:
+def save_training_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, options: FinetuneOptions,
+    checkpoint_path: PathLike,
+) -> Path:
     """Write the train state of ``checkpoint_path``: weights, optimizer state and step in one file.
 
     Parameters
@@ -136,27 +158,58 @@ def save_training_state(model, optimizer, step: int, options: FinetuneOptions, c
     return save_atomically(state, training_state_path(Path(checkpoint_path).expanduser()))
 
 
-def save_final_weights(model, step: int, options: FinetuneOptions, checkpoint_path) -> Path:
-    """Write the finished model's weights to ``checkpoint_path`` (official layout), replacing it when complete."""
+def save_final_weights(model: torch.nn.Module, step: int, options: FinetuneOptions, checkpoint_path: PathLike) -> Path:
+    """Write the finished model's weights to ``checkpoint_path`` (official layout), replacing it when complete.
+
+    Parameters
+    ----------
+    model
+        The trained model.
+    step, options
+        The run's step and settings (for the advice if the weights are not finite).
+    checkpoint_path
+        The output file.
+
+    Raises
+    ------
+    InputError
+        Some weights are NaN or infinite (nothing is written).
+    """
     from napari_sam.model.checkpoint import save_atomically
 
     return save_atomically(_finite_cpu_weights(model, step, options), checkpoint_path)
 
 
-def save_training_checkpoint(model, optimizer, step: int, options: FinetuneOptions, path) -> Path:
-    """Write the train state, then the weights at ``path`` (the end of a run); returns ``path``."""
+def save_training_checkpoint(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, options: FinetuneOptions, path: PathLike
+) -> Path:
+    """Write the train state, then the weights at ``path`` (the end of a run); returns ``path``.
+
+    The weights go last: a kill between the two writes leaves a train state of the
+    last step and the old output, and resuming then writes the output.
+    """
     save_training_state(model, optimizer, step, options, path)
     return save_final_weights(model, step, options, path)
 
 
 def _cannot_resume(state_path: Path, reason: str) -> InputError:
     return InputError(
-        f"Cannot resume from {state_path}: {reason} Start a new run with overwrite (--overwrite) instead."
+        f"Cannot resume from {state_path}: {reason} Or start a new run with overwrite (--overwrite)."
     )
 
 
-def read_training_state(checkpoint_path) -> dict[str, Any]:
+def read_training_state(checkpoint_path: PathLike) -> dict[str, Any]:
     """The train state of ``checkpoint_path``, checked to be one this module wrote.
+
+    Parameters
+    ----------
+    checkpoint_path
+        The run's output; the state is read from :func:`training_state_path` of it.
+
+    Returns
+    -------
+    dict
+        ``model`` (weights, CPU), ``optimizer`` (state dict), ``step``, ``config_name``, ``options``.
 
     Raises
     ------
@@ -195,7 +248,10 @@ def _check_same_model(state: Mapping[str, Any], model, state_path: Path) -> None
         raise _cannot_resume(state_path, str(error)) from error
 
 
-def load_training_state(model, optimizer, checkpoint_path, options: FinetuneOptions, device) -> int:
+def load_training_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, checkpoint_path: PathLike, options: FinetuneOptions,
+    device: torch.device | str,
+) -> int:
     """Restore weights and optimizer state from the train state of ``checkpoint_path``; returns the step reached.
 
     Parameters

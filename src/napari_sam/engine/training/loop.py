@@ -154,7 +154,8 @@ class _Run:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
         loss, parts = training_step_loss(self.model, samples, options, rng, generator, self.autocast)
-        if not math.isfinite(float(loss.detach())):
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
             raise divergence_error(step + 1, options, "the loss")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -162,7 +163,7 @@ class _Run:
         if not math.isfinite(float(norm)):
             raise divergence_error(step + 1, options, "the gradients")
         self.optimizer.step()
-        return FinetuneProgress(step + 1, options.steps, loss=float(loss.detach()), learning_rate=learning_rate,
+        return FinetuneProgress(step + 1, options.steps, loss=loss_value, learning_rate=learning_rate,
                                 done=step + 1 == options.steps, **parts)
 
     def save(self, step: int) -> str | None:

@@ -193,6 +193,16 @@ def test_an_interrupted_zarr_run_is_marked_incomplete_and_resumes_to_the_same_la
     assert calls == []
 
 
+def test_resume_refuses_another_image_of_the_same_shape_and_dtype(tmp_path, image, model):
+    out = tmp_path / "labels.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        segment_everything(image, model, out=out, progress=_stop_after(7), **SETTINGS)
+    other = np.flipud(image).copy()  # same shape, dtype and intensity range, other pixels
+    with pytest.raises(InputError, match="another image"):
+        segment_everything(other, model, out=out, resume=True, **SETTINGS)
+    assert _zarr_info(out)["tiles_done"] == 4  # the partial run is left as it was
+
+
 def test_an_interrupted_stack_resumes_with_ids_unique_across_slices(tmp_path, model):
     import zarr
 

@@ -30,7 +30,7 @@ _LAZY = {
     "segment_everything_steps": "napari_sam.engine.automatic.segment",
     "AutomaticParams": "napari_sam.engine.automatic.params",
     "generate_labels": "napari_sam.engine.automatic.generation",
-    "FinetuneOptions": "napari_sam.engine.training.loop",
+    "FinetuneOptions": "napari_sam.engine.training.options",
     "finetune": "napari_sam.engine.training.loop",
     "f1_score": "napari_sam.engine.metrics",
     "mask_iou": "napari_sam.engine.metrics",

@@ -5,15 +5,15 @@ A zarr output carries ``attrs["napari_sam"]`` (see ``napari_sam.engine.io.output
 - ``complete``: true only once every tile is painted; ``tiles_done`` / ``tiles_total``:
   painted tiles over all slices, for a reader to tell a finished result from a partial one;
 - ``run``: the settings the labels depend on (:func:`run_record`): image shape, dtype and
-  intensity range, tile shape, halo, tile offset, every ``AutomaticParams`` field, the
+  intensity range, a fingerprint of its pixels, tile shape, halo, tile offset, every ``AutomaticParams`` field, the
   seam overlap and a fingerprint of the model's weights;
 - ``resume``: where to continue: ``plane`` (slice index; 0 for a 2D image), ``first_tile``
   (tiles before it are painted in that slice) and ``labels_used`` (the highest label so far).
 
 A rerun with ``resume=True`` and the same settings continues from ``resume`` (the
 stitcher's rule for which tiles run again is in ``stitching``, "Resuming"); other
-settings are refused, naming what differs. The image itself is identified by its shape,
-dtype and intensity range only: resuming with other pixels of the same kind is not caught.
+settings are refused, naming what differs. The image is identified by its shape, dtype,
+intensity range and a fingerprint of its pixels, so another image of the same kind is refused.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from napari_sam.engine.automatic.params import AutomaticParams
 from napari_sam.engine.automatic.tiling import TileGrid
 from napari_sam.engine.errors import InputError
 from napari_sam.engine.io.outputs import OutputPlan
+from napari_sam.engine.predict.fingerprint import image_fingerprint, model_fingerprint
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,8 @@ class ResumePoint:
 
 
 def run_record(
+    image,
     image_shape: tuple[int, ...],
-    image_dtype,
     grid: TileGrid,
     tile_offset,
     params: AutomaticParams,
@@ -53,10 +54,15 @@ def run_record(
     same_object_overlap: float,
     model,
 ) -> dict[str, Any]:
-    """The settings a run's labels depend on, as JSON-compatible values (stored with the output)."""
+    """The settings a run's labels depend on, as JSON-compatible values (stored with the output).
+
+    ``image`` is the array-like being segmented (its pixels are fingerprinted, see
+    ``predict.fingerprint.image_fingerprint``); ``image_shape`` its spatial layout.
+    """
     record = {
         "image_shape": [int(s) for s in image_shape],
-        "image_dtype": str(np.dtype(image_dtype)),
+        "image_dtype": str(np.dtype(image.dtype)),
+        "pixels": image_fingerprint(image),
         "intensity_range": None if intensity_range is None else [np.asarray(v).tolist() for v in intensity_range],
         "tile_shape": list(grid.tile_shape),
         "halo": list(grid.halo),
@@ -66,20 +72,6 @@ def run_record(
         "model": model_fingerprint(model),
     }
     return json.loads(json.dumps(record))  # tuples as lists, as they come back from the attributes
-
-
-def model_fingerprint(model) -> str:
-    """``"<config name>:<hash>"`` of a sample of every weight tensor: cheap even for ViT-H, and it
-    tells two checkpoints of one architecture apart."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        flat = tensor.detach().reshape(-1)
-        sample = flat[:: max(1, flat.numel() // 64)][:64].float().cpu().numpy()
-        digest.update(f"{name}{tuple(tensor.shape)}".encode())
-        digest.update(sample.tobytes())
-    return f"{model.config.name}:{digest.hexdigest()[:16]}"
 
 
 def resume_point(plan: OutputPlan, record: dict[str, Any]) -> ResumePoint | None:
@@ -113,6 +105,10 @@ def resume_point(plan: OutputPlan, record: dict[str, Any]) -> ResumePoint | None
     )
 
 
+# digests say nothing to a user: name what they stand for instead
+_DIGESTS = {"pixels": "the image's pixels differ (another image)", "model": "another model or checkpoint"}
+
+
 def _differences(stored: dict, now: dict, prefix: str = "") -> list[str]:
     """``"key: <stored> there, <now> now"`` for each setting that differs (nested dicts by dotted key)."""
     found = []
@@ -120,6 +116,8 @@ def _differences(stored: dict, now: dict, prefix: str = "") -> list[str]:
         old, new = stored.get(key), now.get(key)
         if isinstance(old, dict) and isinstance(new, dict):
             found += _differences(old, new, f"{prefix}{key}.")
+        elif old != new and key in _DIGESTS:
+            found.append(f"{prefix}{key}: {_DIGESTS[key]}")
         elif old != new:
             found.append(f"{prefix}{key}: {old} there, {new} now")
     return found

@@ -127,7 +127,7 @@ def segment_everything_steps(
     value_range = global_intensity_range(image, layout.has_channels)
     # what identifies the run, stored with a zarr output to resume it (other outputs cannot be resumed)
     record = None if plan.kind != "zarr" else run_record(
-        layout.shape, image.dtype, grid, tile_offset, params, value_range, same_object_overlap, loaded
+        image, layout.shape, grid, tile_offset, params, value_range, same_object_overlap, loaded
     )
     start = resume_point(plan, record) or ResumePoint()
     if start.complete:  # a finished run: nothing to do

@@ -90,6 +90,28 @@ def _tensor_sample_bytes(tensor: torch.Tensor) -> bytes:
     return flat.contiguous().cpu().view(torch.uint8).numpy().tobytes()
 
 
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """A digest of every tensor of ``module``: name, shape, dtype and a strided sample of its values."""
+    digest = _hasher()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(repr((name, tuple(tensor.shape), str(tensor.dtype))).encode())
+        digest.update(_tensor_sample_bytes(tensor))
+    return digest.hexdigest()
+
+
+def _input_signature(model: torch.nn.Module) -> str:
+    """What a model does to an image before its encoder: input size, normalisation, preprocessing."""
+    config = getattr(model, "config", None)
+    return repr(
+        (
+            getattr(config, "img_size", None),
+            tuple(getattr(config, "pixel_mean", ())),
+            tuple(getattr(config, "pixel_std", ())),
+            getattr(model, "preprocessing", "sam"),
+        )
+    )
+
+
 def encoder_fingerprint(model: torch.nn.Module) -> str:
     """A digest of what a SAM image embedding depends on: the image encoder and its input.
 
@@ -97,10 +119,10 @@ def encoder_fingerprint(model: torch.nn.Module) -> str:
     ----------
     model
         A SAM-like module. Its ``image_encoder`` (the whole model if it has none)
-        is fingerprinted from every tensor's name, shape, dtype and a strided
-        sample of its values; with the input size, normalisation and
-        ``preprocessing`` of the model. The prompt encoder and mask decoder are
-        left out on purpose: embeddings stay valid for a decoder-only fine-tune.
+        is fingerprinted with :func:`weights_fingerprint`, together with the input
+        size, normalisation and ``preprocessing`` of the model. The prompt encoder
+        and mask decoder are left out on purpose: embeddings stay valid for a
+        decoder-only fine-tune.
 
     Returns
     -------
@@ -108,23 +130,23 @@ def encoder_fingerprint(model: torch.nn.Module) -> str:
         A hex digest. Cost: one pass over the encoder's tensors (tens of ms for
         ViT-B); callers memoise it (``Predictor.encoder_fingerprint``).
     """
-    encoder = getattr(model, "image_encoder", model)
-    config = getattr(model, "config", None)
     digest = _hasher()
-    digest.update(
-        repr(
-            (
-                getattr(config, "img_size", None),
-                tuple(getattr(config, "pixel_mean", ())),
-                tuple(getattr(config, "pixel_std", ())),
-                getattr(model, "preprocessing", "sam"),
-            )
-        ).encode()
-    )
-    for name, tensor in sorted(encoder.state_dict().items()):
-        digest.update(repr((name, tuple(tensor.shape), str(tensor.dtype))).encode())
-        digest.update(_tensor_sample_bytes(tensor))
+    digest.update(_input_signature(model).encode())
+    digest.update(weights_fingerprint(getattr(model, "image_encoder", model)).encode())
     return digest.hexdigest()
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """``"<config name>:<digest>"`` of the whole model (encoder, prompt encoder, decoder) and its input.
+
+    What automatic segmentation's labels depend on; it tells two checkpoints of one
+    architecture apart (stored with a resumable ``segment_everything`` output).
+    """
+    digest = _hasher()
+    digest.update(_input_signature(model).encode())
+    digest.update(weights_fingerprint(model).encode())
+    name = getattr(getattr(model, "config", None), "name", type(model).__name__)
+    return f"{name}:{digest.hexdigest()[:16]}"
 
 
 def cache_fingerprint(

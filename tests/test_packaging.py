@@ -93,3 +93,18 @@ def test_cli_segments_without_napari_installed(tmp_path):
     labels = tifffile.imread(tmp_path / "labels.tif")
     assert labels.shape == (160, 200) and labels.max() > 0
     assert np.unique(labels).size - 1 == labels.max()
+
+
+def test_annotate_without_napari_says_how_to_install_it():
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["napari"] = None  # import fails as if not installed
+        from napari_sam.cli import main
+        sys.exit(main(["annotate", "--no-load"]))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "pip install 'napari-sam[all]'" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -20,6 +20,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from napari_sam.engine.errors import InputError
+
+    try:
+        import napari  # noqa: F401
+    except ImportError:
+        # a headless install (the base package): the engine and `segment` work, the GUI does not
+        raise InputError(
+            "napari is not installed in this environment; install it with "
+            "pip install 'napari-sam[all]' (napari with a Qt binding) and run this command again."
+        ) from None
     from napari_sam._napari.demo import launch
 
     launch(None if args.sample == "none" else args.sample, args.model, load=not args.no_load)

@@ -9,10 +9,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 
-def next_free_label(labels) -> int:
-    """The smallest id above every id in ``labels`` (1 for an empty annotation)."""
+def next_free_label(labels: npt.ArrayLike) -> int:
+    """The smallest id above every id in ``labels`` (1 for an empty annotation).
+
+    Parameters
+    ----------
+    labels
+        Label image of any shape, 0 the background.
+
+    Returns
+    -------
+    int
+        ``labels.max() + 1``, or 1 when ``labels`` is empty or all background.
+    """
     labels = np.asarray(labels)
     return int(labels.max(initial=0)) + 1 if labels.size else 1
 
@@ -22,11 +34,32 @@ def commit_pixels(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pixels and ids to write when committing masks into a label plane.
 
-    existing_plane: (H, W) labels currently in the plane; object_masks: one (H, W)
-    bool mask per object, written with ids ``first_id``, ``first_id + 1``, ...
-    Without ``paint_over`` only background (0) pixels are written, and where
-    objects overlap the earlier object keeps the pixel. Returns (rows, cols,
-    values), each (P,), ready for a fancy-index assignment.
+    Without ``paint_over`` only background (0) pixels are written. Where objects
+    of one commit overlap, the earlier object keeps the pixel (with or without
+    ``paint_over``).
+
+    Parameters
+    ----------
+    existing_plane
+        (H, W) labels currently in the plane; read only, never modified.
+    object_masks
+        One (H, W) bool mask per object, written with ids ``first_id``,
+        ``first_id + 1``, ... in order.
+    first_id
+        Id of the first object.
+    paint_over
+        Also write over pixels that already carry a label.
+
+    Returns
+    -------
+    rows, cols, values : np.ndarray
+        Each (P,): the pixels to write and their ids (int64), ready for
+        ``plane[rows, cols] = values``.
+
+    Raises
+    ------
+    ValueError
+        A mask's shape differs from ``existing_plane``'s.
     """
     existing_plane = np.asarray(existing_plane)
     free = np.ones(existing_plane.shape, dtype=bool) if paint_over else existing_plane == 0

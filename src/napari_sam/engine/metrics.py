@@ -20,6 +20,23 @@ def match_instances(truth: np.ndarray, found: np.ndarray, iou_thresh: float = 0.
     """(true positives, truth objects, found objects): pairs of labels with IoU >= ``iou_thresh``.
 
     With ``iou_thresh >= 0.5`` a pair is unique on both sides, so no assignment step is needed.
+
+    Parameters
+    ----------
+    truth, found
+        Label images of the same shape (int, 0 the background).
+    iou_thresh
+        Least IoU for a pair to count as a match.
+
+    Returns
+    -------
+    true_pos, n_truth, n_found : int
+        Matched pairs, objects in ``truth`` and objects in ``found``.
+
+    Raises
+    ------
+    InputError
+        ``iou_thresh`` is below 0.5, where matches need not be one-to-one.
     """
     if iou_thresh < 0.5:
         raise InputError("match_instances counts one-to-one matches only for iou_thresh >= 0.5.")
@@ -36,7 +53,25 @@ def match_instances(truth: np.ndarray, found: np.ndarray, iou_thresh: float = 0.
 
 
 def f1_score(truth: np.ndarray, found: np.ndarray, iou_thresh: float = 0.5) -> float:
-    """Instance F1 at ``iou_thresh`` (1.0 when both are empty)."""
+    """Instance F1 at ``iou_thresh`` (1.0 when both are empty).
+
+    Parameters
+    ----------
+    truth, found
+        Label images of the same shape (int, 0 the background).
+    iou_thresh
+        Least IoU for a match, at least 0.5 (see :func:`match_instances`).
+
+    Returns
+    -------
+    float
+        ``2 * matches / (n_truth + n_found)``, in [0, 1].
+
+    Raises
+    ------
+    InputError
+        ``iou_thresh`` is below 0.5.
+    """
     true_pos, n_truth, n_found = match_instances(truth, found, iou_thresh)
     if n_truth + n_found == 0:
         return 1.0
@@ -44,7 +79,18 @@ def f1_score(truth: np.ndarray, found: np.ndarray, iou_thresh: float = 0.5) -> f
 
 
 def mask_iou(prediction: np.ndarray, target: np.ndarray) -> float:
-    """Intersection over union of two boolean masks (1.0 when both are empty)."""
+    """Intersection over union of two boolean masks (1.0 when both are empty).
+
+    Parameters
+    ----------
+    prediction, target
+        Masks of the same shape; converted to bool.
+
+    Returns
+    -------
+    float
+        IoU in [0, 1].
+    """
     prediction = np.asarray(prediction, dtype=bool)
     target = np.asarray(target, dtype=bool)
     union = np.logical_or(prediction, target).sum()
@@ -60,8 +106,24 @@ def seam_statistics(truth: np.ndarray, found: np.ndarray, grid: TileGrid, iou_th
     A ground-truth object crosses a seam when its pixels lie in more than one core of
     ``grid``. It is found when a label of ``found`` matches it with IoU >= ``iou_thresh``,
     and split when two or more labels each cover at least ``split_fraction`` of it.
-    Returns counts: ``seam``, ``seam_found``, ``seam_split``, ``interior``,
-    ``interior_found``, ``interior_split``.
+
+    Parameters
+    ----------
+    truth, found
+        (H, W) label images (int, 0 the background) in the frame of ``grid``.
+    grid
+        The tiles the image was segmented in; the borders of their cores are the seams.
+    iou_thresh
+        Least IoU for a truth object to count as found.
+    split_fraction
+        Least share of a truth object's area a label must cover to count as one
+        of its pieces.
+
+    Returns
+    -------
+    dict of str to int
+        Counts ``seam``, ``seam_found``, ``seam_split``, ``interior``,
+        ``interior_found``, ``interior_split``.
     """
     row_borders = sorted({t.core[1] for t in grid})[:-1]
     col_borders = sorted({t.core[3] for t in grid})[:-1]

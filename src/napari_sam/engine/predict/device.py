@@ -17,6 +17,22 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
     """The requested device, or the best available one: CUDA, then Apple MPS, then CPU.
 
     The model layer's chooser (used by ``load_model``) with its errors as ``InputError``.
+
+    Parameters
+    ----------
+    device
+        ``"cuda"``, ``"cuda:1"``, ``"mps"``, ``"cpu"``, a ``torch.device``, or None
+        for the best available.
+
+    Returns
+    -------
+    torch.device
+        The device to compute on.
+
+    Raises
+    ------
+    InputError
+        The requested device is unknown or not available here.
     """
     from napari_sam.model.device import resolve_device
 
@@ -26,8 +42,21 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
         raise InputError(f"{err} Pass device=None to use the best available device.") from err
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """``torch.autocast`` to ``dtype`` on ``device``, or a no-op context for plain fp32 (``dtype`` None)."""
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to ``dtype`` on ``device``, or a no-op context for plain fp32 (``dtype`` None).
+
+    Parameters
+    ----------
+    device
+        Where the computation runs; its ``type`` selects the autocast backend.
+    dtype
+        The lower precision to compute in (from :func:`resolve_precision`), or None.
+
+    Returns
+    -------
+    contextlib.AbstractContextManager
+        A context to run the model in.
+    """
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
@@ -51,6 +80,23 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
     ``auto`` picks bf16 on CUDA GPUs that support it and on CPUs with native bf16,
     fp32 elsewhere (MPS included: its bf16 autocast is not reliably faster).
+
+    Parameters
+    ----------
+    precision
+        One of ``PRECISIONS``: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+    device
+        The device the model runs on.
+
+    Returns
+    -------
+    torch.dtype or None
+        ``torch.bfloat16`` or ``torch.float16`` for autocast, None for plain fp32.
+
+    Raises
+    ------
+    InputError
+        ``precision`` is unknown, or ``fp16`` was asked for on the CPU.
     """
     if precision not in PRECISIONS:
         raise InputError(f"Unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")

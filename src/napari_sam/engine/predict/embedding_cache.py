@@ -43,6 +43,11 @@ def embedding_nbytes(embedding: ImageEmbedding) -> int:
     ----------
     embedding
         Any embedding with a ``features`` tensor.
+
+    Returns
+    -------
+    int
+        Bytes of ``embedding.features`` (element size times number of elements).
     """
     features = embedding.features
     return int(features.element_size() * features.nelement())
@@ -147,6 +152,12 @@ class EmbeddingCache:
         device
             Where an embedding read from the store is placed (default CPU).
 
+        Returns
+        -------
+        ImageEmbedding or None
+            The embedding, now the most recently used; None when neither memory
+            nor the store holds ``key``.
+
         Raises
         ------
         InputError
@@ -172,6 +183,12 @@ class EmbeddingCache:
             The plane's key (a tuple of non-negative ints when a store is attached).
         embedding
             The plane's embedding.
+
+        Raises
+        ------
+        InputError
+            A store is attached and ``key`` holds something other than
+            non-negative ints (the embedding is still kept in memory).
         """
         with self._lock:
             self._remember(key, embedding)
@@ -224,6 +241,13 @@ class EmbeddingCache:
         -------
         int
             The number of embeddings in the store.
+
+        Raises
+        ------
+        InputError
+            ``path`` exists but is not an embedding cache, or was saved for another
+            fingerprint; or a key held in memory holds something other than
+            non-negative ints.
         """
         import zarr
 

@@ -91,7 +91,19 @@ def _tensor_sample_bytes(tensor: torch.Tensor) -> bytes:
 
 
 def weights_fingerprint(module: torch.nn.Module) -> str:
-    """A digest of every tensor of ``module``: name, shape, dtype and a strided sample of its values."""
+    """A digest of every tensor of ``module``: name, shape, dtype and a strided sample of its values.
+
+    Parameters
+    ----------
+    module
+        Any module; every entry of its ``state_dict()`` (parameters and buffers) is
+        hashed, up to ``_SAMPLES_PER_TENSOR`` evenly spaced values per tensor.
+
+    Returns
+    -------
+    str
+        A hex digest, equal on every device for equal weights.
+    """
     digest = _hasher()
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(repr((name, tuple(tensor.shape), str(tensor.dtype))).encode())
@@ -141,6 +153,19 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
     What automatic segmentation's labels depend on; it tells two checkpoints of one
     architecture apart (stored with a resumable ``segment_everything`` output).
+
+    Parameters
+    ----------
+    model
+        A SAM-like module; all of its weights are fingerprinted with
+        :func:`weights_fingerprint`, with its input size, normalisation and
+        ``preprocessing``.
+
+    Returns
+    -------
+    str
+        ``config.name`` (the class name without a config), a colon and the first 16
+        hex digits of the digest.
     """
     digest = _hasher()
     digest.update(_input_signature(model).encode())

@@ -8,6 +8,7 @@ lives here and nowhere else. Masks come back at the original (H, W).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +57,11 @@ class ImageEmbedding:
             ``features`` (1, C, E, E), ``original_size`` (2,) and ``input_size`` (2,).
         device
             Where the features tensor is placed.
+
+        Returns
+        -------
+        ImageEmbedding
+            float32 features on ``device``; sizes as tuples of int.
         """
         return cls(
             torch.as_tensor(np.asarray(arrays["features"]), dtype=torch.float32, device=device),
@@ -105,7 +111,7 @@ class Predictor:
         return self._encoder_fingerprint
 
     # ----------------------------------------------------------------- image
-    def autocast(self):
+    def autocast(self) -> contextlib.AbstractContextManager:
         """The autocast context of this predictor's precision (a no-op for fp32)."""
         return autocast(self.device, self.autocast_dtype)
 
@@ -126,6 +132,11 @@ class Predictor:
         -------
         ImageEmbedding
             Features on this predictor's device, with the image's original and resized sizes.
+
+        Raises
+        ------
+        InputError
+            The image cannot be used (see :func:`~napari_sam.engine.predict.preprocessing.to_uint8_rgb`).
         """
         rgb = to_uint8_rgb(image, intensity_range)
         x = image_to_model_input(rgb, self.config, self.device, self.preprocessing)
@@ -142,6 +153,11 @@ class Predictor:
         embedding
             From :meth:`compute_embedding` of a predictor with the same model
             architecture; another architecture's embedding is refused.
+
+        Raises
+        ------
+        InputError
+            The features' shape is not the one this model makes.
         """
         expected = (self.config.prompt_embed_dim, self.config.embedding_size, self.config.embedding_size)
         if tuple(embedding.features.shape[1:]) != expected:
@@ -159,6 +175,11 @@ class Predictor:
         Parameters
         ----------
         image, intensity_range
+            As for :meth:`compute_embedding`.
+
+        Raises
+        ------
+        InputError
             As for :meth:`compute_embedding`.
         """
         self.set_embedding(self.compute_embedding(image, intensity_range))
@@ -293,6 +314,16 @@ class Predictor:
             Logits from the decoder (or :meth:`predict`'s third output as a tensor).
         emb
             The embedding they belong to; default: the current one.
+
+        Returns
+        -------
+        torch.Tensor
+            (B, K, H, W) logits, H, W = ``emb.original_size``.
+
+        Raises
+        ------
+        InputError
+            ``emb`` is None and no image is set.
         """
         emb = emb or self._require_embedding()
         s = self.config.img_size
@@ -343,6 +374,13 @@ class Predictor:
             (K,) float32 predicted IoU.
         logits : np.ndarray
             (K, L, L) float32 low-res logits (feed one back as ``mask_input``).
+
+        Raises
+        ------
+        InputError
+            No image is set, no usable prompt is given, or a prompt is malformed
+            (wrong shape, non-finite, a point outside the image, a box with
+            min > max or entirely outside, labels other than 0/1).
         """
         emb = self._require_embedding()
         pts = self._points_to_input_frame(points, labels, emb, batched=False)
@@ -381,6 +419,12 @@ class Predictor:
         -------
         masks, scores, logits : np.ndarray
             (B, K, H, W) bool, (B, K) float32 and (B, K, L, L) float32.
+
+        Raises
+        ------
+        InputError
+            As for :meth:`predict`, and when points and boxes give different
+            numbers of objects B.
         """
         emb = self._require_embedding()
         pts = self._points_to_input_frame(points, labels, emb, batched=True)

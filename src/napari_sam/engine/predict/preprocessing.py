@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_sam.engine.errors import InputError
+from napari_sam.engine.io.images import channels_first_hint
 
 if TYPE_CHECKING:
     import torch
@@ -49,6 +50,11 @@ def validate_image(image: Any) -> Any:
     image
         Array-like of shape (H, W) or (H, W, C) with C <= 4, not empty.
 
+    Returns
+    -------
+    Any
+        ``image`` itself (not copied, not converted).
+
     Raises
     ------
     InputError
@@ -63,7 +69,7 @@ def validate_image(image: Any) -> Any:
         )
     if any(s == 0 for s in shape):
         raise InputError(f"The image is empty (shape {shape}).")
-    if len(shape) == 3 and shape[2] > 4 and shape[0] <= 4:
+    if channels_first_hint(shape) is not None:
         raise InputError(
             f"Got an image of shape {shape}: this looks channels-first (C, H, W) with {shape[0]} channel(s) "
             "in the first axis, but images are read channels last (H, W, C). Pass np.moveaxis(image, 0, -1) "
@@ -189,6 +195,13 @@ def to_uint8_rgb(image: Any, intensity_range: tuple | None = None) -> np.ndarray
     -------
     np.ndarray
         (H, W, 3) uint8, C-contiguous.
+
+    Raises
+    ------
+    InputError
+        The shape is not one 2D image (see :func:`validate_image`), the dtype is not
+        numeric or bool, a float image holds NaN or infinity, or a given
+        ``intensity_range`` is too narrow for float64 to resolve 64-bit integers.
     """
     validate_image(image)
     image = np.asarray(image)
@@ -228,6 +241,11 @@ def resized_shape(original_size: tuple[int, int], img_size: int) -> tuple[int, i
         (H, W) of the image.
     img_size
         The model's square input size ``S`` (``config.img_size``).
+
+    Returns
+    -------
+    h, w : int
+        Each at least 1, rounded to the nearest integer.
     """
     h, w = original_size
     scale = img_size / max(h, w)
@@ -246,6 +264,11 @@ def resize_uint8(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         (H, W, 3) uint8.
     size
         The target (h, w).
+
+    Returns
+    -------
+    np.ndarray
+        (h, w, 3) uint8.
     """
     from PIL import Image
 
@@ -264,6 +287,11 @@ def model_input_size(original_size: tuple[int, int], img_size: int, preprocessin
         The model's square input size ``S``.
     preprocessing
         ``"sam"`` (longest side to ``S``) or ``"medsam"`` (the whole ``S x S``).
+
+    Returns
+    -------
+    h, w : int
+        ``(S, S)`` for ``"medsam"``, else :func:`resized_shape`.
     """
     if preprocessing == "medsam":
         return img_size, img_size
@@ -286,6 +314,16 @@ def image_to_model_input(
     preprocessing
         ``sam``: longest side resized, ImageNet-normalised, zero-padded bottom/right.
         ``medsam``: resized to S x S, min-max scaled to [0, 1].
+
+    Returns
+    -------
+    torch.Tensor
+        (1, 3, S, S) float32 on ``device``.
+
+    Raises
+    ------
+    InputError
+        ``preprocessing`` is neither ``"sam"`` nor ``"medsam"``.
     """
     import torch
     import torch.nn.functional as F

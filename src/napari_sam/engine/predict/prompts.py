@@ -16,7 +16,23 @@ import numpy as np
 
 
 def plane_axes(displayed_axes: Sequence[int]) -> tuple[int, int]:
-    """The (row_axis, col_axis) of a plane shown on ``displayed_axes`` (two distinct axes)."""
+    """The (row_axis, col_axis) of a plane shown on ``displayed_axes`` (two distinct axes).
+
+    Parameters
+    ----------
+    displayed_axes
+        The two data axes spanning the plane, in any order.
+
+    Returns
+    -------
+    row_axis, col_axis : int
+        The smaller axis number (rows) and the larger (cols).
+
+    Raises
+    ------
+    ValueError
+        ``displayed_axes`` is not two distinct axes.
+    """
     axes = tuple(sorted(int(a) for a in displayed_axes))
     if len(axes) != 2 or axes[0] == axes[1]:
         raise ValueError(f"A plane needs two distinct displayed axes, got {tuple(displayed_axes)}.")
@@ -29,6 +45,20 @@ def on_plane(coords: np.ndarray, displayed_axes: Sequence[int], plane_index: dic
     ``plane_index`` maps every non-displayed axis to the plane's integer index; a
     coordinate belongs to the plane when it rounds to that index (napari shows a
     point on the slice its coordinate rounds to).
+
+    Parameters
+    ----------
+    coords
+        (M, D) data coordinates.
+    displayed_axes
+        The two axes spanning the plane; entries of ``plane_index`` for them are ignored.
+    plane_index
+        Axis -> integer index of the plane along it. Axes it leaves out are not checked.
+
+    Returns
+    -------
+    np.ndarray
+        (M,) bool, True for the coordinates on the plane.
     """
     coords = np.asarray(coords, dtype=float)
     keep = np.ones(len(coords), dtype=bool)
@@ -50,10 +80,28 @@ def points_on_plane(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Point prompts of one plane.
 
-    coords: (M, D) data coordinates; labels: (M,) 1 positive / 0 negative.
-    Returns points (N, 2) float (row, col) and labels (N,) int for the points that
-    lie on the plane and inside its ``plane_shape`` (H, W); points elsewhere are
-    not prompts of this plane and are left out.
+    Points that do not lie on the plane and inside its ``plane_shape`` are not
+    prompts of this plane and are left out.
+
+    Parameters
+    ----------
+    coords
+        (M, D) data coordinates (napari Points data).
+    labels
+        (M,) 1 positive / 0 negative, one per point.
+    displayed_axes
+        The two axes spanning the plane (see :func:`plane_axes`).
+    plane_index
+        Axis -> integer index of the plane along every non-displayed axis.
+    plane_shape
+        (H, W) of the plane; a point is inside when it rounds to a pixel of it.
+
+    Returns
+    -------
+    points : np.ndarray
+        (N, 2) float (row, col) in the plane.
+    labels : np.ndarray
+        (N,) int labels of those points.
     """
     coords = np.asarray(coords, dtype=float).reshape(len(coords), -1) if len(coords) else np.zeros((0, 2))
     labels = np.asarray(labels).reshape(-1)
@@ -75,10 +123,25 @@ def boxes_on_plane(
 ) -> np.ndarray:
     """Box prompts of one plane from shape vertices.
 
-    shapes: a sequence of (V, D) vertex arrays (napari Shapes data; a rectangle has
-    4 vertices). A shape is on the plane when all its vertices are. Returns (K, 4)
-    boxes (min_row, min_col, max_row, max_col): each shape's bounding box clipped
-    to the plane; shapes entirely outside the plane's (H, W) are left out.
+    A shape is on the plane when all its vertices are; shapes entirely outside the
+    plane's (H, W) are left out.
+
+    Parameters
+    ----------
+    shapes
+        A sequence of (V, D) vertex arrays (napari Shapes data; a rectangle has 4 vertices).
+    displayed_axes
+        The two axes spanning the plane (see :func:`plane_axes`).
+    plane_index
+        Axis -> integer index of the plane along every non-displayed axis.
+    plane_shape
+        (H, W) of the plane.
+
+    Returns
+    -------
+    np.ndarray
+        (K, 4) float boxes (min_row, min_col, max_row, max_col): each shape's
+        bounding box clipped to the plane's pixels.
     """
     row_axis, col_axis = plane_axes(displayed_axes)
     h, w = plane_shape
@@ -98,7 +161,18 @@ def boxes_on_plane(
 
 
 def candidate_order(scores: np.ndarray) -> np.ndarray:
-    """Indices of the (K,) candidate ``scores`` from best to worst (stable for ties)."""
+    """Indices of the (K,) candidate ``scores`` from best to worst (stable for ties).
+
+    Parameters
+    ----------
+    scores
+        (K,) scores of the candidate masks, higher is better.
+
+    Returns
+    -------
+    np.ndarray
+        (K,) int indices into ``scores``.
+    """
     return np.argsort(-np.asarray(scores, dtype=float), kind="stable")
 
 

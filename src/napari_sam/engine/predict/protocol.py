@@ -49,12 +49,29 @@ class PredictorProtocol(Protocol):
     def compute_embedding(self, image: Any, intensity_range: tuple | None = None) -> ImageEmbedding:
         """Embed one 2D image without changing the current embedding (safe in a worker thread).
 
-        ``intensity_range``: one (low, high) scaling shared by every plane of a stack.
+        Parameters
+        ----------
+        image
+            (H, W) or (H, W, C) in the (row, col) pixel frame.
+        intensity_range
+            One (low, high) scaling shared by every plane of a stack; None: the
+            image's own.
+
+        Returns
+        -------
+        ImageEmbedding
+            The embedding, to pass to :meth:`set_embedding` (or to cache).
         """
         ...
 
     def set_embedding(self, embedding: ImageEmbedding) -> None:
-        """Make ``embedding`` (from ``compute_embedding`` or a cache) current for ``predict``."""
+        """Make ``embedding`` (from ``compute_embedding`` or a cache) current for ``predict``.
+
+        Parameters
+        ----------
+        embedding
+            An embedding made by this backend's model; others are refused with ``InputError``.
+        """
         ...
 
     def predict(
@@ -67,8 +84,32 @@ class PredictorProtocol(Protocol):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One object: points (N, 2) with labels (N,) 1/0, box (4,), mask_input (1, L, L).
 
-        Returns masks (K, H, W) bool, scores (K,) and low-res logits (K, L, L);
-        raises ``InputError`` for prompts it cannot use (none, outside the image, ...).
+        Parameters
+        ----------
+        points
+            (N, 2) (row, col) in the image's pixel frame, or None.
+        labels
+            (N,) 1 positive / 0 negative, one per point.
+        box
+            (4,) (min_row, min_col, max_row, max_col), or None.
+        mask_input
+            (1, L, L) low-res logits from a previous call, or None.
+        multimask
+            Return several candidates (K > 1) for an ambiguous prompt.
+
+        Returns
+        -------
+        masks : np.ndarray
+            (K, H, W) bool at the image's size.
+        scores : np.ndarray
+            (K,) predicted quality of each mask.
+        logits : np.ndarray
+            (K, L, L) low-res logits (one can be fed back as ``mask_input``).
+
+        Raises
+        ------
+        InputError
+            For prompts it cannot use (none, outside the image, ...).
         """
         ...
 
@@ -82,7 +123,26 @@ class PredictorProtocol(Protocol):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """B objects at once: points (B, N, 2), labels (B, N), boxes (B, 4), mask_input (B, 1, L, L).
 
-        Returns masks (B, K, H, W) bool, scores (B, K) and logits (B, K, L, L).
+        Parameters
+        ----------
+        points, labels
+            (B, N, 2) (row, col) and (B, N) 1/0, N points per object, or None.
+        boxes
+            (B, 4) (min_row, min_col, max_row, max_col), or None.
+        mask_input
+            (B, 1, L, L) low-res logits, or None.
+        multimask
+            Several candidates per object instead of one.
+
+        Returns
+        -------
+        masks, scores, logits : np.ndarray
+            (B, K, H, W) bool, (B, K) and (B, K, L, L).
+
+        Raises
+        ------
+        InputError
+            For prompts it cannot use.
         """
         ...
 

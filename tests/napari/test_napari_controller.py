@@ -512,3 +512,15 @@ def test_moving_or_deleting_a_prompt_updates_the_preview(viewer):
     layer.selected_data = {0}
     layer.remove_selected()
     assert controller.preview_mask().sum() == 0 and controller.preview_info.n_objects == 0
+
+
+def test_a_channels_first_looking_image_says_how_it_is_read(viewer):
+    controller = AnnotatorController(viewer)
+    controller.set_predictor(DiscPredictor(), model_id="disc")
+    messages = []
+    controller.status_changed.connect(messages.append)
+    controller.set_image_layer(viewer.add_image(np.stack([disc_image()] * 3)))  # (3, H, W): 3 planes or RGB?
+    assert any("read as a stack of 3" in m and "np.moveaxis" in m for m in messages)
+    messages.clear()
+    controller.set_image_layer(viewer.add_image(np.stack([disc_image()] * 5)))  # clearly a stack
+    assert not any("channels-first" in m for m in messages)

@@ -32,6 +32,7 @@ from napari_sam._napari import planes as plane_ops
 from napari_sam._napari.planes import Plane
 from napari_sam.engine import labels as label_ops
 from napari_sam.engine.errors import InputError
+from napari_sam.engine.io.images import channels_first_hint
 from napari_sam.engine.predict import prompts as prompt_ops
 from napari_sam.engine.predict.embedding_cache import DEFAULT_MAX_BYTES, EmbeddingCache
 from napari_sam.model.config import NEGATIVE as SAM_NEGATIVE
@@ -182,6 +183,10 @@ class AnnotatorController:
         self._create_helper_layers()
         self.image_changed.emit(layer)
         self.update_preview()
+        if not getattr(layer, "rgb", False):
+            hint = channels_first_hint(plane_ops.spatial_shape(layer))
+            if hint is not None:  # shown, not refused: a 3-plane stack is as likely as a channels-first RGB
+                self._set_status(hint)
 
     def set_labels_layer(self, layer) -> None:
         """Commit into ``layer`` (a Labels layer of the image's shape), or None to create one on first commit."""

@@ -14,6 +14,7 @@ zarr run marked incomplete and resumable (``resume``).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -40,7 +41,7 @@ from napari_sam.engine.automatic.tiling import (
     make_tile_grid,
 )
 from napari_sam.engine.errors import InputError
-from napari_sam.engine.io.images import open_image, split_channels
+from napari_sam.engine.io.images import channels_first_hint, open_image, split_channels
 from napari_sam.engine.io.outputs import (
     LabelOutput,
     OutputPlan,
@@ -159,6 +160,9 @@ def open_segmentable_image(image: Any) -> tuple[Any, ImageLayout]:
     if not shape:
         raise InputError(f"Expected an image array or a path, got {type(image).__name__}.")
     stack_axes, has_channels = split_channels(shape)
+    hint = channels_first_hint(shape)
+    if hint is not None:  # a legitimate stack as often as a mis-read RGB image: say how it is read
+        warnings.warn(hint, UserWarning, stacklevel=3)
     if any(s == 0 for s in shape):
         raise InputError(f"The image is empty (shape {shape}).")
     if np.dtype(image.dtype).kind not in "biuf":

@@ -133,6 +133,32 @@ class ImageFile:
         return f"ImageFile({str(self.source_path)!r}, shape={self.shape}, dtype={self.dtype})"
 
 
+def channels_first_hint(shape: tuple[int, ...]) -> str | None:
+    """A hint when a 3D ``shape`` looks like a channels-first image (C <= 4, H, W) rather than a stack.
+
+    Such an array cannot be told apart from a stack of C planes: the caller decides
+    whether to refuse it (the predictor, which takes one plane) or to warn and treat it
+    as a stack (automatic segmentation, the annotator). Returns None for other shapes.
+
+    Parameters
+    ----------
+    shape
+        The array's shape.
+
+    Returns
+    -------
+    str or None
+        One sentence saying how the array is read and how to pass an RGB image instead.
+    """
+    if len(shape) != 3 or not (shape[0] <= 4 and shape[1] > 4 and shape[2] > 4):
+        return None
+    return (
+        f"The image of shape {tuple(shape)} has {shape[0]} planes along its first axis and is read as a stack "
+        f"of {shape[0]} 2D images; if it is one image with {shape[0]} channels stored channels-first, "
+        "move the channels last (np.moveaxis(image, 0, -1); in napari, open it as RGB) to segment it as one image."
+    )
+
+
 def split_channels(shape: tuple[int, ...]) -> tuple[int, bool]:
     """(number of leading stack axes, has channel axis) for an image shape.
 

@@ -14,15 +14,23 @@ tasks submitted at a time, so memory stays bounded however many tiles there are.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from distributed import Client, WorkerPlugin, as_completed, get_worker
 
 from napari_sam.engine.automatic.tiling import Tile, TileGrid, segment_tile
 from napari_sam.engine.io.images import read_window
+
+if TYPE_CHECKING:
+    import torch
+    from distributed import Worker
+
+    from napari_sam.engine.automatic.params import AutomaticParams
 
 
 @dataclass(frozen=True)
@@ -34,13 +42,27 @@ class ModelSpec:
     state_dict: dict | None = None
 
     @classmethod
-    def from_model(cls, model) -> ModelSpec:
+    def from_model(cls, model: str | os.PathLike | torch.nn.Module) -> ModelSpec:
+        """The spec of a model name, a checkpoint path or a built model.
+
+        Parameters
+        ----------
+        model
+            A zoo name or checkpoint path (each worker loads it), or a SAM module
+            (its config and a CPU copy of its state dict are shipped).
+
+        Returns
+        -------
+        ModelSpec
+            A picklable description of the model.
+        """
         if isinstance(model, str) or hasattr(model, "__fspath__"):
             return cls(name_or_path=str(model))
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         return cls(config=model.config, state_dict=state)
 
-    def build(self):
+    def build(self) -> torch.nn.Module:
+        """The model, on the CPU: loaded by name or path, or built from config and state dict."""
         from napari_sam.model import build_sam, load_model
 
         if self.name_or_path is not None:
@@ -59,7 +81,14 @@ class SamWorkerPlugin(WorkerPlugin):
         self.precision = precision
         self.predictor = None
 
-    def setup(self, worker) -> None:
+    def setup(self, worker: Worker) -> None:
+        """Build the predictor on ``worker``, torch using as many threads as the worker has.
+
+        Parameters
+        ----------
+        worker
+            The Dask worker this plugin is registered on.
+        """
         import torch
 
         from napari_sam.engine.predict.predictor import Predictor
@@ -69,7 +98,14 @@ class SamWorkerPlugin(WorkerPlugin):
             torch.set_num_threads(int(threads))
         self.predictor = Predictor(self.spec.build(), device=self.device, precision=self.precision)
 
-    def teardown(self, worker) -> None:
+    def teardown(self, worker: Worker) -> None:
+        """Drop the predictor when the worker closes.
+
+        Parameters
+        ----------
+        worker
+            The Dask worker this plugin is registered on.
+        """
         self.predictor = None
 
 
@@ -91,8 +127,8 @@ class DaskTileRunner:
     it and closes a client this runner opened.
     """
 
-    def __init__(self, scheduler, model, device: str | None = None, precision: str = "auto",
-                 max_in_flight: int | None = None):
+    def __init__(self, scheduler: str | Client, model: str | os.PathLike | torch.nn.Module,
+                 device: str | None = None, precision: str = "auto", max_in_flight: int | None = None):
         self.scheduler = scheduler
         self.spec = ModelSpec.from_model(model)
         self.device, self.precision = device, precision
@@ -114,7 +150,7 @@ class DaskTileRunner:
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._registered:
             self.client.unregister_worker_plugin(self.plugin_name)
             self._registered = False
@@ -123,12 +159,40 @@ class DaskTileRunner:
         self.client = None
 
     def iter_tile_labels(
-        self, image, grid: TileGrid, params, intensity_range=None, tiles: Iterable[Tile] | None = None
+        self,
+        image: Any,
+        grid: TileGrid,
+        params: AutomaticParams,
+        intensity_range: tuple | None = None,
+        tiles: Iterable[Tile] | None = None,
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(tile index, labels in the window frame)`` for ``tiles`` (default: every tile of
         ``grid``) of a 2D array-like ``image`` (H, W[, C]), in completion order. At most
         ``max_in_flight`` tiles (default: two per worker, plus two) are submitted at a time, so the
-        driver holds a bounded number of windows."""
+        driver holds a bounded number of windows.
+
+        Parameters
+        ----------
+        image
+            2D array-like (H, W) or (H, W, C), read here one window at a time; the
+            windows' pixels are sent to the workers.
+        grid
+            The tile grid over ``image``.
+        params
+            Settings of mask generation.
+        intensity_range
+            The whole image's (low, high) scaling.
+        tiles
+            The tiles to run; None: every tile of ``grid``.
+
+        Yields
+        ------
+        index : int
+            The tile's index.
+        labels : np.ndarray
+            (H_w, W_w) labels of its window, 0 the background: uint16 when the tile's
+            largest label is below 65535 (smaller to send back), else int32.
+        """
         client = self.client
         workers = max(1, len(client.scheduler_info().get("workers", {})))
         limit = self.max_in_flight or 2 * workers + 2

@@ -33,8 +33,9 @@ label image has the same (H, W). Points are placed at the centres of an
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     import torch
 
     from napari_sam.engine.predict.predictor import ImageEmbedding, Predictor
+    from napari_sam.model.config import SamConfig
 
 
 @dataclass
@@ -84,6 +86,20 @@ def point_grid(points_per_side: int, size: tuple[int, int]) -> tuple[np.ndarray,
     and their coarseness (n*n,) (see ``lattice_points``).
 
     Coordinates are continuous (0 = the image's top/left edge), as SAM's prompt frame.
+
+    Parameters
+    ----------
+    points_per_side
+        n, the number of cells along each side.
+    size
+        (H, W) of the image.
+
+    Returns
+    -------
+    points : np.ndarray
+        (n*n, 2) float64 (row, col), row-major.
+    coarseness : np.ndarray
+        (n*n,) int64, see :func:`lattice_points`.
     """
     n = int(points_per_side)
     return lattice_points((size[0] / n, size[1] / n), (0, 0), size)
@@ -101,6 +117,23 @@ def lattice_points(
     their windows fall, so moving the tile grid does not move the prompts. A point's
     coarseness is the largest c with both lattice indices divisible by ``2**c`` (capped
     at 30): the points of coarseness >= c form the lattice of spacing ``2**c * spacing``.
+
+    Parameters
+    ----------
+    spacing
+        (row, col) distance between lattice points, in pixels of the large image.
+    origin
+        (row, col) of the window's top-left corner in the large image.
+    size
+        (H, W) of the window.
+
+    Returns
+    -------
+    points : np.ndarray
+        (N, 2) float64 (row, col) in the window's frame (continuous, 0 = its
+        top/left edge), row-major; only the lattice points inside the window.
+    coarseness : np.ndarray
+        (N,) int64.
     """
     axes, ranks = [], []
     for step, start, length in zip(spacing, origin, size):
@@ -150,9 +183,30 @@ def propose_masks(
 ) -> MaskProposals:
     """Decode the point grid and keep the masks that pass the low-resolution filters and NMS.
 
-    ``points`` (N, 2) (row, col), continuous coordinates in the original frame, replace
-    the regular grid; ``coarseness`` (N,) orders them coarse to fine (see
-    ``lattice_points``; None: one pass over all of them).
+    Parameters
+    ----------
+    predictor
+        The predictor whose model decodes the prompts (its current embedding is not used).
+    embedding
+        The image's embedding from ``predictor.compute_embedding``.
+    params
+        Thresholds, batch size and ``coarse_levels``; validated first.
+    points
+        (N, 2) (row, col), continuous coordinates in the original frame, replacing
+        the regular grid of ``params.points_per_side``.
+    coarseness
+        (N,) orders ``points`` coarse to fine (see :func:`lattice_points`; capped at
+        ``params.coarse_levels``); None: one pass over all of them.
+
+    Returns
+    -------
+    MaskProposals
+        The surviving masks at low resolution, best first.
+
+    Raises
+    ------
+    InputError
+        ``params`` is invalid, or there are no points.
     """
     import torch
 
@@ -220,7 +274,21 @@ class _Survivors:
         return int(self.scores.shape[0])
 
     @classmethod
-    def empty(cls, low: int, device) -> _Survivors:
+    def empty(cls, low: int, device: torch.device | str) -> _Survivors:
+        """No masks yet.
+
+        Parameters
+        ----------
+        low
+            L, the side of the low-resolution logits.
+        device
+            Where the empty tensors live.
+
+        Returns
+        -------
+        _Survivors
+            Zero masks of (0, L, L) logits.
+        """
         import torch
 
         return cls(
@@ -233,11 +301,35 @@ class _Survivors:
 
     @classmethod
     def cat(cls, parts: list[_Survivors]) -> _Survivors:
+        """All masks of ``parts`` in order.
+
+        Parameters
+        ----------
+        parts
+            Survivors on one device.
+
+        Returns
+        -------
+        _Survivors
+            Their concatenation.
+        """
         import torch
 
         return cls(*(torch.cat([getattr(p, name) for p in parts]) for name in cls.__dataclass_fields__))
 
-    def select(self, index) -> _Survivors:
+    def select(self, index: torch.Tensor) -> _Survivors:
+        """The masks at ``index``.
+
+        Parameters
+        ----------
+        index
+            Integer indices (or a bool mask) into the N masks.
+
+        Returns
+        -------
+        _Survivors
+            The selected masks, in the order of ``index``.
+        """
         return _Survivors(*(getattr(self, name)[index] for name in self.__dataclass_fields__))
 
 
@@ -297,11 +389,32 @@ def _smallest_mask_per_prompt(survivors: _Survivors, valid: tuple[int, int], low
     return covered
 
 
-def proposals_to_masks(proposals: MaskProposals, config, min_area: int = 0):
+def proposals_to_masks(
+    proposals: MaskProposals, config: SamConfig, min_area: int = 0
+) -> Iterator[tuple[int, tuple[int, int], np.ndarray]]:
     """Upsample each proposal inside its box only.
 
     Yields ``(index, (row0, col0), mask)`` with ``mask`` a bool crop in the
     original frame starting at (row0, col0); empty masks are skipped.
+
+    Parameters
+    ----------
+    proposals
+        From :func:`propose_masks`.
+    config
+        The model's configuration (``img_size``, ``low_res_mask_size``).
+    min_area
+        Holes and specks smaller than this are removed from each mask
+        (:func:`~napari_sam.engine.automatic.postprocess.remove_small_regions`).
+
+    Yields
+    ------
+    index : int
+        The proposal's position in ``proposals``.
+    origin : tuple of int
+        (row0, col0) of the crop in the original frame.
+    mask : np.ndarray
+        (h, w) bool, trimmed to the mask's own bounding box.
     """
     import torch
 
@@ -334,13 +447,34 @@ def proposals_to_masks(proposals: MaskProposals, config, min_area: int = 0):
                 yield index, (row0 + int(top), col0 + int(left)), mask[top:bottom, left:right]
 
 
-def paint_labels(masks, shape: tuple[int, int], min_area: int = 0, max_hidden_fraction: float = 0.5) -> np.ndarray:
+def paint_labels(
+    masks: Iterable[tuple[tuple[int, int], np.ndarray]],
+    shape: tuple[int, int],
+    min_area: int = 0,
+    max_hidden_fraction: float = 0.5,
+) -> np.ndarray:
     """Instance labels (H, W) int32 from ``(row0, col0), mask`` crops.
 
     Larger masks are painted first so smaller, more specific ones stay on top;
     masks whose visible part falls below ``1 - max_hidden_fraction`` of their area,
     or below ``min_area`` pixels, are removed. Labels are 1..N without gaps, in
     painting order (deterministic: ties keep the input order).
+
+    Parameters
+    ----------
+    masks
+        ``((row0, col0), mask)`` pairs: a bool crop and its top-left corner in (H, W).
+    shape
+        (H, W) of the label image.
+    min_area
+        Fewest visible pixels a mask keeps (at least 1 in any case).
+    max_hidden_fraction
+        Largest part of a mask's area that smaller masks may cover.
+
+    Returns
+    -------
+    np.ndarray
+        (H, W) int32 labels, 0 the background.
     """
     masks = list(masks)
     labels = np.zeros(shape, dtype=np.int32)
@@ -360,7 +494,7 @@ def paint_labels(masks, shape: tuple[int, int], min_area: int = 0, max_hidden_fr
 
 def generate_labels(
     predictor: Predictor,
-    image=None,
+    image: Any = None,
     params: AutomaticParams | None = None,
     intensity_range: tuple | None = None,
     embedding: ImageEmbedding | None = None,
@@ -369,11 +503,38 @@ def generate_labels(
 ) -> np.ndarray:
     """Segment everything in one 2D image that fits one SAM input: (H, W) int32 labels, 0 = background.
 
-    ``image`` is (H, W) or (H, W, C) of any dtype (or pass a precomputed ``embedding``);
-    ``intensity_range`` as in ``image_prep.to_uint8_rgb``; ``points`` (N, 2) (row, col)
-    and their ``coarseness`` replace the regular grid (see ``lattice_points``). Images
-    larger than the model's input are resized to it; use ``segment_everything`` to tile
-    them instead.
+    Images larger than the model's input are resized to it; use ``segment_everything``
+    to tile them instead.
+
+    Parameters
+    ----------
+    predictor
+        Computes the embedding and decodes the prompts; its current image is not changed.
+    image
+        (H, W) or (H, W, C) of any dtype; may be None when ``embedding`` is given.
+    params
+        Settings; None: ``AutomaticParams()``.
+    intensity_range
+        As in :func:`~napari_sam.engine.predict.preprocessing.to_uint8_rgb`; only
+        used to compute the embedding.
+    embedding
+        A precomputed embedding of the image; ``image`` is then not used.
+    points
+        (N, 2) (row, col) prompts replacing the regular grid; an empty array gives
+        all-background labels.
+    coarseness
+        (N,) coarseness of ``points`` (see :func:`lattice_points`).
+
+    Returns
+    -------
+    np.ndarray
+        (H, W) int32 labels at the image's original size, 0 the background.
+
+    Raises
+    ------
+    InputError
+        ``params`` is invalid, neither ``image`` nor ``embedding`` is given, or the
+        image cannot be used.
     """
     params = params or AutomaticParams()
     params.validate()

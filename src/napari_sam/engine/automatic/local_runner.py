@@ -7,6 +7,7 @@ several windows share one image-encoder call (``encoder_batch``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,9 +21,25 @@ from napari_sam.engine.automatic.tiling import (
 )
 from napari_sam.engine.io.images import read_window
 
+if TYPE_CHECKING:
+    import torch
 
-def default_encoder_batch(device) -> int:
-    """Windows per image-encoder call: batches pay off on GPUs; on a CPU one window already fills every core."""
+    from napari_sam.engine.predict.predictor import Predictor
+
+
+def default_encoder_batch(device: torch.device | str) -> int:
+    """Windows per image-encoder call: batches pay off on GPUs; on a CPU one window already fills every core.
+
+    Parameters
+    ----------
+    device
+        The predictor's device.
+
+    Returns
+    -------
+    int
+        1 on a CPU, 4 elsewhere.
+    """
     return 1 if str(device).startswith("cpu") else 4
 
 
@@ -33,26 +50,48 @@ class LocalTileRunner:
     a context manager whose :meth:`iter_tile_labels` yields ``(tile index, labels)``.
     """
 
-    def __init__(self, predictor, encoder_batch: int = 1):
+    def __init__(self, predictor: Predictor, encoder_batch: int = 1):
         self.predictor = predictor
         self.encoder_batch = max(1, int(encoder_batch))
 
     def __enter__(self) -> LocalTileRunner:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         return None
 
     def iter_tile_labels(
         self,
-        image,
+        image: Any,
         grid: TileGrid,
         params: AutomaticParams,
-        intensity_range=None,
+        intensity_range: tuple | None = None,
         tiles: Iterable[Tile] | None = None,
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(tile index, (H_w, W_w) int32 labels in the window frame)`` for ``tiles``
-        (default: every tile of ``grid``) of a 2D array-like ``image`` (H, W[, C]), in tile order."""
+        (default: every tile of ``grid``) of a 2D array-like ``image`` (H, W[, C]), in tile order.
+
+        Parameters
+        ----------
+        image
+            2D array-like (H, W) or (H, W, C); one window is read at a time.
+        grid
+            The tile grid over ``image``.
+        params
+            Settings of mask generation.
+        intensity_range
+            The whole image's (low, high) scaling
+            (:func:`~napari_sam.engine.automatic.tiling.global_intensity_range`).
+        tiles
+            The tiles to run, in this order; None: every tile of ``grid``.
+
+        Yields
+        ------
+        index : int
+            The tile's index.
+        labels : np.ndarray
+            (H_w, W_w) int32 labels of its window, 0 the background.
+        """
         pending: list[tuple[Tile, np.ndarray]] = []
         for tile in grid if tiles is None else tiles:
             pending.append((tile, read_window(image, tile.window)))

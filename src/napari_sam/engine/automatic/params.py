@@ -48,6 +48,13 @@ class AutomaticParams:
     0 decodes every point, as the reference generator does."""
 
     def validate(self) -> None:
+        """Check every setting's range.
+
+        Raises
+        ------
+        InputError
+            A setting is out of range; the message names it and its allowed range.
+        """
         if int(self.points_per_side) < 1:
             raise InputError(f"points_per_side must be at least 1, got {self.points_per_side}.")
         if self.points_per_batch is not None and int(self.points_per_batch) < 1:

@@ -14,9 +14,24 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
+    from napari_sam.model.config import SamConfig
+
 
 def stability_scores(logits: torch.Tensor, offset: float) -> torch.Tensor:
-    """(N, h, w) logits -> (N,) area above ``+offset`` / area above ``-offset`` (1 for empty masks)."""
+    """(N, h, w) logits -> (N,) area above ``+offset`` / area above ``-offset`` (1 for empty masks).
+
+    Parameters
+    ----------
+    logits
+        (N, h, w) mask logits.
+    offset
+        The logit offset (``AutomaticParams.stability_offset``).
+
+    Returns
+    -------
+    torch.Tensor
+        (N,) float32 in [0, 1]; 1 where no pixel lies above ``-offset``.
+    """
     import torch
 
     flat = logits.flatten(1)
@@ -27,7 +42,18 @@ def stability_scores(logits: torch.Tensor, offset: float) -> torch.Tensor:
 
 
 def mask_bounding_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """(N, h, w) bool -> (N, 4) int64 (min_row, min_col, max_row + 1, max_col + 1); empty -> zeros."""
+    """(N, h, w) bool -> (N, 4) int64 (min_row, min_col, max_row + 1, max_col + 1); empty -> zeros.
+
+    Parameters
+    ----------
+    masks
+        (N, h, w) bool.
+
+    Returns
+    -------
+    torch.Tensor
+        (N, 4) int64 half-open boxes on ``masks``' device; all zeros for an empty mask.
+    """
     import torch
 
     n, h, w = masks.shape
@@ -44,7 +70,18 @@ def mask_bounding_boxes(masks: torch.Tensor) -> torch.Tensor:
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(N, 4) x (M, 4) boxes (min_row, min_col, max_row, max_col), half-open -> (N, M) IoU."""
+    """(N, 4) x (M, 4) boxes (min_row, min_col, max_row, max_col), half-open -> (N, M) IoU.
+
+    Parameters
+    ----------
+    a, b
+        (N, 4) and (M, 4) half-open boxes.
+
+    Returns
+    -------
+    torch.Tensor
+        (N, M) float32 IoU (0 between empty boxes).
+    """
     import torch
 
     area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
@@ -72,7 +109,22 @@ def _greedy_keep(conflicts: np.ndarray) -> list[int]:
 
 
 def box_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thresh: float) -> torch.Tensor:
-    """Greedy NMS: indices of kept boxes, highest score first (ties: lower index first)."""
+    """Greedy NMS: indices of kept boxes, highest score first (ties: lower index first).
+
+    Parameters
+    ----------
+    boxes
+        (N, 4) half-open boxes.
+    scores
+        (N,) scores, higher is better.
+    iou_thresh
+        A box is suppressed by a kept better-scoring box whose IoU with it is above this.
+
+    Returns
+    -------
+    torch.Tensor
+        (K,) int64 indices into ``boxes``.
+    """
     import torch
 
     if boxes.shape[0] == 0:
@@ -85,8 +137,23 @@ def box_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thresh: float) -> tor
 def nested_suppression(masks: torch.Tensor, scores: torch.Tensor, thresh: float) -> torch.Tensor:
     """Greedy suppression of nested masks: indices kept, best score first.
 
-    ``masks`` (N, h, w) bool. Mask j is suppressed by a better-scoring kept mask i when
+    Mask j is suppressed by a better-scoring kept mask i when
     ``|i & j| >= thresh * min(|i|, |j|)``.
+
+    Parameters
+    ----------
+    masks
+        (N, h, w) bool.
+    scores
+        (N,) scores, higher is better.
+    thresh
+        The fraction of the smaller mask that must lie inside the other
+        (``AutomaticParams.nested_thresh``).
+
+    Returns
+    -------
+    torch.Tensor
+        (K,) int64 indices into ``masks``.
     """
     import torch
 
@@ -99,7 +166,18 @@ def nested_suppression(masks: torch.Tensor, scores: torch.Tensor, thresh: float)
 
 
 def bilinear_matrix(in_size: int, out_size: int) -> torch.Tensor:
-    """(out_size, in_size) matrix M with ``M @ x`` == 1D bilinear resize (align_corners=False) of x."""
+    """(out_size, in_size) matrix M with ``M @ x`` == 1D bilinear resize (align_corners=False) of x.
+
+    Parameters
+    ----------
+    in_size, out_size
+        Lengths before and after resizing.
+
+    Returns
+    -------
+    torch.Tensor
+        (out_size, in_size) float32 on the CPU.
+    """
     import torch
     import torch.nn.functional as F
 
@@ -107,11 +185,27 @@ def bilinear_matrix(in_size: int, out_size: int) -> torch.Tensor:
     return F.interpolate(eye, size=out_size, mode="linear", align_corners=False)[0].T.contiguous()
 
 
-def upsampling_matrices(config, input_size: tuple[int, int], original_size: tuple[int, int]):
+def upsampling_matrices(
+    config: SamConfig, input_size: tuple[int, int], original_size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Separable maps from low-res logits (L, L) to the original frame: rows (H, L), cols (W, L).
 
     ``rows @ logits @ cols.T`` equals the predictor's upsampling: bilinear to the
     padded input (S, S), crop to (h, w), bilinear to (H, W).
+
+    Parameters
+    ----------
+    config
+        The model's configuration (``img_size`` S, ``low_res_mask_size`` L).
+    input_size
+        (h, w) of the image content inside the S x S input.
+    original_size
+        (H, W) of the image.
+
+    Returns
+    -------
+    rows, cols : torch.Tensor
+        (H, L) and (W, L) float32 on the CPU.
     """
     s, low = config.img_size, config.low_res_mask_size
     to_input = bilinear_matrix(low, s)
@@ -121,7 +215,22 @@ def upsampling_matrices(config, input_size: tuple[int, int], original_size: tupl
 
 
 def remove_small_regions(mask: np.ndarray, min_area: int) -> np.ndarray:
-    """Fill holes and drop specks smaller than ``min_area`` pixels (4-connected objects, 8-connected holes)."""
+    """Fill holes and drop specks smaller than ``min_area`` pixels (4-connected objects, 8-connected holes).
+
+    Background regions touching the border of ``mask`` are outside, not holes.
+
+    Parameters
+    ----------
+    mask
+        (h, w) bool.
+    min_area
+        Smallest area kept, in pixels; 0 or 1 changes nothing.
+
+    Returns
+    -------
+    np.ndarray
+        (h, w) bool; ``mask`` itself when nothing is removed or filled.
+    """
     if min_area <= 1 or not mask.any():
         return mask
     from scipy import ndimage

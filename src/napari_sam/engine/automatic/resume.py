@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +31,9 @@ from napari_sam.engine.automatic.tiling import TileGrid
 from napari_sam.engine.errors import InputError
 from napari_sam.engine.io.outputs import OutputPlan
 from napari_sam.engine.predict.fingerprint import image_fingerprint, model_fingerprint
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -45,19 +49,43 @@ class ResumePoint:
 
 
 def run_record(
-    image,
+    image: Any,
     image_shape: tuple[int, ...],
     grid: TileGrid,
-    tile_offset,
+    tile_offset: int | Sequence[int],
     params: AutomaticParams,
-    intensity_range,
+    intensity_range: tuple | None,
     same_object_overlap: float,
-    model,
+    model: torch.nn.Module,
 ) -> dict[str, Any]:
     """The settings a run's labels depend on, as JSON-compatible values (stored with the output).
 
-    ``image`` is the array-like being segmented (its pixels are fingerprinted, see
-    ``predict.fingerprint.image_fingerprint``); ``image_shape`` its spatial layout.
+    Parameters
+    ----------
+    image
+        The array-like being segmented; its dtype is recorded and its pixels are
+        fingerprinted (:func:`~napari_sam.engine.predict.fingerprint.image_fingerprint`).
+    image_shape
+        The image's spatial layout, recorded as given.
+    grid
+        The tile grid; its ``tile_shape`` and ``halo`` are recorded.
+    tile_offset
+        The seam shift, one value or (rows, cols).
+    params
+        Every field is recorded.
+    intensity_range
+        The (low, high) scaling of the whole image, or None.
+    same_object_overlap
+        The stitcher's same-object overlap.
+    model
+        The SAM module; recorded as
+        :func:`~napari_sam.engine.predict.fingerprint.model_fingerprint`.
+
+    Returns
+    -------
+    dict
+        JSON-compatible (tuples as lists), so it compares equal to the record read
+        back from the output's attributes.
     """
     record = {
         "image_shape": [int(s) for s in image_shape],
@@ -80,6 +108,24 @@ def resume_point(plan: OutputPlan, record: dict[str, Any]) -> ResumePoint | None
     None when there is nothing to resume (no output yet, or ``overwrite`` without
     ``resume``, or ``overwrite`` and a run that does not match). Raises ``InputError`` when
     ``resume`` was asked for an output that holds another run (or none) and ``overwrite`` was not.
+
+    Parameters
+    ----------
+    plan
+        The checked output (``exists``, ``resume``, ``overwrite`` and its stored ``info``).
+    record
+        This run's settings from :func:`run_record`.
+
+    Returns
+    -------
+    ResumePoint or None
+        With ``resumed=True`` and the stored progress, or None.
+
+    Raises
+    ------
+    InputError
+        ``resume`` without ``overwrite`` for an output that holds no run, or a run
+        with other settings (the message names each difference).
     """
     if not plan.exists or not plan.resume:
         return None
@@ -124,7 +170,25 @@ def _differences(stored: dict, now: dict, prefix: str = "") -> list[str]:
 
 
 def progress_after(plane: int, painted_tile: int, n_tiles: int, labels_used: int) -> dict[str, Any]:
-    """The progress attributes after tile ``painted_tile`` of slice ``plane`` was painted."""
+    """The progress attributes after tile ``painted_tile`` of slice ``plane`` was painted.
+
+    Parameters
+    ----------
+    plane
+        The slice index (0 for a 2D image).
+    painted_tile
+        The index of the tile just painted in that slice.
+    n_tiles
+        Tiles per slice.
+    labels_used
+        The highest label written so far.
+
+    Returns
+    -------
+    dict
+        ``tiles_done`` (over all slices) and ``resume`` (``plane``, ``first_tile``,
+        ``labels_used``), pointing at the next slice after its last tile.
+    """
     first_tile = painted_tile + 1
     if first_tile == n_tiles:  # the slice is finished: continue with the next one
         plane, first_tile = plane + 1, 0
@@ -139,12 +203,22 @@ def fresh_progress() -> dict[str, Any]:
     return {"tiles_done": 0, "resume": {"plane": 0, "first_tile": 0, "labels_used": 0}}
 
 
-def erase_unrecorded_labels(plane_out, window: tuple[int, int, int, int], labels_used: int) -> None:
+def erase_unrecorded_labels(plane_out: Any, window: tuple[int, int, int, int], labels_used: int) -> None:
     """Clear labels above ``labels_used`` in ``window`` of a 2D output.
 
     The progress attribute is written after a tile is painted: a run stopped between the two
     may have painted the next tile's objects (all inside its window) without recording them.
     They are erased so that the resumed run paints them again, numbered as before.
+
+    Parameters
+    ----------
+    plane_out
+        The (H, W) output slice (numpy, zarr, memory-mapped TIFF); written only when
+        something is erased.
+    window
+        (row0, row1, col0, col1), half-open, of the tile that may hold unrecorded labels.
+    labels_used
+        The highest recorded label.
     """
     r0, r1, c0, c1 = window
     region = np.asarray(plane_out[r0:r1, c0:c1])

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -79,7 +80,22 @@ class Candidate:
 
 
 def tile_candidates(tile: Tile, labels: np.ndarray, image_shape: tuple[int, int]) -> list[Candidate]:
-    """Candidates (rule 1 and 2) from a tile's (H_w, W_w) label image in the window's frame."""
+    """Candidates (rule 1 and 2) from a tile's (H_w, W_w) label image in the window's frame.
+
+    Parameters
+    ----------
+    tile
+        The tile the labels belong to.
+    labels
+        (H_w, W_w) int labels of ``tile.window``, 0 the background.
+    image_shape
+        (H, W) of the full image: window edges on its border do not disqualify objects.
+
+    Returns
+    -------
+    list of Candidate
+        In label order, in full-image coordinates, each with its rank.
+    """
     from scipy import ndimage
 
     if labels.max() == 0:
@@ -122,7 +138,18 @@ def tile_candidates(tile: Tile, labels: np.ndarray, image_shape: tuple[int, int]
 
 
 def overlap_area(a: Candidate, b: Candidate) -> int:
-    """Pixels shared by two candidates' masks."""
+    """Pixels shared by two candidates' masks.
+
+    Parameters
+    ----------
+    a, b
+        Candidates in full-image coordinates.
+
+    Returns
+    -------
+    int
+        The number of pixels in both masks.
+    """
     r0, r1 = max(a.box[0], b.box[0]), min(a.box[1], b.box[1])
     c0, c1 = max(a.box[2], b.box[2]), min(a.box[3], b.box[3])
     if r0 >= r1 or c0 >= c1:
@@ -135,7 +162,22 @@ def overlap_area(a: Candidate, b: Candidate) -> int:
 def surviving_candidates(
     mine: list[Candidate], others: list[Candidate], same_object_overlap: float = SAME_OBJECT_OVERLAP
 ) -> list[Candidate]:
-    """Rule 3: the candidates of one tile that no same-object candidate of another tile outranks."""
+    """Rule 3: the candidates of one tile that no same-object candidate of another tile outranks.
+
+    Parameters
+    ----------
+    mine
+        The candidates of one tile.
+    others
+        The candidates of the tiles whose windows overlap it.
+    same_object_overlap
+        Overlap, as a fraction of the smaller of two candidates, from which they are one object.
+
+    Returns
+    -------
+    list of Candidate
+        The kept candidates of ``mine``, in their order.
+    """
     if not others:
         return list(mine)
     other_boxes = np.array([o.box for o in others])
@@ -162,7 +204,20 @@ def surviving_candidates(
 
 def tiles_to_resume(grid: TileGrid, first_tile: int) -> list[Tile]:
     """The tiles a run resumed at ``first_tile`` must segment: the unpainted ones (index >=
-    ``first_tile``) and the painted ones whose candidates they need (their neighbours), in index order."""
+    ``first_tile``) and the painted ones whose candidates they need (their neighbours), in index order.
+
+    Parameters
+    ----------
+    grid
+        The run's tile grid.
+    first_tile
+        The first tile not yet painted.
+
+    Returns
+    -------
+    list of Tile
+        Sorted by index.
+    """
     needed = set(range(first_tile, len(grid)))
     for tile in grid.tiles[first_tile:]:
         needed.update(n.index for n in grid.neighbours(tile))
@@ -184,7 +239,7 @@ class Stitcher:
     def __init__(
         self,
         grid: TileGrid,
-        out,
+        out: Any,
         same_object_overlap: float = SAME_OBJECT_OVERLAP,
         label_offset: int = 0,
         on_painted: Callable[[int], None] | None = None,
@@ -202,12 +257,37 @@ class Stitcher:
         self._next_to_paint = first_tile
 
     def neighbours(self, index: int) -> list[int]:
+        """Indices of the tiles whose windows overlap tile ``index``'s (memoised).
+
+        Parameters
+        ----------
+        index
+            A tile index of the grid.
+
+        Returns
+        -------
+        list of int
+            Row-major, without ``index``.
+        """
         if index not in self._neighbours:
             self._neighbours[index] = [t.index for t in self.grid.neighbours(self.grid.tiles[index])]
         return self._neighbours[index]
 
     def add(self, index: int, labels: np.ndarray) -> None:
-        """Hand over tile ``index``'s label image (window frame); paints every tile that became ready."""
+        """Hand over tile ``index``'s label image (window frame); paints every tile that became ready.
+
+        Parameters
+        ----------
+        index
+            The tile's index in the grid.
+        labels
+            (H_w, W_w) int labels of the tile's window, 0 the background.
+
+        Raises
+        ------
+        ValueError
+            ``labels`` does not have the window's shape.
+        """
         tile = self.grid.tiles[index]
         if labels.shape != tile.window_shape:
             raise ValueError(f"tile {index}: labels of shape {labels.shape}, window is {tile.window_shape}")
@@ -217,6 +297,7 @@ class Stitcher:
 
     @property
     def done(self) -> bool:
+        """Every tile of the grid is painted."""
         return self._next_to_paint >= len(self.grid)
 
     @property

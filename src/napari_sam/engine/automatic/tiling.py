@@ -29,8 +29,9 @@ All coordinates are (row, col) pixels of the full image; a window or core is
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,7 +40,7 @@ from napari_sam.engine.io.images import Box
 
 if TYPE_CHECKING:
     from napari_sam.engine.automatic.params import AutomaticParams
-    from napari_sam.engine.predict.predictor import Predictor
+    from napari_sam.engine.predict.predictor import ImageEmbedding, Predictor
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class Tile:
 
     @property
     def window_shape(self) -> tuple[int, int]:
+        """(rows, cols) of the window."""
         return self.window[1] - self.window[0], self.window[3] - self.window[2]
 
 
@@ -69,11 +71,22 @@ class TileGrid:
     def __len__(self) -> int:
         return len(self.tiles)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Tile]:
         return iter(self.tiles)
 
     def neighbours(self, tile: Tile) -> list[Tile]:
-        """Other tiles whose windows overlap ``tile``'s window."""
+        """Other tiles whose windows overlap ``tile``'s window.
+
+        Parameters
+        ----------
+        tile
+            A tile of this grid.
+
+        Returns
+        -------
+        list of Tile
+            Row-major, without ``tile`` itself.
+        """
         rows, cols = self.shape
         i, j = tile.position
         # windows of a grid row share their row span (and a grid column its column span)
@@ -85,6 +98,18 @@ class TileGrid:
 
 
 def boxes_intersect(a: Box, b: Box) -> bool:
+    """Whether two half-open ``(row0, row1, col0, col1)`` boxes share a pixel.
+
+    Parameters
+    ----------
+    a, b
+        Windows or cores in one frame.
+
+    Returns
+    -------
+    bool
+        False for boxes that only touch along an edge.
+    """
     return a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]
 
 
@@ -113,12 +138,42 @@ def _axis_tiles(size: int, tile: int, halo: int, offset: int = 0) -> list[tuple[
     return spans
 
 
-def make_tile_grid(image_shape, tile_shape, halo, min_tile: int = 1, offset=0) -> TileGrid:
+def make_tile_grid(
+    image_shape: Sequence[int],
+    tile_shape: int | Sequence[int],
+    halo: int | Sequence[int],
+    min_tile: int = 1,
+    offset: int | Sequence[int] = 0,
+) -> TileGrid:
     """The tile grid of an (H, W) plane (windows of ``tile_shape``, cores of ``tile_shape - 2 * halo``,
     see the module docstring); raises ``InputError`` for unusable tile/halo sizes.
 
     ``offset`` (pixels, one value or (rows, cols)) shifts the seams: core borders lie at
     ``k * core - offset``, so the first core is shorter.
+
+    Parameters
+    ----------
+    image_shape
+        The image's shape; its first two entries are the plane's (H, W).
+    tile_shape
+        Window size: one value or (rows, cols).
+    halo
+        Context inside each window: one value or (rows, cols); ``2 * halo < tile_shape``.
+    min_tile
+        Smallest allowed window side (the model's input size, so it never sees upscaled pixels).
+    offset
+        Seam shift in pixels: one value or (rows, cols).
+
+    Returns
+    -------
+    TileGrid
+        Tiles row-major, cores partitioning (H, W) exactly.
+
+    Raises
+    ------
+    InputError
+        A tile side is below ``min_tile``, the halo is negative or leaves no core,
+        or a size is neither one integer nor a pair.
     """
     h, w = (int(v) for v in image_shape[:2])
     tile = _as_pair(tile_shape, "tile_shape")
@@ -146,10 +201,28 @@ def make_tile_grid(image_shape, tile_shape, halo, min_tile: int = 1, offset=0) -
     return TileGrid((h, w), tile, halo, (len(rows), len(cols)), tuple(tiles))
 
 
-def global_intensity_range(image, has_channels: bool):
+def global_intensity_range(image: Any, has_channels: bool) -> tuple[np.ndarray, np.ndarray] | None:
     """One (low, high) scaling for the whole image from a subsample; None for 8-bit images (used unchanged).
 
     Raises ``InputError`` when the sample contains NaN or infinite values.
+
+    Parameters
+    ----------
+    image
+        Any array-like (numpy, dask, zarr, memory-mapped TIFF), (..., H, W) or
+        (..., H, W, C); only a subsample is read.
+    has_channels
+        The last axis holds channels: one range per channel.
+
+    Returns
+    -------
+    tuple of np.ndarray or None
+        float64 (low, high), shape (C,) with channels, else (); None for uint8.
+
+    Raises
+    ------
+    InputError
+        The subsample of a float image (its middle plane, for a stack) holds NaN or infinity.
     """
     from napari_sam.engine.predict.preprocessing import _subsample, intensity_range
 
@@ -166,10 +239,22 @@ def global_intensity_range(image, has_channels: bool):
     return intensity_range(image, channel_axis=-1 if has_channels else None)
 
 
-def window_is_blank(pixels: np.ndarray, intensity_range=None) -> bool:
+def window_is_blank(pixels: np.ndarray, intensity_range: tuple | None = None) -> bool:
     """True when a window cannot hold objects: all its pixels are equal, or the whole image is flat.
 
     SAM would still propose the whole window as an object; skipping also saves the work.
+
+    Parameters
+    ----------
+    pixels
+        (H_w, W_w) or (H_w, W_w, C) window, not empty.
+    intensity_range
+        The image's (low, high) scaling; ``high <= low`` everywhere means a flat image.
+
+    Returns
+    -------
+    bool
+        True when the window is blank.
     """
     if intensity_range is not None:
         lo, hi = (np.asarray(v, dtype=np.float64) for v in intensity_range)
@@ -179,8 +264,31 @@ def window_is_blank(pixels: np.ndarray, intensity_range=None) -> bool:
     return bool(np.all(flat == flat[0]))
 
 
-def embed_windows(predictor: Predictor, windows: list[np.ndarray], intensity_range=None) -> list:
-    """Image embeddings of several windows in one encoder call (one ``ImageEmbedding`` each)."""
+def embed_windows(
+    predictor: Predictor, windows: list[np.ndarray], intensity_range: tuple | None = None
+) -> list[ImageEmbedding]:
+    """Image embeddings of several windows in one encoder call (one ``ImageEmbedding`` each).
+
+    Parameters
+    ----------
+    predictor
+        Its model encodes; its current embedding is not changed.
+    windows
+        (H_w, W_w) or (H_w, W_w, C) windows, all of one shape (they are stacked
+        into one batch).
+    intensity_range
+        One (low, high) scaling for every window, as for ``Predictor.compute_embedding``.
+
+    Returns
+    -------
+    list of ImageEmbedding
+        One per window, in order.
+
+    Raises
+    ------
+    InputError
+        A window cannot be used (see :func:`~napari_sam.engine.predict.preprocessing.to_uint8_rgb`).
+    """
     import torch
 
     from napari_sam.engine.predict.predictor import ImageEmbedding
@@ -211,17 +319,46 @@ def segment_tile(
     predictor: Predictor,
     pixels: np.ndarray,
     params: AutomaticParams,
-    intensity_range=None,
+    intensity_range: tuple | None = None,
     window: Box | None = None,
     tile_shape: tuple[int, int] | None = None,
-    embedding=None,
+    embedding: ImageEmbedding | None = None,
 ) -> np.ndarray:
     """Automatic segmentation of one window's pixels: (H_w, W_w) int32 labels in the window's frame.
 
     With ``window`` (its place in the image) and ``tile_shape``, prompts come from one
     lattice fixed to the whole image, ``points_per_side`` per tile side
-    (``automatic.lattice_points``), so they do not move when the tile grid moves.
-    ``embedding``: the window's precomputed ``ImageEmbedding`` (see ``embed_windows``).
+    (:func:`~napari_sam.engine.automatic.generation.lattice_points`), so they do not
+    move when the tile grid moves. A blank window (see :func:`window_is_blank`) gives
+    all-background labels without running the model.
+
+    Parameters
+    ----------
+    predictor
+        Runs the model; its current embedding is not changed.
+    pixels
+        (H_w, W_w) or (H_w, W_w, C) window.
+    params
+        Settings of mask generation.
+    intensity_range
+        The whole image's (low, high) scaling (see :func:`global_intensity_range`).
+    window
+        (row0, row1, col0, col1) of the window in the image.
+    tile_shape
+        The grid's window size; with ``window``, places the prompt lattice.
+        Without either, the regular grid over ``pixels`` is used.
+    embedding
+        The window's precomputed ``ImageEmbedding`` (see :func:`embed_windows`).
+
+    Returns
+    -------
+    np.ndarray
+        (H_w, W_w) int32 labels, 0 the background.
+
+    Raises
+    ------
+    InputError
+        ``params`` is invalid or the pixels cannot be used.
     """
     from napari_sam.engine.automatic.generation import generate_labels, lattice_points
 

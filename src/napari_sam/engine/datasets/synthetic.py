@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 
 from napari_sam.engine.errors import InputError
 
@@ -108,7 +109,23 @@ class SyntheticSample(NamedTuple):
 
 
 def get_style(style: str | SyntheticStyle) -> SyntheticStyle:
-    """A style by name (see ``STYLES``) or the style itself."""
+    """A style by name (see ``STYLES``) or the style itself.
+
+    Parameters
+    ----------
+    style
+        A key of ``STYLES`` or a ``SyntheticStyle``.
+
+    Returns
+    -------
+    SyntheticStyle
+        The named style, or ``style`` itself.
+
+    Raises
+    ------
+    InputError
+        An unknown name.
+    """
     if isinstance(style, SyntheticStyle):
         return style
     try:
@@ -121,6 +138,24 @@ def random_style(rng: np.random.Generator, base: str | SyntheticStyle = "mixed")
     """A random variation of ``base``: density, size, blur, noise and background drawn around it.
 
     Used for training data, so a model sees a range of appearances rather than one look.
+
+    Parameters
+    ----------
+    rng
+        The source of randomness (seed it for a reproducible style).
+    base
+        The style varied, by name or itself.
+
+    Returns
+    -------
+    SyntheticStyle
+        ``base`` with object size, coverage, irregular fraction, blur, background
+        level, photon count and texture redrawn around its values.
+
+    Raises
+    ------
+    InputError
+        ``base`` is an unknown name.
     """
     base = get_style(base)
     size = rng.uniform(0.6, 1.4)
@@ -330,7 +365,7 @@ def _generate(
     shape: tuple[int, ...],
     seed: int,
     style: str | SyntheticStyle,
-    dtype,
+    dtype: npt.DTypeLike,
     spacing: tuple[float, ...],
     min_size: int,
 ) -> SyntheticSample:
@@ -351,7 +386,7 @@ def synthetic_image(
     shape: tuple[int, int] = (256, 256),
     seed: int = 0,
     style: str | SyntheticStyle = "mixed",
-    dtype=np.float32,
+    dtype: npt.DTypeLike = np.float32,
     min_size: int = 12,
 ) -> SyntheticSample:
     """A 2D fluorescence-like image ``(H, W)`` and its int32 instance labels.
@@ -360,6 +395,30 @@ def synthetic_image(
     "cells") or a ``SyntheticStyle``. Objects smaller than ``min_size`` pixels after
     overlap resolution are dropped (left as background). A 2048x2048 image with
     hundreds of objects takes a few seconds.
+
+    Parameters
+    ----------
+    shape
+        (H, W).
+    seed
+        Everything is deterministic given the seed.
+    style
+        A name in ``STYLES`` or a ``SyntheticStyle``.
+    dtype
+        ``float32`` (brightness) or ``uint16`` (photon counts).
+    min_size
+        Smallest object kept, in pixels.
+
+    Returns
+    -------
+    SyntheticSample
+        ``image`` (H, W) of ``dtype`` and ``labels`` (H, W) int32, objects 1..N.
+
+    Raises
+    ------
+    InputError
+        ``shape`` is not 2D or not positive, ``dtype`` is neither float32 nor
+        uint16, or ``style`` is unknown.
     """
     if len(shape) != 2:
         raise InputError(f"synthetic_image makes 2D images; got shape {shape} (use synthetic_volume for 3D).")
@@ -370,7 +429,7 @@ def synthetic_volume(
     shape: tuple[int, int, int] = (32, 128, 128),
     seed: int = 0,
     style: str | SyntheticStyle = "mixed",
-    dtype=np.float32,
+    dtype: npt.DTypeLike = np.float32,
     z_spacing: float = 1.0,
     min_size: int = 30,
 ) -> SyntheticSample:
@@ -378,6 +437,32 @@ def synthetic_volume(
 
     ``z_spacing`` is the slice distance in units of the in-plane pixel size
     (e.g. 2.0 for twice-coarser z), so objects look round in physical space.
+
+    Parameters
+    ----------
+    shape
+        (Z, H, W).
+    seed
+        Everything is deterministic given the seed.
+    style
+        A name in ``STYLES`` or a ``SyntheticStyle``.
+    dtype
+        ``float32`` (brightness) or ``uint16`` (photon counts).
+    z_spacing
+        Slice distance in in-plane pixels.
+    min_size
+        Smallest object kept, in voxels.
+
+    Returns
+    -------
+    SyntheticSample
+        ``image`` (Z, H, W) of ``dtype`` and ``labels`` (Z, H, W) int32, objects 1..N.
+
+    Raises
+    ------
+    InputError
+        ``shape`` is not 3D or not positive, ``dtype`` is neither float32 nor
+        uint16, or ``style`` is unknown.
     """
     if len(shape) != 3:
         raise InputError(f"synthetic_volume makes 3D volumes; got shape {shape}.")
@@ -400,7 +485,7 @@ class SyntheticDataset(Sequence):
         seed: int = 0,
         style: str | SyntheticStyle = "mixed",
         vary_style: bool = False,
-        dtype=np.float32,
+        dtype: npt.DTypeLike = np.float32,
     ) -> None:
         self.count = int(count)
         self.shape = tuple(shape)
@@ -413,6 +498,19 @@ class SyntheticDataset(Sequence):
         return self.count
 
     def style_of(self, index: int) -> SyntheticStyle:
+        """The style item ``index`` is drawn with.
+
+        Parameters
+        ----------
+        index
+            A non-negative item index (a negative one is not wrapped here, unlike
+            indexing the dataset).
+
+        Returns
+        -------
+        SyntheticStyle
+            ``style``, or with ``vary_style`` its variation seeded by ``seed + index``.
+        """
         if not self.vary_style:
             return self.style
         return random_style(np.random.default_rng([self.seed + index, 7919]), self.style)
@@ -430,7 +528,33 @@ def synthetic_dataset(
     seed: int = 0,
     style: str | SyntheticStyle = "mixed",
     vary_style: bool = False,
-    dtype=np.float32,
+    dtype: npt.DTypeLike = np.float32,
 ) -> list[SyntheticSample]:
-    """``count`` 2D samples with seeds ``seed, seed + 1, ...`` (see ``SyntheticDataset``), as a list."""
+    """``count`` 2D samples with seeds ``seed, seed + 1, ...`` (see ``SyntheticDataset``), as a list.
+
+    Parameters
+    ----------
+    count
+        Number of samples.
+    shape
+        (H, W) of every image.
+    seed
+        Seed of the first sample.
+    style
+        A name in ``STYLES`` or a ``SyntheticStyle``.
+    vary_style
+        Draw a variation of ``style`` per image (see :func:`random_style`).
+    dtype
+        ``float32`` or ``uint16``.
+
+    Returns
+    -------
+    list of SyntheticSample
+        All samples, generated now.
+
+    Raises
+    ------
+    InputError
+        As for :func:`synthetic_image`.
+    """
     return list(SyntheticDataset(count, shape, seed, style, vary_style, dtype))

@@ -49,7 +49,24 @@ _TIFF_HEADER_BYTES = 4096  # generous bytes per page (and file) beyond the pixel
 
 
 def output_format(path: str | os.PathLike) -> str:
-    """``"zarr"`` or ``"tiff"`` from ``path``'s suffix; ``InputError`` for anything else."""
+    """``"zarr"`` or ``"tiff"`` from ``path``'s suffix; ``InputError`` for anything else.
+
+    Parameters
+    ----------
+    path
+        The output path; ``.zarr``, ``.tif`` or ``.tiff`` in any case, a trailing
+        slash allowed.
+
+    Returns
+    -------
+    str
+        ``"zarr"`` or ``"tiff"``.
+
+    Raises
+    ------
+    InputError
+        Any other suffix.
+    """
     lower = os.fspath(path).lower().rstrip("/\\")
     if lower.endswith(".zarr"):
         return "zarr"
@@ -58,7 +75,7 @@ def output_format(path: str | os.PathLike) -> str:
     raise InputError(f"Cannot write labels to {os.fspath(path)!r}: use a path ending in .zarr, .tif or .tiff.")
 
 
-def create_output(out: Any, shape: tuple[int, ...], chunks: tuple[int, ...] | None = None):
+def create_output(out: Any, shape: tuple[int, ...], chunks: tuple[int, ...] | None = None) -> Any:
     """A new zero-filled int32 label array.
 
     Parameters
@@ -72,6 +89,12 @@ def create_output(out: Any, shape: tuple[int, ...], chunks: tuple[int, ...] | No
         The label array's shape, e.g. (H, W) or (Z, H, W).
     chunks
         zarr chunks; default one plane of up to 1024 x 1024 pixels.
+
+    Returns
+    -------
+    np.ndarray, zarr.Array or np.memmap
+        The zero-filled array (numpy, zarr or memory-mapped TIFF), or ``out`` itself
+        when it is an array (not cleared).
 
     Raises
     ------
@@ -183,6 +206,11 @@ def plan_output(
         Allow continuing an existing, interrupted zarr output (the caller decides whether it
         matches its run, see :class:`OutputPlan` ``info``).
 
+    Returns
+    -------
+    OutputPlan
+        The checked plan, with ``info`` read from an existing zarr.
+
     Raises
     ------
     InputError
@@ -246,7 +274,18 @@ def _exists_message(path: Path, info: dict | None) -> str:
 
 
 def read_output_info(path: str | os.PathLike) -> dict | None:
-    """The ``napari_sam`` attributes of the zarr array at ``path`` (None when it has none or is no zarr array)."""
+    """The ``napari_sam`` attributes of the zarr array at ``path`` (None when it has none or is no zarr array).
+
+    Parameters
+    ----------
+    path
+        A zarr array folder (anything else gives None).
+
+    Returns
+    -------
+    dict or None
+        A copy of the attribute.
+    """
     import zarr
 
     try:
@@ -274,12 +313,18 @@ class LabelOutput:
     info: dict = field(default_factory=dict)
 
     def record(self, **info: Any) -> None:
-        """Update the progress attribute (zarr outputs; other outputs keep it in ``info`` only)."""
+        """Update the progress attribute (zarr outputs; other outputs keep it in ``info`` only).
+
+        Parameters
+        ----------
+        **info
+            Entries to set, e.g. ``tiles_done=3``; the whole ``info`` is written again.
+        """
         self.info.update(info)
         if self.kind == "zarr":
             self.array.attrs[INFO_ATTRIBUTE] = self.info
 
-    def commit(self):
+    def commit(self) -> Any:
         """Mark the output complete, move it into place and return it opened (the array for in-memory ones)."""
         if self.kind in ("memory", "array"):
             return self.array
@@ -318,6 +363,26 @@ def open_output(plan: OutputPlan, info: dict | None = None, *, resume_existing: 
     A TIFF, and a zarr replacing an existing output, are created under a temporary name
     beside ``plan.path``; a new zarr in place. ``info`` is recorded as the zarr's progress
     attribute (``complete`` set to False).
+
+    Parameters
+    ----------
+    plan
+        From :func:`plan_output`.
+    info
+        Progress entries to record (``tiles_total``, ``run``, ...).
+    resume_existing
+        Reopen the existing zarr at ``plan.path`` for writing instead of creating one;
+        its stored ``info`` is kept, updated with ``info``.
+
+    Returns
+    -------
+    LabelOutput
+        To fill, then :meth:`LabelOutput.commit` or :meth:`LabelOutput.discard`.
+
+    Raises
+    ------
+    InputError
+        The disk is full while creating the output, or too small for a TIFF.
     """
     info = {**(info or {}), "complete": False}
     if plan.kind == "memory":

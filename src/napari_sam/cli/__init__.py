@@ -34,6 +34,23 @@ def main(argv: list[str] | None = None) -> int:
 
     Expected failures (bad input, unusable or missing checkpoints, failed downloads, a device
     that is not there) print one line, ``napari-sam COMMAND: error: ...``, and no traceback.
+
+    Parameters
+    ----------
+    argv
+        The arguments after the program name; None reads ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        The exit status: the subcommand's (0 when done, 130 when interrupted), 1 after an
+        expected failure, 2 when no subcommand was given (the help is printed).
+
+    Raises
+    ------
+    SystemExit
+        From argparse: status 2 for a usage error (bad options, or a subcommand's
+        ``UsageError``), 0 after ``--help``.
     """
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -6,6 +6,13 @@ import argparse
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``annotate`` subcommand to the ``napari-sam`` parser's ``subparsers``.
+
+    Parameters
+    ----------
+    subparsers
+        What ``ArgumentParser.add_subparsers`` returned; the new parser's ``run`` default is :func:`run`.
+    """
     from napari_sam._napari.demo import SAMPLES
 
     p = subparsers.add_parser(
@@ -20,6 +27,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Open napari with the annotator docked and return when its window is closed.
+
+    Parameters
+    ----------
+    args
+        The parsed options: ``sample`` (a sample name or ``"none"``), ``model``, ``no_load``.
+
+    Returns
+    -------
+    int
+        0, the exit status.
+
+    Raises
+    ------
+    InputError
+        napari is not installed (a headless install); the message says how to install it.
+    """
     from napari_sam.engine.errors import InputError
 
     try:

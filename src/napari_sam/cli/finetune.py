@@ -15,7 +15,13 @@ from napari_sam.engine.training.options import add_finetune_arguments, options_f
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``finetune`` subcommand to the ``napari-sam`` parser's ``subparsers``."""
+    """Add the ``finetune`` subcommand to the ``napari-sam`` parser's ``subparsers``.
+
+    Parameters
+    ----------
+    subparsers
+        What ``ArgumentParser.add_subparsers`` returned; the new parser's ``run`` default is :func:`run`.
+    """
     p = subparsers.add_parser(
         "finetune",
         help="fine-tune (or train) a SAM model on images with instance labels",
@@ -39,7 +45,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Fine-tune as ``args`` say; returns the exit status (errors are raised for ``main`` to print)."""
+    """Fine-tune as ``args`` say; returns the exit status (errors are raised for ``main`` to print).
+
+    The output is checked before any slow loading; progress lines go to stdout.
+
+    Parameters
+    ----------
+    args
+        The parsed options of the ``finetune`` subcommand (data folders, ``--output``,
+        ``--model`` or ``--config``, and the ``FinetuneOptions`` fields).
+
+    Returns
+    -------
+    int
+        0 once the weights are saved at ``--output``.
+
+    Raises
+    ------
+    UsageError
+        Only one of ``--val-images`` / ``--val-labels``, or an unknown ``--config``.
+    InputError
+        Bad options, data or output (see ``options_from_args``, ``check_checkpoint_target``,
+        ``load_folder_pairs``), or a training run that diverged.
+    CheckpointError, DownloadError, DeviceError
+        The starting model could not be loaded.
+    """
     from napari_sam.engine.training.data import load_folder_pairs
     from napari_sam.engine.training.loop import finetune
     from napari_sam.engine.training.state import check_checkpoint_target

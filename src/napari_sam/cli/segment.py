@@ -21,6 +21,15 @@ AUTOMATIC_OPTIONS = (
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``segment`` subcommand to the ``napari-sam`` parser's ``subparsers``.
+
+    The defaults of the automatic-segmentation options are read from ``AutomaticParams``.
+
+    Parameters
+    ----------
+    subparsers
+        What ``ArgumentParser.add_subparsers`` returned; the new parser's ``run`` default is :func:`run`.
+    """
     from napari_sam.engine.automatic.params import AutomaticParams
 
     p = subparsers.add_parser(
@@ -94,6 +103,31 @@ def _progress_printer(disabled: bool):
 
 
 def run(args: argparse.Namespace) -> int:
+    """Segment ``args.image`` into ``args.out`` and print the number of objects.
+
+    Every check (input, output, model, tiles) happens in the engine before anything is
+    written; a progress bar goes to stderr unless ``--no-progress``.
+
+    Parameters
+    ----------
+    args
+        The parsed options of the ``segment`` subcommand.
+
+    Returns
+    -------
+    int
+        0 when done; 130 after Ctrl-C (the message says what was left at ``--out`` and
+        whether ``--resume`` continues it).
+
+    Raises
+    ------
+    UsageError
+        ``--out`` does not end in ``.tif``, ``.tiff`` or ``.zarr``.
+    InputError
+        Bad input, output, options or device (from the engine).
+    CheckpointError, DownloadError
+        The model could not be loaded.
+    """
     import time
 
     from napari_sam.engine.automatic.params import AutomaticParams

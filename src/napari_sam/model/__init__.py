@@ -6,6 +6,9 @@ only imports torch when called.
 
 from __future__ import annotations
 
+import os
+from typing import TYPE_CHECKING, Any
+
 from napari_sam.model.config import (
     CONFIGS,
     SamConfig,
@@ -13,20 +16,69 @@ from napari_sam.model.config import (
     ViTEncoderConfig,
 )
 
+if TYPE_CHECKING:
+    import torch
+
+    from napari_sam.model.sam.model import Sam
+
 __all__ = ["CONFIGS", "SamConfig", "TinyViTEncoderConfig", "ViTEncoderConfig", "build_sam", "load_model"]
 
 
-def build_sam(config: SamConfig | str):
-    """Build a randomly initialised SAM model (``torch.nn.Module``) from a config or config name."""
+def build_sam(config: SamConfig | str) -> Sam:
+    """Build a randomly initialised SAM model (``torch.nn.Module``) from a config or config name.
+
+    Parameters
+    ----------
+    config
+        A :class:`SamConfig`, or the name of one in ``CONFIGS`` (e.g. ``"vit_b"``).
+
+    Returns
+    -------
+    Sam
+        The model in eval mode, on the current default torch device.
+
+    Raises
+    ------
+    KeyError
+        ``config`` is a name that is not in ``CONFIGS``.
+    """
     from napari_sam.model.sam.model import build_sam as _build
 
     return _build(config)
 
 
-def load_model(name_or_path, device=None, **kwargs):
+def load_model(name_or_path: str | os.PathLike, device: str | torch.device | None = None, **kwargs: Any) -> Sam:
     """Load a SAM model from a zoo name or a local checkpoint file (eval mode, on ``device``).
 
     Keyword arguments (``config=``, ``progress=``) go to :func:`napari_sam.model.checkpoint.load_model`.
+
+    Parameters
+    ----------
+    name_or_path
+        A zoo model name (a ``str``) or the path of a checkpoint file.
+    device
+        ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``, a ``torch.device``, or None for the
+        best one available.
+    **kwargs
+        ``config``, ``progress``, ``preprocessing``: see
+        :func:`napari_sam.model.checkpoint.load_model`.
+
+    Returns
+    -------
+    Sam
+        The model with the checkpoint's weights, in eval mode, on ``device``.
+
+    Raises
+    ------
+    CheckpointError
+        The file is missing, unsafe, unreadable or of an unknown architecture (see
+        :func:`napari_sam.model.checkpoint.load_model` for the subclasses).
+    DownloadError
+        A zoo checkpoint could not be downloaded or failed its sha256 check.
+    DeviceError
+        ``device`` does not exist here.
+    ValueError
+        An unknown ``preprocessing`` name.
     """
     from napari_sam.model.checkpoint import load_model as _load
 

@@ -57,7 +57,20 @@ _MAX_LISTED_KEYS = 8
 
 
 def sha256sum(path: PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of the file at ``path``, read in chunks (checkpoints are GBs)."""
+    """Hex sha256 of the file at ``path``, read in chunks (checkpoints are GBs).
+
+    Parameters
+    ----------
+    path
+        The file to hash.
+    chunk_size
+        Bytes read at a time.
+
+    Returns
+    -------
+    str
+        The 64-character lowercase hex digest.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(chunk_size), b""):
@@ -126,6 +139,15 @@ def read_checkpoint_file(path: PathLike) -> Any:
     -------
     Any
         What the file holds: a state dict, a dict of them, a tensor...
+
+    Raises
+    ------
+    CheckpointNotFoundError
+        There is no file at ``path``.
+    UnsafeCheckpointError
+        The file holds pickled code or objects (refused before anything in it runs).
+    CheckpointError
+        ``path`` is a folder, or the file is empty, truncated, corrupted or not a PyTorch checkpoint.
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -178,6 +200,23 @@ def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> StateDict:
     Descends through common containers (``{"model": sd}``, ``{"model_state": sd}``,
     ``{"state_dict": sd}``, ...), drops non-tensor entries (epochs, optimiser settings at
     the same level), and strips wrapper prefixes (``module.``, ``sam.``, ``model.``) from keys.
+
+    Parameters
+    ----------
+    obj
+        What :func:`read_checkpoint_file` returned.
+    source
+        How error messages name the checkpoint (e.g. its path).
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        The tensors under their official keys.
+
+    Raises
+    ------
+    CheckpointError
+        ``obj`` is not a mapping (after descending through containers) or holds no tensors.
     """
     for _ in range(len(_CONTAINER_KEYS) + 1):
         if not isinstance(obj, Mapping):
@@ -204,6 +243,16 @@ def read_state_dict(path: PathLike) -> StateDict:
 
     Raises :class:`CheckpointNotFoundError` (missing file), :class:`UnsafeCheckpointError`
     (pickled code or objects) or :class:`CheckpointError` (not a checkpoint, corrupted).
+
+    Parameters
+    ----------
+    path
+        The checkpoint file.
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        The file's tensors, on the CPU, under official keys (see :func:`unwrap_state_dict`).
     """
     path = Path(path).expanduser()
     return unwrap_state_dict(read_checkpoint_file(path), source=str(path))
@@ -215,7 +264,20 @@ def read_state_dict(path: PathLike) -> StateDict:
 
 @functools.lru_cache(maxsize=None)
 def expected_shapes(config: SamConfig) -> dict[str, tuple[int, ...]]:
-    """``{state-dict key: shape}`` of the model built from ``config`` (built on the meta device: instant)."""
+    """``{state-dict key: shape}`` of the model built from ``config`` (built on the meta device: instant).
+
+    Cached per config (configs are frozen dataclasses, hence hashable).
+
+    Parameters
+    ----------
+    config
+        The architecture.
+
+    Returns
+    -------
+    dict of str to tuple of int
+        The shape of every state-dict entry, persistent buffers included.
+    """
     from napari_sam.model.sam.model import build_sam
 
     with torch.device("meta"):
@@ -252,7 +314,21 @@ class StateDictDiff:
 
 
 def compare_state_dict(state_dict: Mapping[str, torch.Tensor], config: SamConfig) -> StateDictDiff:
-    """Compare keys and shapes of ``state_dict`` with the model built from ``config``."""
+    """Compare keys and shapes of ``state_dict`` with the model built from ``config``.
+
+    Parameters
+    ----------
+    state_dict
+        Tensors under official keys (as :func:`unwrap_state_dict` returns them).
+    config
+        The architecture to compare with.
+
+    Returns
+    -------
+    StateDictDiff
+        Matching, missing (optional ``num_batches_tracked`` entries do not count),
+        unexpected and shape-mismatched keys.
+    """
     expected = expected_shapes(config)
     got = {key: tuple(value.shape) for key, value in state_dict.items()}
     missing = sorted(
@@ -269,6 +345,23 @@ def detect_config(state_dict: Mapping[str, torch.Tensor], source: str = "checkpo
 
     Raises :class:`ArchitectureMismatchError` naming the closest config and what differs,
     or (if several match exactly) asking for an explicit config.
+
+    Parameters
+    ----------
+    state_dict
+        Tensors under official keys.
+    source
+        How error messages name the checkpoint.
+
+    Returns
+    -------
+    SamConfig
+        The only config of ``CONFIGS`` that fits exactly.
+
+    Raises
+    ------
+    ArchitectureMismatchError
+        No config fits exactly, or several do.
     """
     diffs = [(compare_state_dict(state_dict, config), config) for config in CONFIGS.values()]
     exact = [config for diff, config in diffs if diff.exact]
@@ -288,7 +381,23 @@ def detect_config(state_dict: Mapping[str, torch.Tensor], source: str = "checkpo
 
 
 def check_config(state_dict: Mapping[str, torch.Tensor], config: SamConfig, source: str = "checkpoint") -> None:
-    """Raise :class:`ArchitectureMismatchError` unless ``state_dict`` exactly fits ``config``."""
+    """Raise :class:`ArchitectureMismatchError` unless ``state_dict`` exactly fits ``config``.
+
+    Parameters
+    ----------
+    state_dict
+        Tensors under official keys.
+    config
+        The architecture they must fit.
+    source
+        How the error message names the checkpoint.
+
+    Raises
+    ------
+    ArchitectureMismatchError
+        Keys or shapes differ; the message says how, and names another config of
+        ``CONFIGS`` that fits exactly, if one does.
+    """
     diff = compare_state_dict(state_dict, config)
     if diff.exact:
         return
@@ -326,6 +435,20 @@ def build_from_state_dict(state_dict: Mapping[str, torch.Tensor], config: SamCon
     """A :class:`Sam` for ``config`` holding the tensors of ``state_dict`` (float32, on CPU, eval mode).
 
     The caller has checked that keys and shapes fit (:func:`check_config`).
+
+    Parameters
+    ----------
+    state_dict
+        Tensors under official keys; floating-point ones are converted to float32.
+    config
+        The architecture to build.
+
+    Returns
+    -------
+    Sam
+        The model, in eval mode, on the CPU. It is built on the meta device and filled
+        with the tensors, so it is not randomly initialised first (unless a buffer left on
+        the meta device cannot be derived from ``config``: then it is built normally and loaded).
     """
     from napari_sam.model.sam.model import build_sam
 
@@ -348,7 +471,18 @@ def build_from_state_dict(state_dict: Mapping[str, torch.Tensor], config: SamCon
 
 
 def count_non_finite(tensors: Mapping[str, torch.Tensor]) -> int:
-    """How many floating-point tensors of ``tensors`` hold a NaN or an infinite value."""
+    """How many floating-point tensors of ``tensors`` hold a NaN or an infinite value.
+
+    Parameters
+    ----------
+    tensors
+        A state dict; integer tensors are not counted.
+
+    Returns
+    -------
+    int
+        The number of floating-point tensors with at least one non-finite value.
+    """
     return sum(
         1 for value in tensors.values() if value.is_floating_point() and not bool(torch.isfinite(value).all())
     )
@@ -396,28 +530,51 @@ def load_model(
 ) -> Sam:
     """A ready :class:`Sam` (eval mode, on ``device``) from a zoo name or a checkpoint file.
 
-    Args:
-        name_or_path: a name from :func:`napari_sam.model.zoo.list_models` (fetched into the
-            cache and sha256-checked on first use) or the path of a checkpoint file. A ``str``
-            that is a zoo name is taken as the name; a ``Path`` is always a file (a missing
-            ``Path("vit_b")`` is an error that says to pass the string ``"vit_b"`` for the zoo model).
-        device: ``"cuda"``, ``"mps"``, ``"cpu"``, a ``torch.device``, or None for the best available.
-        config: force an architecture (a ``SamConfig`` or a name in ``CONFIGS``) instead of
-            detecting it from the tensors; the file must still fit it exactly.
-        progress: download progress bar, see :func:`napari_sam.model.zoo.fetch_checkpoint`.
-        preprocessing: how the model expects its input image (``"sam"`` or ``"medsam"``, see
-            :mod:`napari_sam.model.zoo`); default: the zoo entry's, or ``"sam"`` for a file.
-            Stored as ``model.preprocessing`` for the engine.
+    Parameters
+    ----------
+    name_or_path
+        A name from :func:`napari_sam.model.zoo.list_models` (fetched into the cache and
+        sha256-checked on first use) or the path of a checkpoint file. A ``str`` that is a
+        zoo name is taken as the name; a ``Path`` is always a file (a missing
+        ``Path("vit_b")`` is an error that says to pass the string ``"vit_b"`` for the zoo model).
+    device
+        ``"cuda"``, ``"mps"``, ``"cpu"``, a ``torch.device``, or None for the best available.
+    config
+        Force an architecture (a ``SamConfig`` or a name in ``CONFIGS``) instead of
+        detecting it from the tensors; the file must still fit it exactly.
+    progress
+        Download progress bar, see :func:`napari_sam.model.zoo.fetch_checkpoint`.
+    preprocessing
+        How the model expects its input image (``"sam"`` or ``"medsam"``, see
+        :mod:`napari_sam.model.zoo`); default: the zoo entry's, or ``"sam"`` for a file.
+        Stored as ``model.preprocessing`` for the engine.
 
-    Warns:
-        RuntimeWarning: some tensors hold NaN or infinite values (e.g. a diverged training run).
+    Returns
+    -------
+    Sam
+        The model with the file's weights (float32), in eval mode, on ``device``.
 
-    Raises:
-        CheckpointNotFoundError: neither a zoo name nor an existing file.
-        UnsafeCheckpointError: the file holds pickled code/objects (refused, not executed).
-        ArchitectureMismatchError: the tensors fit no known (or not the requested) architecture.
-        CheckpointError: the file is not a readable checkpoint.
-        DownloadError: a zoo checkpoint could not be downloaded or failed its sha256 check.
+    Warns
+    -----
+    RuntimeWarning
+        Some tensors hold NaN or infinite values (e.g. a diverged training run).
+
+    Raises
+    ------
+    CheckpointNotFoundError
+        Neither a zoo name nor an existing file.
+    UnsafeCheckpointError
+        The file holds pickled code/objects (refused, not executed).
+    ArchitectureMismatchError
+        The tensors fit no known (or not the requested) architecture.
+    CheckpointError
+        The file is not a readable checkpoint, or ``config`` names no config in ``CONFIGS``.
+    DownloadError
+        A zoo checkpoint could not be downloaded or failed its sha256 check.
+    DeviceError
+        ``device`` is not a device name, or names CUDA / MPS where there is none.
+    ValueError
+        ``preprocessing`` is not one of ``zoo.PREPROCESSINGS``.
     """
     from napari_sam.model import zoo
 
@@ -497,7 +654,18 @@ def save_atomically(obj: Any, path: PathLike) -> Path:
 
 
 def cpu_state_dict(model: torch.nn.Module) -> StateDict:
-    """``model``'s state dict as detached, contiguous CPU tensors (official key layout)."""
+    """``model``'s state dict as detached, contiguous CPU tensors (official key layout).
+
+    Parameters
+    ----------
+    model
+        The model (on any device).
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        Copies on the CPU (tensors already on the CPU and contiguous are shared, not copied).
+    """
     return {key: value.detach().to("cpu").contiguous() for key, value in model.state_dict().items()}
 
 

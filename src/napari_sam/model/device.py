@@ -10,8 +10,22 @@ from napari_sam.model.errors import DeviceError
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """``device`` as a ``torch.device``; None picks CUDA, then Apple MPS, then CPU.
 
-    Raises:
-        DeviceError: ``device`` is not a device name, or names CUDA / MPS where there is none.
+    Parameters
+    ----------
+    device
+        ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``, a ``torch.device``, or None for the
+        best one available.
+
+    Returns
+    -------
+    torch.device
+        A device this PyTorch build can use (a ``"cuda:N"`` index is not checked against
+        the number of GPUs).
+
+    Raises
+    ------
+    DeviceError
+        ``device`` is not a device name, or names CUDA / MPS where there is none.
     """
     if device is None:
         if torch.cuda.is_available():

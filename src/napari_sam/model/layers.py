@@ -26,6 +26,18 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise every pixel's channel vector.
+
+        Parameters
+        ----------
+        x
+            ``(B, C, H, W)`` feature map.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, C, H, W)``, normalised over ``C``, scaled and shifted.
+        """
         # F.layer_norm on a channels-last view is one fused kernel (and autocast-aware),
         # instead of the mean/var/sqrt chain of the reference.
         normed = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
@@ -42,6 +54,18 @@ class MLPBlock(nn.Module):
         self.act = act()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply ``lin1 -> act -> lin2`` to the last axis.
+
+        Parameters
+        ----------
+        x
+            ``(..., embedding_dim)`` tokens.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(..., embedding_dim)``.
+        """
         return self.lin2(self.act(self.lin1(x)))
 
 
@@ -67,6 +91,18 @@ class MLP(nn.Module):
         self.sigmoid_output = sigmoid_output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the layers to the last axis, ReLU between them, sigmoid after the last if asked.
+
+        Parameters
+        ----------
+        x
+            ``(..., input_dim)`` tokens.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(..., output_dim)``.
+        """
         last = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
             x = layer(x)

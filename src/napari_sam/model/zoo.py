@@ -208,7 +208,23 @@ def list_models() -> list[str]:
 
 
 def get_entry(name: str) -> ZooEntry:
-    """The zoo entry called ``name``; :class:`UnknownModelError` listing the known names otherwise."""
+    """The zoo entry called ``name``; :class:`UnknownModelError` listing the known names otherwise.
+
+    Parameters
+    ----------
+    name
+        A zoo model name (see :func:`list_models`).
+
+    Returns
+    -------
+    ZooEntry
+        Its architecture, URL, sha256, cache file name and provenance.
+
+    Raises
+    ------
+    UnknownModelError
+        ``name`` is not in the zoo.
+    """
     try:
         return REGISTRY[name]
     except KeyError:
@@ -228,17 +244,66 @@ def cache_dir() -> Path:
 
 
 def cached_path(name: str) -> Path:
-    """Where the checkpoint of zoo model ``name`` lives once downloaded (it may not exist yet)."""
+    """Where the checkpoint of zoo model ``name`` lives once downloaded (it may not exist yet).
+
+    Parameters
+    ----------
+    name
+        A zoo model name.
+
+    Returns
+    -------
+    Path
+        ``cache_dir() / entry.filename``.
+
+    Raises
+    ------
+    UnknownModelError
+        ``name`` is not in the zoo.
+    """
     return cache_dir() / get_entry(name).filename
 
 
 def is_cached(name: str) -> bool:
-    """Whether the checkpoint of ``name`` is already in the cache (its hash is checked when it is fetched)."""
+    """Whether the checkpoint of ``name`` is already in the cache (its hash is checked when it is fetched).
+
+    Parameters
+    ----------
+    name
+        A zoo model name.
+
+    Returns
+    -------
+    bool
+        True if a file exists at :func:`cached_path` (not hashed here).
+
+    Raises
+    ------
+    UnknownModelError
+        ``name`` is not in the zoo.
+    """
     return cached_path(name).is_file()
 
 
 def manual_install_hint(name: str) -> str:
-    """Instructions for placing the checkpoint of ``name`` by hand, for machines without internet access."""
+    """Instructions for placing the checkpoint of ``name`` by hand, for machines without internet access.
+
+    Parameters
+    ----------
+    name
+        A zoo model name.
+
+    Returns
+    -------
+    str
+        A few lines naming the URL, the cache file to create, its sha256 and the alternatives
+        (``$NAPARI_SAM_CACHE_DIR``, passing a file path).
+
+    Raises
+    ------
+    UnknownModelError
+        ``name`` is not in the zoo.
+    """
     entry = get_entry(name)
     target = cached_path(name)
     return (
@@ -291,13 +356,34 @@ def _progress_bar_available() -> bool:
 def fetch_checkpoint(name: str, progress: bool | Any = True) -> Path:
     """Path of the verified checkpoint of zoo model ``name``, downloading it first if needed.
 
-    ``progress``: True for a terminal progress bar (needs tqdm), False for none, or any
-    tqdm-like object (``update``, ``reset``, ``close``, ``total``) that pooch can drive.
-
     The download goes to a temporary file in the cache folder and is moved into place only
     after its sha256 matched; a mismatching file is deleted (:class:`ChecksumMismatchError`).
     A server that cannot be reached raises :class:`DownloadError` with the URL and
     instructions for placing the file by hand.
+
+    Parameters
+    ----------
+    name
+        A zoo model name.
+    progress
+        True for a terminal progress bar (needs tqdm; none without it), False for none, or
+        any tqdm-like object (``update``, ``reset``, ``close``, ``total``) that pooch can drive.
+
+    Returns
+    -------
+    Path
+        The cached file. A file hashed before and unchanged since (same size and mtime,
+        recorded in a ``.verified.json`` marker beside it) is returned without hashing it again.
+
+    Raises
+    ------
+    UnknownModelError
+        ``name`` is not in the zoo.
+    ChecksumMismatchError
+        The downloaded file does not have the published sha256 (it was deleted).
+    DownloadError
+        The server could not be reached or answered with an error, or the file could not be
+        written to the cache folder.
     """
     entry = get_entry(name)
     target_dir = cache_dir()

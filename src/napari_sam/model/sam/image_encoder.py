@@ -27,14 +27,20 @@ _BLOCK_NORM_EPS = 1e-6
 def relative_position_table(query_size: int, key_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
     """Look up a learned relative-position embedding for every (query, key) pair on one axis.
 
-    Args:
-        query_size: number of query positions along the axis.
-        key_size: number of key positions along the axis.
-        rel_pos: ``(L, head_dim)`` learned embedding, one row per relative offset.
-            When ``L != 2 * max(query_size, key_size) - 1`` (a model used at another
-            size than it was trained on) it is linearly resampled to that length.
+    Parameters
+    ----------
+    query_size
+        Number of query positions along the axis.
+    key_size
+        Number of key positions along the axis.
+    rel_pos
+        ``(L, head_dim)`` learned embedding, one row per relative offset.
+        When ``L != 2 * max(query_size, key_size) - 1`` (a model used at another
+        size than it was trained on) it is linearly resampled to that length.
 
-    Returns:
+    Returns
+    -------
+    torch.Tensor
         ``(query_size, key_size, head_dim)`` embeddings, entry ``[i, j]`` for the offset ``i - j``.
     """
     num_offsets = 2 * max(query_size, key_size) - 1
@@ -56,6 +62,20 @@ def partition_windows(x: torch.Tensor, window_size: int) -> tuple[torch.Tensor, 
 
     The grid is zero-padded at the bottom/right to a multiple of ``window_size``;
     returns the windows and the padded ``(H, W)``.
+
+    Parameters
+    ----------
+    x
+        ``(B, H, W, C)`` tokens, channels last.
+    window_size
+        Side of the square windows, in tokens.
+
+    Returns
+    -------
+    windows : torch.Tensor
+        ``(B * n_windows, window_size, window_size, C)``, windows in row-major order per image.
+    padded_hw : tuple of int
+        ``(H, W)`` after padding, for :func:`merge_windows`.
     """
     batch, height, width, channels = x.shape
     pad_h = -height % window_size
@@ -71,7 +91,24 @@ def partition_windows(x: torch.Tensor, window_size: int) -> tuple[torch.Tensor, 
 def merge_windows(
     windows: torch.Tensor, window_size: int, padded_hw: tuple[int, int], original_hw: tuple[int, int]
 ) -> torch.Tensor:
-    """Inverse of :func:`partition_windows`: back to ``(B, H, W, C)`` with the padding cropped."""
+    """Inverse of :func:`partition_windows`: back to ``(B, H, W, C)`` with the padding cropped.
+
+    Parameters
+    ----------
+    windows
+        ``(B * n_windows, window_size, window_size, C)``, as :func:`partition_windows` cut them.
+    window_size
+        Side of the windows, in tokens.
+    padded_hw
+        The padded ``(H, W)`` that :func:`partition_windows` returned.
+    original_hw
+        ``(H, W)`` of the grid before padding.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, H, W, C)``.
+    """
     padded_h, padded_w = padded_hw
     height, width = original_hw
     rows, cols = padded_h // window_size, padded_w // window_size
@@ -91,6 +128,18 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Project each ``p x p`` patch to a ``D``-vector.
+
+        Parameters
+        ----------
+        x
+            ``(B, 3, S, S)`` normalised image.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, S / p, S / p, D)`` patch tokens, channels last.
+        """
         return self.proj(x).permute(0, 2, 3, 1)
 
 
@@ -116,6 +165,18 @@ class Attention(nn.Module):
 
         bias[(qy, qx), (ky, kx)] = q . rel_h[qy - ky] + q . rel_w[qx - kx]; the query is
         not scaled here, exactly as in the reference.
+
+        Parameters
+        ----------
+        q
+            ``(B, heads, H*W, hd)`` queries, tokens in row-major order of the grid.
+        height, width
+            ``H`` and ``W`` of the token grid.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, heads, H*W, H*W)`` bias, rows indexed by query, columns by key.
         """
         batch, heads, _, head_dim = q.shape
         table_h = relative_position_table(height, height, self.rel_pos_h).to(q.dtype)  # (H, H, hd)
@@ -127,6 +188,18 @@ class Attention(nn.Module):
         return bias.reshape(batch, heads, height * width, height * width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Self-attention among all tokens of each grid.
+
+        Parameters
+        ----------
+        x
+            ``(B, H, W, D)`` tokens, channels last (``B`` counts windows for windowed blocks).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, H, W, D)``.
+        """
         batch, height, width, dim = x.shape
         tokens = height * width
         # (B, N, 3, heads, hd) -> (3, B, heads, N, hd)
@@ -153,7 +226,18 @@ class Block(nn.Module):
         self.mlp = MLPBlock(dim, int(dim * mlp_ratio), act=nn.GELU)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, H, W, D) -> (B, H, W, D)``."""
+        """``(B, H, W, D) -> (B, H, W, D)``.
+
+        Parameters
+        ----------
+        x
+            ``(B, H, W, D)`` tokens, channels last (the whole embedding grid).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, H, W, D)``.
+        """
         shortcut = x
         x = self.norm1(x)
         if self.window_size > 0:
@@ -203,6 +287,24 @@ class ImageEncoderViT(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Encode a batch of images.
+
+        Parameters
+        ----------
+        x
+            ``(B, 3, S, S)`` image, normalised and padded to the model's input size
+            ``S = config.img_size``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, prompt_embed_dim, S / p, S / p)`` image embedding.
+
+        Raises
+        ------
+        ValueError
+            The image is not ``S x S``.
+        """
         if x.shape[-2:] != (self.img_size, self.img_size):
             raise ValueError(
                 f"image encoder expects (B, 3, {self.img_size}, {self.img_size}) input, got {tuple(x.shape)}"

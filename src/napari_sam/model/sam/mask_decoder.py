@@ -43,7 +43,22 @@ class Attention(nn.Module):
         return x.reshape(*batch, tokens, self.num_heads, width // self.num_heads).transpose(-3, -2)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """A batch of 1 on either side broadcasts against the other's batch B (projected once)."""
+        """A batch of 1 on either side broadcasts against the other's batch B (projected once).
+
+        Parameters
+        ----------
+        q
+            ``(B or 1, Nq, D)`` queries.
+        k
+            ``(B or 1, Nk, D)`` keys.
+        v
+            ``(B or 1, Nk, D)`` values, with the batch of ``k``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, Nq, D)``.
+        """
         q = self._split_heads(self.q_proj(q))
         k = self._split_heads(self.k_proj(k))
         v = self._split_heads(self.v_proj(v))
@@ -77,7 +92,26 @@ class TwoWayAttentionBlock(nn.Module):
     def forward(
         self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """queries ``(B, Nt, D)`` tokens, keys ``(B, HW, D)`` image; returns both updated."""
+        """queries ``(B, Nt, D)`` tokens, keys ``(B, HW, D)`` image; returns both updated.
+
+        Parameters
+        ----------
+        queries
+            ``(B, Nt, D)`` prompt and output tokens.
+        keys
+            ``(B or 1, HW, D)`` image features, tokens in row-major order of the embedding grid.
+        query_pe
+            ``(B, Nt, D)`` added to the queries before each attention (the original tokens).
+        key_pe
+            ``(B or 1, HW, D)`` positional encoding of the image grid, added to the keys.
+
+        Returns
+        -------
+        queries : torch.Tensor
+            ``(B, Nt, D)``.
+        keys : torch.Tensor
+            ``(B, HW, D)``.
+        """
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
         else:
@@ -116,6 +150,22 @@ class TwoWayTransformer(nn.Module):
         Returns tokens ``(B, Nt, D)`` and image features ``(B, h*w, D)``. An image batch of
         1 is shared by all B token sets: its prompt-independent projections in the first
         block are computed once, not B times.
+
+        Parameters
+        ----------
+        image_embedding
+            ``(B or 1, D, h, w)`` image features (image embedding plus dense prompt embedding).
+        image_pe
+            ``(B or 1, D, h, w)`` positional encoding of the grid.
+        point_embedding
+            ``(B, Nt, D)`` output tokens followed by the sparse prompt embeddings.
+
+        Returns
+        -------
+        queries : torch.Tensor
+            ``(B, Nt, D)`` tokens.
+        keys : torch.Tensor
+            ``(B, h*w, D)`` image features, row-major over the grid.
         """
         keys = image_embedding.flatten(2).transpose(1, 2)
         key_pe = image_pe.flatten(2).transpose(1, 2)
@@ -170,6 +220,33 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask logits and predicted IoUs for B prompt sets.
+
+        Parameters
+        ----------
+        image_embeddings
+            ``(B_img, C, E, E)`` image embedding, ``B_img`` 1 (shared) or B.
+        image_pe
+            ``(1, C, E, E)`` positional encoding (``PromptEncoder.get_dense_pe()``).
+        sparse_prompt_embeddings
+            ``(B, n, C)`` from the prompt encoder.
+        dense_prompt_embeddings
+            ``(B or 1, C, E, E)`` from the prompt encoder.
+        multimask_output
+            True: the ``num_multimask_outputs`` ambiguity-aware masks; False: the single-mask output.
+
+        Returns
+        -------
+        masks : torch.Tensor
+            ``(B, K, 4E, 4E)`` logits in the low-res frame of the padded input (threshold 0).
+        iou_predictions : torch.Tensor
+            ``(B, K)``.
+
+        Raises
+        ------
+        ValueError
+            ``image_embeddings`` or ``dense_prompt_embeddings`` has a batch other than 1 or B.
+        """
         masks, iou_predictions = self.predict_masks(
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
         )
@@ -183,7 +260,27 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """All ``num_mask_tokens`` outputs: masks ``(B, T, 4E, 4E)``, IoU ``(B, T)``."""
+        """All ``num_mask_tokens`` outputs: masks ``(B, T, 4E, 4E)``, IoU ``(B, T)``.
+
+        Output 0 is the single-mask output, 1.. the multimask ones.
+
+        Parameters
+        ----------
+        image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+            As for :meth:`forward`.
+
+        Returns
+        -------
+        masks : torch.Tensor
+            ``(B, T, 4E, 4E)`` logits, ``T = num_mask_tokens``.
+        iou_predictions : torch.Tensor
+            ``(B, T)``.
+
+        Raises
+        ------
+        ValueError
+            ``image_embeddings`` or ``dense_prompt_embeddings`` has a batch other than 1 or B.
+        """
         tokens, image_out = self.run_transformer(
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
         )
@@ -200,6 +297,29 @@ class MaskDecoder(nn.Module):
 
         ``image_embeddings`` and ``dense_prompt_embeddings`` may have a batch of 1 (shared
         by all B prompt sets) or B.
+
+        Parameters
+        ----------
+        image_embeddings
+            ``(B or 1, C, E, E)`` image embedding.
+        image_pe
+            ``(1, C, E, E)`` positional encoding of the grid.
+        sparse_prompt_embeddings
+            ``(B, n, C)``; ``B`` is the prompt batch.
+        dense_prompt_embeddings
+            ``(B or 1, C, E, E)``.
+
+        Returns
+        -------
+        tokens : torch.Tensor
+            ``(B, 1 + T + n, C)``: IoU token, ``T`` mask tokens, prompt tokens.
+        image_out : torch.Tensor
+            ``(B, E*E, C)`` image features, row-major over the grid.
+
+        Raises
+        ------
+        ValueError
+            ``image_embeddings`` or ``dense_prompt_embeddings`` has a batch other than 1 or B.
         """
         batch = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
@@ -213,7 +333,22 @@ class MaskDecoder(nn.Module):
         return self.transformer(src, image_pe, tokens)
 
     def masks_from(self, tokens: torch.Tensor, image_out: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Mask logits ``(B, T, 4E, 4E)`` from ``run_transformer``'s outputs; ``size`` is (E, E)."""
+        """Mask logits ``(B, T, 4E, 4E)`` from ``run_transformer``'s outputs; ``size`` is (E, E).
+
+        Parameters
+        ----------
+        tokens
+            ``(B, 1 + T + n, C)`` tokens from :meth:`run_transformer`.
+        image_out
+            ``(B, E*E, C)`` image features from :meth:`run_transformer`.
+        size
+            ``(E, E)``: the embedding grid, to fold ``image_out`` back into a map.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, T, 4E, 4E)`` logits, one map per mask token.
+        """
         batch, _, channels = image_out.shape
         mask_tokens_out = tokens[:, 1 : 1 + self.num_mask_tokens]
         upscaled = self.output_upscaling(image_out.transpose(1, 2).reshape(batch, channels, *size))
@@ -226,5 +361,16 @@ class MaskDecoder(nn.Module):
         )
 
     def iou_from(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Predicted IoU ``(B, T)`` of every mask token, from ``run_transformer``'s tokens."""
+        """Predicted IoU ``(B, T)`` of every mask token, from ``run_transformer``'s tokens.
+
+        Parameters
+        ----------
+        tokens
+            ``(B, 1 + T + n, C)`` tokens from :meth:`run_transformer` (row 0 is the IoU token).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, T)``.
+        """
         return self.iou_prediction_head(tokens[:, 0])

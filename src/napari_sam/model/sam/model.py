@@ -39,7 +39,25 @@ class Sam(nn.Module):
 
 
 def build_image_encoder(config: SamConfig) -> nn.Module:
-    """The image encoder named by ``config.encoder.kind``: ``(B, 3, S, S) -> (B, C, E, E)``."""
+    """The image encoder named by ``config.encoder.kind``: ``(B, 3, S, S) -> (B, C, E, E)``.
+
+    Parameters
+    ----------
+    config
+        The model's config; ``S = config.img_size``, ``C = config.prompt_embed_dim``,
+        ``E = config.embedding_size``.
+
+    Returns
+    -------
+    torch.nn.Module
+        An :class:`~napari_sam.model.sam.image_encoder.ImageEncoderViT` (``"vit"``) or a
+        :class:`~napari_sam.model.sam.tiny_vit.TinyViT` (``"tiny_vit"``), randomly initialised.
+
+    Raises
+    ------
+    ValueError
+        An unknown encoder kind.
+    """
     kind = config.encoder.kind
     if kind == "vit":
         return ImageEncoderViT(config)
@@ -57,6 +75,21 @@ def build_sam(config: SamConfig | str) -> Sam:
 
     Builds on the current default device, so ``with torch.device("meta"): build_sam(...)``
     gives a weightless model (to compare state-dict shapes, or to ``load_state_dict(assign=True)``).
+
+    Parameters
+    ----------
+    config
+        A :class:`SamConfig`, or the name of one in ``CONFIGS``.
+
+    Returns
+    -------
+    Sam
+        The model, in eval mode.
+
+    Raises
+    ------
+    KeyError
+        ``config`` is a name that is not in ``CONFIGS``.
     """
     if isinstance(config, str):
         try:

@@ -15,8 +15,6 @@ from torch import nn
 from napari_sam.model.config import NEGATIVE, PADDING, POSITIVE, SamConfig
 from napari_sam.model.layers import LayerNorm2d
 
-# Point labels as the mask decoder was trained on them.
-
 
 class PositionEmbeddingRandom(nn.Module):
     """Random-Fourier-feature encoding of 2D positions.
@@ -30,7 +28,18 @@ class PositionEmbeddingRandom(nn.Module):
         self.register_buffer("positional_encoding_gaussian_matrix", scale * torch.randn(2, num_feats))
 
     def encode_unit_coords(self, coords: torch.Tensor) -> torch.Tensor:
-        """``(..., 2)`` (x, y) in ``[0, 1]`` -> ``(..., 2 * num_feats)``."""
+        """``(..., 2)`` (x, y) in ``[0, 1]`` -> ``(..., 2 * num_feats)``.
+
+        Parameters
+        ----------
+        coords
+            ``(..., 2)`` positions as (x, y) fractions of the image width and height.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(..., 2 * num_feats)``: sines then cosines, in the dtype of the Gaussian matrix.
+        """
         # Follow the model's dtype, so a model cast to bf16/fp16 accepts fp32 pixel coordinates.
         coords = coords.to(self.positional_encoding_gaussian_matrix.dtype)
         projected = (2 * coords - 1) @ self.positional_encoding_gaussian_matrix
@@ -38,7 +47,18 @@ class PositionEmbeddingRandom(nn.Module):
         return torch.cat([torch.sin(projected), torch.cos(projected)], dim=-1)
 
     def forward(self, size: tuple[int, int]) -> torch.Tensor:
-        """Encoding of the centres of an ``(h, w)`` grid: ``(2 * num_feats, h, w)``."""
+        """Encoding of the centres of an ``(h, w)`` grid: ``(2 * num_feats, h, w)``.
+
+        Parameters
+        ----------
+        size
+            ``(h, w)``: rows and columns of the grid (the image-embedding grid).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(2 * num_feats, h, w)``, channels first.
+        """
         height, width = size
         device = self.positional_encoding_gaussian_matrix.device
         ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height
@@ -49,7 +69,20 @@ class PositionEmbeddingRandom(nn.Module):
         return self.encode_unit_coords(grid).permute(2, 0, 1)
 
     def forward_with_coords(self, coords: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-        """``(B, N, 2)`` (x, y) pixel coordinates in an ``(h, w)`` image -> ``(B, N, 2 * num_feats)``."""
+        """``(B, N, 2)`` (x, y) pixel coordinates in an ``(h, w)`` image -> ``(B, N, 2 * num_feats)``.
+
+        Parameters
+        ----------
+        coords
+            ``(B, N, 2)`` (x, y) positions in pixels (x = column, y = row), any float or int dtype.
+        image_size
+            ``(h, w)`` of the image the coordinates refer to (the model's input, ``img_size`` square).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, N, 2 * num_feats)``.
+        """
         height, width = image_size
         size_xy = torch.tensor([width, height], dtype=torch.float32, device=coords.device)
         return self.encode_unit_coords(coords.float() / size_xy)
@@ -147,6 +180,27 @@ class PromptEncoder(nn.Module):
         boxes: torch.Tensor | None,
         masks: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embed one batch of prompts; any of the three may be None.
+
+        Parameters
+        ----------
+        points
+            ``(coords, labels)``: ``(B, N, 2)`` float (x, y) pixel indices in the input frame
+            (the resized, padded ``img_size`` square; ``+ 0.5`` is added here to reach the
+            pixel centre) and ``(B, N)`` int labels, 1 positive, 0 negative, -1 padding.
+        boxes
+            ``(B, 4)`` ``x0, y0, x1, y1`` in the same frame.
+        masks
+            ``(B, 1, 4E, 4E)`` mask logits (e.g. a previous low-res prediction).
+
+        Returns
+        -------
+        sparse : torch.Tensor
+            ``(B, n, C)``: the points (plus one padding point when there is no box), then the
+            two box corners. ``B`` is taken from points, else boxes, else masks, else 1.
+        dense : torch.Tensor
+            ``(B, C, E, E)``: the downscaled mask, or the learned no-mask embedding everywhere.
+        """
         batch = self._batch_size(points, boxes, masks)
         weight = self.no_mask_embed.weight
         sparse_parts = [torch.empty(batch, 0, self.embed_dim, device=weight.device, dtype=weight.dtype)]

@@ -68,6 +68,18 @@ class ConvStem(nn.Module):
         )
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Downsample the image 4x.
+
+        Parameters
+        ----------
+        image
+            ``(B, 3, H, W)`` normalised image.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, dim, H/4, W/4)`` (sizes rounded up at each stride-2 conv).
+        """
         return self.seq(image)
 
 
@@ -86,6 +98,18 @@ class MBConvBlock(nn.Module):
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Residual inverted-bottleneck update.
+
+        Parameters
+        ----------
+        x
+            ``(B, dim, H, W)``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, dim, H, W)``.
+        """
         branch = self.act(self.conv1(x))
         branch = self.act(self.conv2(branch))
         return self.act(x + self.conv3(branch))
@@ -105,6 +129,18 @@ class ConvDownsample(nn.Module):
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Change the width and (for stride 2) halve the resolution.
+
+        Parameters
+        ----------
+        x
+            ``(B, in_dim, H, W)``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, out_dim, ceil(H / stride), ceil(W / stride))``.
+        """
         x = self.act(self.conv1(x))
         x = self.act(self.conv2(x))
         return self.conv3(x)
@@ -117,6 +153,18 @@ def window_offset_index(window_size: int, device: torch.device | str | None = No
     gets ``|row_i - row_j| * window_size + |col_i - col_j|``: one learned bias per
     absolute offset, shared by symmetric offsets. Returns ``(N, N)`` long,
     ``N = window_size ** 2``.
+
+    Parameters
+    ----------
+    window_size
+        Side of the square window, in tokens.
+    device
+        Where to create the index (None: the current default device).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N, N)`` int64 indices into ``range(N)``.
     """
     rows, cols = torch.meshgrid(
         torch.arange(window_size, device=device), torch.arange(window_size, device=device), indexing="ij"
@@ -176,6 +224,18 @@ class WindowAttention(nn.Module):
         return self.attention_biases[:, self.attention_bias_idxs]
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Attention among the tokens of each window.
+
+        Parameters
+        ----------
+        tokens
+            ``(B, N, dim)``: ``B`` windows of ``N = window_size ** 2`` tokens each, row-major.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, N, dim)``.
+        """
         batch, num_tokens, dim = tokens.shape
         qkv = self.qkv(self.norm(tokens)).view(batch, num_tokens, self.num_heads, 3 * self.head_dim)
         q, k, v = qkv.transpose(1, 2).split(self.head_dim, dim=-1)  # each (B, heads, N, head_dim)
@@ -197,6 +257,18 @@ class FeedForward(nn.Module):
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply ``norm -> fc1 -> GELU -> fc2`` to the last axis.
+
+        Parameters
+        ----------
+        x
+            ``(..., dim)`` tokens.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(..., dim)``.
+        """
         return self.fc2(self.act(self.fc1(self.norm(x))))
 
 
@@ -236,6 +308,18 @@ class TinyViTBlock(nn.Module):
         return out[:, :height, :width]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Residual windowed attention, then the local conv and the residual MLP.
+
+        Parameters
+        ----------
+        x
+            ``(B, H, W, dim)`` channels-last map.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, H, W, dim)``.
+        """
         x = x + self._windowed_attention(x)
         # A permuted channels-last tensor is a valid NCHW tensor in channels_last memory
         # format, so the conv needs no copy.
@@ -252,6 +336,18 @@ class ConvStage(nn.Module):
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the MBConv blocks, then the downsample (if any).
+
+        Parameters
+        ----------
+        x
+            ``(B, C, H, W)`` channels-first map.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, C', H', W')``: the downsample's output, or ``x``'s shape without one.
+        """
         for block in self.blocks:
             x = block(x)
         return x if self.downsample is None else self.downsample(x)
@@ -277,6 +373,18 @@ class AttentionStage(nn.Module):
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the attention blocks (channels last), then the downsample (if any).
+
+        Parameters
+        ----------
+        x
+            ``(B, C, H, W)`` channels-first map.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, C', H', W')`` channels first: the downsample's output, or ``x``'s shape without one.
+        """
         x = x.permute(0, 2, 3, 1)  # blocks work channels-last: linear layers act on the last axis
         for block in self.blocks:
             x = block(x)
@@ -342,7 +450,20 @@ class TinyViT(nn.Module):
         )
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """``image`` (B, 3, H, W), normalised -> embedding (B, prompt_embed_dim, H / stride, W / stride)."""
+        """``image`` (B, 3, H, W), normalised -> embedding (B, prompt_embed_dim, H / stride, W / stride).
+
+        Parameters
+        ----------
+        image
+            ``(B, 3, H, W)`` normalised image; the model is trained on ``img_size``
+            squares (the size is not checked here, unlike the ViT encoder).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, prompt_embed_dim, H / stride, W / stride)`` image embedding, ``stride`` 16
+            for MobileSAM.
+        """
         x = self.patch_embed(image)
         for stage in self.layers:
             x = stage(x)

@@ -36,3 +36,11 @@ def test_load_model_raises_the_device_error(monkeypatch, tmp_path, tiny_model):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(DeviceError):
         load_model(path, device="cuda")
+
+
+def test_a_gpu_index_beyond_the_gpus_present_is_a_device_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(DeviceError, match="1 CUDA device"):
+        resolve_device("cuda:7")
+    assert resolve_device("cuda:0") == torch.device("cuda:0")

@@ -19,13 +19,13 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     Returns
     -------
     torch.device
-        A device this PyTorch build can use (a ``"cuda:N"`` index is not checked against
-        the number of GPUs).
+        A device this PyTorch build can use.
 
     Raises
     ------
     DeviceError
-        ``device`` is not a device name, or names CUDA / MPS where there is none.
+        ``device`` is not a device name, names CUDA / MPS where there is none, or a GPU index
+        beyond the GPUs present.
     """
     if device is None:
         if torch.cuda.is_available():
@@ -42,6 +42,11 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         raise DeviceError(
             f"Device {device} was requested but this PyTorch build has no usable CUDA device; "
             "choose 'cpu' or leave the device unset to use the best one available."
+        )
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DeviceError(
+            f"Device {device} was requested but this machine has {torch.cuda.device_count()} CUDA device(s) "
+            f"(cuda:0 to cuda:{torch.cuda.device_count() - 1}); choose one of them or leave the device unset."
         )
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise DeviceError(

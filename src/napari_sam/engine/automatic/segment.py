@@ -17,7 +17,7 @@ import os
 import warnings
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -49,6 +49,9 @@ from napari_sam.engine.io.outputs import (
     plan_output,
 )
 from napari_sam.engine.io.safe_write import is_disk_full
+
+if TYPE_CHECKING:
+    import torch
 
 ProgressCallback = Callable[[int, int], None]
 _DEFAULTS = AutomaticParams()  # the one source of the defaults below
@@ -154,7 +157,24 @@ def _checked_params(params: AutomaticParams | None) -> AutomaticParams:
 
 
 def open_segmentable_image(image: Any) -> tuple[Any, ImageLayout]:
-    """The opened image (``open_image``) and its layout; ``InputError`` when it cannot be segmented."""
+    """The opened image (``open_image``) and its layout; ``InputError`` when it cannot be segmented.
+
+    Parameters
+    ----------
+    image
+        An array-like (H, W), (H, W, C<=4), (Z, H, W) or (Z, H, W, C<=4), or a path to one.
+
+    Returns
+    -------
+    tuple
+        ``(array-like, ImageLayout)``. A (C<=4, H, W) array is read as a stack, with a
+        ``UserWarning`` saying how to pass a channels-first image instead.
+
+    Raises
+    ------
+    InputError
+        No array, an empty one, an unsupported shape or dtype, or a file that cannot be opened.
+    """
     image = open_image(image)
     shape = tuple(int(s) for s in getattr(image, "shape", ()))
     if not shape:
@@ -277,8 +297,21 @@ def _disk_full_message(output: LabelOutput, error: OSError) -> str:
     return f"The disk is full while writing {where} ({error.strerror}): {kept}"
 
 
-def load_model_any(model, device=None):
-    """A SAM ``nn.Module`` from a module (returned as is), a zoo name or a checkpoint path."""
+def load_model_any(model: Any, device: str | torch.device | None = None) -> torch.nn.Module:
+    """A SAM ``nn.Module`` from a module (returned as is), a zoo name or a checkpoint path.
+
+    Parameters
+    ----------
+    model
+        A loaded model, a zoo name (``"vit_b"``) or a checkpoint file.
+    device
+        Where a loaded-here model goes (None: the best available); a module is not moved.
+
+    Returns
+    -------
+    torch.nn.Module
+        The model.
+    """
     if isinstance(model, (str, os.PathLike)):
         from napari_sam.model import load_model
 
@@ -326,7 +359,7 @@ def segment_everything(
     *,
     overwrite: bool = False,
     resume: bool = False,
-):
+) -> Any:
     """Automatic instance segmentation of an image of any size; returns int32 labels, 0 = background.
 
     Parameters
@@ -408,6 +441,18 @@ def run_steps(steps: Generator[tuple[int, int], None, Any], progress: ProgressCa
 
     If ``progress`` raises (e.g. ``KeyboardInterrupt``), the generator is closed, so its output
     is left as after an interruption (see :func:`segment_everything`), before the error propagates.
+
+    Parameters
+    ----------
+    steps
+        The generator; it yields ``(tiles done, tiles total)`` and returns the labels.
+    progress
+        Called with ``(done, total)`` after each tile, or None.
+
+    Returns
+    -------
+    Any
+        What the generator returns: the label array (numpy, zarr or memory-mapped TIFF).
     """
     try:
         while True:

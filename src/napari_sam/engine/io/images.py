@@ -92,7 +92,20 @@ def _open_path(path: str):
 
 
 def unreadable(path: str | os.PathLike, error: BaseException) -> InputError:
-    """The ``InputError`` for a file that could not be read, naming it and the reader's complaint."""
+    """The ``InputError`` for a file that could not be read, naming it and the reader's complaint.
+
+    Parameters
+    ----------
+    path
+        The file.
+    error
+        What the reader raised.
+
+    Returns
+    -------
+    InputError
+        To raise, with advice on what to check.
+    """
     return InputError(
         f"Could not read {os.fspath(path)}: {error}. The file may be damaged or incomplete (a copy cut short?); "
         "check that it opens in another program, or copy it again."
@@ -164,6 +177,21 @@ def split_channels(shape: tuple[int, ...]) -> tuple[int, bool]:
 
     (H, W): 2D; (H, W, C<=4): 2D with channels; (Z, H, W) with W > 4: a stack;
     (Z, H, W, C<=4): a stack with channels.
+
+    Parameters
+    ----------
+    shape
+        The image's shape.
+
+    Returns
+    -------
+    tuple of (int, bool)
+        Leading stack axes (0 or 1) and whether the last axis holds channels.
+
+    Raises
+    ------
+    InputError
+        Any other shape.
     """
     ndim = len(shape)
     if ndim == 2:
@@ -182,6 +210,18 @@ def read_window(image: Any, window: Box) -> np.ndarray:
 
     A failed read (a damaged chunk or strip) raises ``InputError`` naming the file when the
     image knows it (:class:`ImageFile`) and the window.
+
+    Parameters
+    ----------
+    image
+        A 2D array-like (H, W[, C]) in the (row, col) frame: numpy, dask, zarr, memory map.
+    window
+        ``(row0, row1, col0, col1)``, half-open pixel bounds.
+
+    Returns
+    -------
+    numpy.ndarray
+        The window's pixels, read now.
     """
     r0, r1, c0, c1 = window
     try:
@@ -194,7 +234,23 @@ def read_window(image: Any, window: Box) -> np.ndarray:
 
 
 def read_image_file(path: Path) -> np.ndarray:
-    """Read a TIFF (tifffile) or PNG/JPEG (scikit-image) file into a numpy array."""
+    """Read a TIFF (tifffile) or PNG/JPEG (scikit-image) file into a numpy array.
+
+    Parameters
+    ----------
+    path
+        The file.
+
+    Returns
+    -------
+    numpy.ndarray
+        Its pixels, as stored.
+
+    Raises
+    ------
+    InputError
+        The file cannot be read (missing, damaged, not an image); the message names it.
+    """
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile

@@ -132,12 +132,36 @@ def validate_pair(
     return TrainingPair(image, _split_binary_mask(labels, name), name)
 
 
-def pairs_from_arrays(images, labels, name: str = "layer") -> list[TrainingPair]:
+def pairs_from_arrays(
+    images: ArrayLike | Sequence[ArrayLike], labels: ArrayLike | Sequence[ArrayLike], name: str = "layer"
+) -> list[TrainingPair]:
     """Training pairs from in-memory arrays, e.g. napari layers' data.
 
     Accepts one 2D image (``(H, W)`` or ``(H, W, C)``) with ``(H, W)`` labels, a stack
     ``(Z, H, W)`` (or ``(Z, H, W, C)``) with ``(Z, H, W)`` labels (every annotated slice
     becomes a pair; slices without objects are skipped), or lists of either.
+
+    Parameters
+    ----------
+    images
+        An image, a stack, or a list or tuple of them.
+    labels
+        Their instance labels, in the same form (both lists, or both arrays).
+    name
+        Names the data in error messages; list items become ``name[i]``, slices
+        ``name slice z``.
+
+    Returns
+    -------
+    list of TrainingPair
+        One validated pair per 2D image or annotated slice, in order.
+
+    Raises
+    ------
+    InputError
+        Lists and arrays mixed, lists of different lengths or empty, shapes that do
+        not match, labels that are not 2D or 3D, a 2D pair without objects, a stack
+        without an annotated slice, or a pair that is not valid (see :func:`validate_pair`).
     """
     if isinstance(images, (list, tuple)) or isinstance(labels, (list, tuple)):
         if not isinstance(images, (list, tuple)) or not isinstance(labels, (list, tuple)):
@@ -278,7 +302,22 @@ def _random_crop(
 
 
 def labels_to_input_frame(labels: np.ndarray, config: SamConfig) -> tuple[np.ndarray, tuple[int, int]]:
-    """``(H, W)`` labels -> ``(S, S)`` int64 labels in SAM's input frame (nearest neighbour, zero padding)."""
+    """``(H, W)`` labels -> ``(S, S)`` int64 labels in SAM's input frame (nearest neighbour, zero padding).
+
+    Parameters
+    ----------
+    labels
+        ``(H, W)`` instance labels, pixel frame.
+    config
+        The model's configuration (``img_size`` S).
+
+    Returns
+    -------
+    labels : np.ndarray
+        ``(S, S)`` int64, the resized labels at the top left, 0 in the padding.
+    valid_size : tuple of int
+        ``(h, w)`` of the resized labels (the longest side is S).
+    """
     from napari_sam.engine.predict.preprocessing import resized_shape
 
     s = config.img_size
@@ -303,6 +342,32 @@ def prepare_sample(
     With ``crop_size`` a random window of that many pixels (original frame) is taken
     first, its intensities scaled with the whole image's range (as the Predictor
     would scale the whole image); ``augment`` adds random 90-degree turns and flips.
+
+    Parameters
+    ----------
+    pair
+        A validated pair (pixel frame).
+    config
+        The model's configuration (input size, normalisation).
+    device
+        Where the tensors are made.
+    rng
+        Random source of crops and augmentation; None: a generator seeded with 0.
+    augment
+        Random rotation by multiples of 90 degrees and flip.
+    crop_size
+        Take a random window of at most this many pixels per side (one that holds an
+        object, when one of ten tries finds it); None or a smaller image: the whole image.
+
+    Returns
+    -------
+    PreparedSample
+        The model input, input-frame labels and the valid size.
+
+    Raises
+    ------
+    InputError
+        The image cannot be used (see :func:`~napari_sam.engine.predict.preprocessing.to_uint8_rgb`).
     """
     import torch
 
@@ -329,7 +394,20 @@ def prepare_sample(
 
 
 def check_training_data(data: Sequence, what: str = "training data") -> None:
-    """Fail early with a clear message when a dataset is empty."""
+    """Fail early with a clear message when a dataset is empty.
+
+    Parameters
+    ----------
+    data
+        Any sized sequence.
+    what
+        Names the data in the message.
+
+    Raises
+    ------
+    InputError
+        ``data`` is empty.
+    """
     if len(data) == 0:
         raise InputError(f"The {what} is empty: give at least one image with instance labels.")
 
@@ -367,6 +445,11 @@ def as_training_pairs(data: Sequence | None, what: str) -> ValidatedPairs:
     what
         Names the data in error messages ("training data", "validation data").
 
+    Returns
+    -------
+    ValidatedPairs
+        A view of ``data`` that validates each item when it is read.
+
     Raises
     ------
     InputError
@@ -381,5 +464,18 @@ def as_training_pairs(data: Sequence | None, what: str) -> ValidatedPairs:
 
 
 def count_objects(pairs: Sequence[TrainingPair], min_size: int = 1) -> int:
-    """Total number of objects in a (small, in-memory) list of pairs."""
+    """Total number of objects in a (small, in-memory) list of pairs.
+
+    Parameters
+    ----------
+    pairs
+        Pairs whose labels are read now.
+    min_size
+        Objects with fewer pixels are not counted.
+
+    Returns
+    -------
+    int
+        Objects over all pairs.
+    """
     return int(sum(object_ids(p.labels, min_size).size for p in pairs))

@@ -98,6 +98,12 @@ def evaluate_with_predictor(
     dict
         Mean IoU for ``box``, ``point`` and ``point_box`` (NaN without objects), their
         ``mean``, and ``objects``, the number of objects measured.
+
+    Raises
+    ------
+    InputError
+        ``data`` is None, a path or empty, a pair is not valid, or the device or
+        precision is not available.
     """
     import torch
 
@@ -143,6 +149,11 @@ def evaluate_prompted_iou(
     -------
     dict
         Mean IoU for ``box``, ``point``, ``point_box`` and their ``mean``.
+
+    Raises
+    ------
+    InputError
+        As for :func:`evaluate_with_predictor`.
     """
     result = evaluate_with_predictor(model, data, device, precision, min_object_size, objects_per_image)
     result.pop("objects")

@@ -18,6 +18,7 @@ The package, one job per module:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -117,7 +118,8 @@ class _Run:
     val_pairs: Sequence[TrainingPair] | None
     checkpoint_path: PathLike | None
 
-    def autocast(self):
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The autocast context of the run's precision (a no-op for fp32)."""
         from napari_sam.engine.predict.device import autocast
 
         return autocast(self.device, self.autocast_dtype)
@@ -133,7 +135,20 @@ class _Run:
         return result
 
     def samples(self, step: int, rng: np.random.Generator) -> list[PreparedSample]:
-        """The step's images, augmented and prepared as model input."""
+        """The step's images, augmented and prepared as model input.
+
+        Parameters
+        ----------
+        step
+            The 0-based step; with the seed it chooses the images.
+        rng
+            The step's random source of crops and augmentation.
+
+        Returns
+        -------
+        list of PreparedSample
+            ``images_per_step`` samples on the run's device.
+        """
         from napari_sam.engine.training.data import prepare_sample
 
         options = self.options
@@ -142,7 +157,23 @@ class _Run:
                                options.crop_size) for i in indices]
 
     def train_step(self, step: int) -> FinetuneProgress:
-        """One optimizer step; stops the run (``divergence_error``) on a non-finite loss or gradient."""
+        """One optimizer step; stops the run (``divergence_error``) on a non-finite loss or gradient.
+
+        Parameters
+        ----------
+        step
+            The 0-based step; it sets the learning rate and seeds the step's randomness.
+
+        Returns
+        -------
+        FinetuneProgress
+            The report after the step (``step + 1``), without validation or checkpoint.
+
+        Raises
+        ------
+        InputError
+            The loss or the gradient norm is NaN or infinite (nothing is updated).
+        """
         import torch
 
         options = self.options
@@ -167,7 +198,23 @@ class _Run:
                                 done=step + 1 == options.steps, **parts)
 
     def save(self, step: int) -> str | None:
-        """Write what is due after ``step``: the train state, and at the end also the final weights."""
+        """Write what is due after ``step``: the train state, and at the end also the final weights.
+
+        Parameters
+        ----------
+        step
+            Steps done.
+
+        Returns
+        -------
+        str or None
+            The file written (the final weights at the end), or None.
+
+        Raises
+        ------
+        InputError
+            The weights are NaN or infinite (nothing is written).
+        """
         options = self.options
         if self.checkpoint_path is None:
             return None
@@ -292,6 +339,16 @@ def run_finetune(
         As for :func:`finetune`.
     on_progress
         Called with each report as it comes.
+
+    Returns
+    -------
+    list of FinetuneProgress
+        Every report, the last with ``done=True``.
+
+    Raises
+    ------
+    InputError
+        As for :func:`finetune`.
     """
     reports = []
     for report in finetune(model, train_data, val_data, options, checkpoint_path, resume, overwrite):

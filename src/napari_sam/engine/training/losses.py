@@ -37,7 +37,23 @@ def _dice_loss(probs: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) 
 
 
 def thresholded_iou(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """IoU ``(m, k)`` of the masks ``logits > 0`` (inside ``valid``) with ``targets``; 1 when both are empty."""
+    """IoU ``(m, k)`` of the masks ``logits > 0`` (inside ``valid``) with ``targets``; 1 when both are empty.
+
+    Parameters
+    ----------
+    logits
+        ``(m, k, H, W)`` mask logits.
+    targets
+        ``(m, 1, H, W)`` float 0/1 object masks.
+    valid
+        ``(m, 1, H, W)`` float 0/1: the image inside the padded input; predicted
+        pixels outside it do not count.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(m, k)`` float32, computed without gradient.
+    """
     import torch
 
     with torch.no_grad():

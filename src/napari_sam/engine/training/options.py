@@ -188,6 +188,11 @@ def add_finetune_arguments(parser: argparse.ArgumentParser, defaults: Mapping[st
     Field ``images_per_step`` becomes ``--images-per-step``; booleans get a
     ``--no-`` form (``--no-augment``); ``learning_rate`` is also ``--lr``. Read the
     parsed arguments back with :func:`options_from_args`.
+
+    Raises
+    ------
+    TypeError
+        ``defaults`` names something that is not a field of :class:`FinetuneOptions`.
     """
     chosen = {option.name: option.default for option in fields(FinetuneOptions)}
     unknown = set(defaults or {}) - set(chosen)
@@ -208,7 +213,23 @@ def add_finetune_arguments(parser: argparse.ArgumentParser, defaults: Mapping[st
 
 
 def options_from_args(args: argparse.Namespace) -> FinetuneOptions:
-    """The :class:`FinetuneOptions` of arguments parsed by a parser built with :func:`add_finetune_arguments`."""
+    """The :class:`FinetuneOptions` of arguments parsed by a parser built with :func:`add_finetune_arguments`.
+
+    Parameters
+    ----------
+    args
+        The parsed arguments; one attribute per field (extra ones are ignored).
+
+    Returns
+    -------
+    FinetuneOptions
+        The checked options.
+
+    Raises
+    ------
+    InputError
+        A value is invalid (the message names the option and the first problem).
+    """
     return FinetuneOptions(**{option.name: getattr(args, option.name) for option in fields(FinetuneOptions)})
 
 

@@ -44,6 +44,18 @@ def object_sizes(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     Counts only the ids present (``np.unique``), so ids near 1e9 cost no memory
     (a ``bincount`` would allocate one counter per possible id).
+
+    Parameters
+    ----------
+    labels
+        Instance label image of any shape, 0 the background.
+
+    Returns
+    -------
+    ids : np.ndarray
+        (N,) int64, sorted.
+    counts : np.ndarray
+        (N,) pixels of each.
     """
     ids, counts = np.unique(np.asarray(labels), return_counts=True)
     keep = ids != 0
@@ -51,13 +63,37 @@ def object_sizes(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def object_ids(labels: np.ndarray, min_size: int = 1) -> np.ndarray:
-    """Ids of the objects in an instance label image with at least ``min_size`` pixels (sorted)."""
+    """Ids of the objects in an instance label image with at least ``min_size`` pixels (sorted).
+
+    Parameters
+    ----------
+    labels
+        Instance label image of any shape, 0 the background.
+    min_size
+        Fewest pixels an object needs.
+
+    Returns
+    -------
+    np.ndarray
+        (K,) int64 ids.
+    """
     ids, counts = object_sizes(labels)
     return ids[counts >= min_size]
 
 
 def object_boxes(labels: np.ndarray) -> dict[int, np.ndarray]:
-    """Tight box of every object: ``{id: (min_row, min_col, max_row, max_col)}`` (inclusive), pixel frame."""
+    """Tight box of every object: ``{id: (min_row, min_col, max_row, max_col)}`` (inclusive), pixel frame.
+
+    Parameters
+    ----------
+    labels
+        (H, W) instance label image, 0 the background (cast to int32 for scikit-image).
+
+    Returns
+    -------
+    dict of int to np.ndarray
+        (4,) float64 box per object id.
+    """
     from skimage.measure import regionprops
 
     boxes = {}
@@ -73,6 +109,16 @@ def object_centres(labels: np.ndarray) -> dict[int, np.ndarray]:
     "Centre" is the pixel farthest from the object's border (maximum of the distance
     transform), which lies inside the object even when the centroid of a curved blob
     does not; it is where a person would click.
+
+    Parameters
+    ----------
+    labels
+        (H, W) instance label image, 0 the background (cast to int32 for scikit-image).
+
+    Returns
+    -------
+    dict of int to np.ndarray
+        (2,) float64 (row, col) per object id.
     """
     from scipy.ndimage import distance_transform_edt
     from skimage.measure import regionprops
@@ -106,9 +152,23 @@ def sample_points_in(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``count`` random pixels inside each region, input frame.
 
-    ``regions``: ``(M, H, W)`` bool. Returns coords ``(M, count, 2)`` (x, y) and a
-    ``(M,)`` bool telling which regions were non-empty (empty regions get (0, 0)).
     Sampling is with replacement, uniform over each region's pixels.
+
+    Parameters
+    ----------
+    regions
+        ``(M, H, W)`` bool.
+    count
+        Points per region.
+    generator
+        The torch random source; None: torch's global one.
+
+    Returns
+    -------
+    coords : torch.Tensor
+        ``(M, count, 2)`` float (x, y) pixel indices; (0, 0) for empty regions.
+    has_pixels : torch.Tensor
+        ``(M,)`` bool, which regions were non-empty.
     """
     import torch
 
@@ -127,6 +187,16 @@ def box_prompts_from_masks(masks: torch.Tensor) -> torch.Tensor:
     """Tight boxes of ``(M, H, W)`` bool masks as ``(M, 4)`` float x0, y0, x1, y1 (inclusive pixel indices).
 
     Empty masks give the box (0, 0, 0, 0).
+
+    Parameters
+    ----------
+    masks
+        ``(M, H, W)`` bool, input frame.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(M, 4)`` float32 (x0, y0, x1, y1).
     """
     import torch
 
@@ -157,6 +227,24 @@ def jitter_boxes(
     Each edge moves by ``N(0, jitter * side)`` pixels, at most ``max_shift``, as in
     SAM's training. ``valid_size`` is the (h, w) of the image inside the padded input;
     boxes stay inside it and keep ``x0 <= x1``, ``y0 <= y1``.
+
+    Parameters
+    ----------
+    boxes
+        ``(M, 4)`` float (x0, y0, x1, y1), inclusive pixel indices.
+    valid_size
+        (h, w) the boxes are clipped to.
+    jitter
+        Noise standard deviation as a fraction of the box's side.
+    max_shift
+        Largest move of an edge, in pixels.
+    generator
+        The torch random source; None: torch's global one.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(M, 4)`` float jittered boxes.
     """
     import torch
 
@@ -183,8 +271,24 @@ def sample_negative_points(
 
     Negatives are drawn from the object's box grown by ``margin`` of its size on each
     side, minus the object itself (where a user would click to cut a neighbour off).
-    ``targets``: ``(M, H, W)`` bool. Returns coords ``(M, count, 2)`` and ``(M,)`` bool
-    telling which objects had such pixels.
+
+    Parameters
+    ----------
+    targets
+        ``(M, H, W)`` bool object masks.
+    count
+        Points per object.
+    margin
+        Growth of the box on each side, as a fraction of its width (height).
+    generator
+        The torch random source; None: torch's global one.
+
+    Returns
+    -------
+    coords : torch.Tensor
+        ``(M, count, 2)`` float (x, y); (0, 0) where there was no such pixel.
+    has_pixels : torch.Tensor
+        ``(M,)`` bool, which objects had such pixels.
     """
     import torch
 
@@ -208,11 +312,23 @@ def sample_correction_points(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One point per object where the prediction is wrong, input frame.
 
-    ``predictions``, ``targets``: ``(M, H, W)`` bool. A pixel is drawn uniformly from
-    the error region; it is a positive point if the object was missed there (false
-    negative), a negative point if the mask spilled over (false positive). Objects
-    predicted perfectly get a padding point (label -1). Returns coords ``(M, 1, 2)``
-    and labels ``(M, 1)`` (long).
+    A pixel is drawn uniformly from the error region; it is a positive point if the
+    object was missed there (false negative), a negative point if the mask spilled
+    over (false positive). Objects predicted perfectly get a padding point (label -1).
+
+    Parameters
+    ----------
+    predictions, targets
+        ``(M, H, W)`` bool predicted and true masks.
+    generator
+        The torch random source; None: torch's global one.
+
+    Returns
+    -------
+    coords : torch.Tensor
+        ``(M, 1, 2)`` float (x, y).
+    labels : torch.Tensor
+        ``(M, 1)`` long: ``POSITIVE``, ``NEGATIVE`` or ``PADDING``.
     """
     import torch
 
@@ -232,6 +348,23 @@ def validate_instance_labels(labels: np.ndarray, name: str = "labels") -> np.nda
 
     Float or boolean labels are refused: instance ids must be integers (a float image
     is usually an intensity image passed by mistake; a boolean mask has no instances).
+
+    Parameters
+    ----------
+    labels
+        Instance label image of any shape.
+    name
+        How the messages call it (e.g. a file name).
+
+    Returns
+    -------
+    np.ndarray
+        ``labels`` as int64 (not copied when it is already int64).
+
+    Raises
+    ------
+    InputError
+        The dtype is float, bool or not an integer, or a value is negative.
     """
     labels = np.asarray(labels)
     if labels.dtype.kind == "f":
@@ -269,7 +402,15 @@ class PromptSet:
     multimask: torch.Tensor
 
     def add_points(self, coords: torch.Tensor, labels: torch.Tensor) -> None:
-        """Append points ``(M, n, 2)`` with labels ``(M, n)`` to every prompt set (corrections)."""
+        """Append points ``(M, n, 2)`` with labels ``(M, n)`` to every prompt set (corrections).
+
+        Parameters
+        ----------
+        coords
+            ``(M, n, 2)`` float (x, y), input frame.
+        labels
+            ``(M, n)`` long point labels.
+        """
         import torch
 
         self.coords = torch.cat([self.coords, coords], dim=1)

@@ -37,7 +37,18 @@ _STATE_ENTRIES = {"model": Mapping, "optimizer": Mapping, "step": int, "config_n
 
 
 def training_state_path(checkpoint_path: PathLike) -> Path:
-    """Where the train state of a run lives: ``model.pt`` -> ``model.train_state.pt``."""
+    """Where the train state of a run lives: ``model.pt`` -> ``model.train_state.pt``.
+
+    Parameters
+    ----------
+    checkpoint_path
+        The run's output file (``~`` is not expanded here).
+
+    Returns
+    -------
+    Path
+        In the same folder: the output's stem plus ``.train_state.pt``.
+    """
     path = Path(checkpoint_path)
     return path.with_name(path.stem + ".train_state.pt")
 
@@ -103,6 +114,11 @@ def divergence_error(step: int, options: FinetuneOptions, what: str) -> InputErr
         The run's settings: the advice names its learning rate and precision.
     what
         What became non-finite, e.g. ``"the loss"``.
+
+    Returns
+    -------
+    InputError
+        The error to raise, with advice on learning rate and precision.
     """
     advice = "" if options.precision == "fp32" else f" and train in fp32 (precision 'fp32', not {options.precision!r})"
     return InputError(
@@ -144,6 +160,11 @@ def save_training_state(
     -------
     Path
         The train state file.
+
+    Raises
+    ------
+    InputError
+        Some weights are NaN or infinite (nothing is written).
     """
     from napari_sam.model.checkpoint import save_atomically
 
@@ -170,6 +191,11 @@ def save_final_weights(model: torch.nn.Module, step: int, options: FinetuneOptio
     checkpoint_path
         The output file.
 
+    Returns
+    -------
+    Path
+        Where the weights were written.
+
     Raises
     ------
     InputError
@@ -187,6 +213,28 @@ def save_training_checkpoint(
 
     The weights go last: a kill between the two writes leaves a train state of the
     last step and the old output, and resuming then writes the output.
+
+    Parameters
+    ----------
+    model, optimizer
+        The trained model and its optimizer.
+    step
+        Steps done.
+    options
+        The run's settings.
+    path
+        The run's output file; the train state goes beside it
+        (:func:`training_state_path`).
+
+    Returns
+    -------
+    Path
+        Where the weights were written.
+
+    Raises
+    ------
+    InputError
+        Some weights are NaN or infinite (nothing is written).
     """
     save_training_state(model, optimizer, step, options, path)
     return save_final_weights(model, step, options, path)
@@ -264,6 +312,11 @@ def load_training_state(
         The resumed run's settings (``freeze_image_encoder`` must match the saved run's).
     device
         Where the model trains.
+
+    Returns
+    -------
+    int
+        The number of steps the saved run had done.
 
     Raises
     ------

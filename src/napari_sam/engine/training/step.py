@@ -121,7 +121,7 @@ def _decode_group(model, embeddings, image_index, prompts: PromptSet, rows, layo
 
 
 def decode_groups(
-    model,
+    model: torch.nn.Module,
     embeddings: torch.Tensor,
     image_index: torch.Tensor,
     prompts: PromptSet,
@@ -133,6 +133,26 @@ def decode_groups(
     numbers of tokens, so they are decoded in groups. Returns low-res logits
     ``(M, T, L, L)`` and IoU predictions ``(M, T)`` for all ``T`` mask tokens
     (token 0: single output, 1..: the multimask outputs).
+
+    Parameters
+    ----------
+    model
+        The SAM model (``prompt_encoder``, ``mask_decoder``).
+    embeddings
+        ``(B, C, E, E)`` image embeddings of the step's images.
+    image_index
+        ``(M,)`` which embedding each prompt set belongs to.
+    prompts
+        The M prompt sets, input frame.
+    mask_input
+        ``(M, 1, L, L)`` low-res logits of the previous pass, or None.
+
+    Returns
+    -------
+    low_res : torch.Tensor
+        ``(M, T, L, L)`` logits, in the order of ``prompts``.
+    iou : torch.Tensor
+        ``(M, T)`` predicted IoUs.
     """
     import torch
 
@@ -156,7 +176,20 @@ def decode_groups(
 
 
 def upscale_to_input(low_res: torch.Tensor, img_size: int) -> torch.Tensor:
-    """Low-res logits ``(m, k, L, L)`` -> ``(m, k, S, S)``, the Predictor's first upsampling step."""
+    """Low-res logits ``(m, k, L, L)`` -> ``(m, k, S, S)``, the Predictor's first upsampling step.
+
+    Parameters
+    ----------
+    low_res
+        ``(m, k, L, L)`` logits.
+    img_size
+        S, the model's input size.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(m, k, S, S)`` bilinear (``align_corners=False``), padding included.
+    """
     import torch.nn.functional as F
 
     return F.interpolate(low_res, size=(img_size, img_size), mode="bilinear", align_corners=False)
@@ -215,7 +248,7 @@ def _embed(model, samples: list[PreparedSample], options: FinetuneOptions, autoc
 
 
 def training_step_loss(
-    model,
+    model: torch.nn.Module,
     samples: list[PreparedSample],
     options: FinetuneOptions,
     rng: np.random.Generator,
@@ -242,6 +275,11 @@ def training_step_loss(
     tuple
         The scalar loss and a dict with ``mask_loss``, ``iou_loss`` and ``train_iou``
         (mean IoU of the last pass).
+
+    Raises
+    ------
+    InputError
+        No image of the step has an object of at least ``min_object_size`` pixels.
     """
     import torch
 

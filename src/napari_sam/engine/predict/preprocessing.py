@@ -59,7 +59,7 @@ def validate_image(image: Any) -> Any:
     ------
     InputError
         For other shapes, naming the likely mistake: a stack instead of a slice, or
-        channels first (C, H, W) with C <= 4 and W > 4.
+        channels first (C, H, W) with C <= 4 and H, W > 4 (see ``channels_first_hint``).
     """
     shape = tuple(getattr(image, "shape", ()))
     if len(shape) not in (2, 3):

@@ -98,3 +98,57 @@ def test_commit_pixels_overlapping_objects_first_one_wins():
 def test_commit_pixels_shape_mismatch():
     with pytest.raises(ValueError):
         labels.commit_pixels(np.zeros((3, 3)), [np.ones((2, 2), bool)], 1)
+
+
+def test_object_areas_over_all_planes_and_large_ids():
+    stack = np.zeros((3, 4, 5), np.uint32)
+    stack[0, :2, :2] = 4  # 4 pixels
+    stack[2, 0, :] = 4  # 5 more, another plane
+    stack[1, 3, 3] = 2
+    ids, areas = labels.object_areas(stack)
+    np.testing.assert_array_equal(ids, [2, 4])
+    np.testing.assert_array_equal(areas, [1, 9])
+    sparse = np.zeros((4, 4), np.uint32)
+    sparse[0, 0] = 4_000_000_000  # far beyond the pixel count: counted without a huge bincount
+    sparse[1, :] = 7
+    ids, areas = labels.object_areas(sparse)
+    np.testing.assert_array_equal(ids, [7, 4_000_000_000])
+    np.testing.assert_array_equal(areas, [4, 1])
+    ids, areas = labels.object_areas(np.zeros((2, 2), np.uint8))
+    assert ids.shape == (0,) and areas.shape == (0,)
+
+
+def test_object_pixels_and_plane():
+    stack = np.zeros((4, 6, 6), np.uint16)
+    stack[1, 0, 0] = 3
+    stack[2, 1:4, 1:4] = 3  # most pixels on plane 2 of axis 0
+    stack[0, 5, 5] = 1
+    z, r, c = labels.object_pixels(stack, 3)
+    assert len(z) == 10 and set(z.tolist()) == {1, 2}
+    assert labels.object_plane(stack, 3, (1, 2)) == {0: 2}
+    assert labels.object_plane(stack, 3, (0, 2)) == {1: 1}  # rows 1..3 tie on 3 pixels each: the first
+    assert labels.object_plane(stack, 9, (1, 2)) is None
+    assert labels.object_plane(stack[2], 3, (0, 1)) == {}
+
+
+def test_resegment_pixels_replace_the_object_and_keep_others():
+    plane = np.zeros((5, 5), np.int32)
+    plane[0:2, 0:2] = 3  # the object being redone
+    plane[4, :] = 8  # a neighbour
+    mask = np.zeros((5, 5), bool)
+    mask[1:5, 1:3] = True  # overlaps its old pixel (1, 1) and the neighbour's row
+    rows, cols, values = labels.resegment_pixels(plane, mask, 3)
+    written = plane.copy()
+    written[rows, cols] = values
+    expected = plane.copy()
+    expected[0:2, 0:2] = 0
+    expected[1:4, 1:3] = 3
+    np.testing.assert_array_equal(written, expected)
+    assert not ((plane == written)[rows, cols]).any()  # only changed pixels are listed
+
+    rows, cols, values = labels.resegment_pixels(plane, mask, 3, paint_over=True)
+    written = plane.copy()
+    written[rows, cols] = values
+    assert (written[1:5, 1:3] == 3).all() and (written[4, 3:] == 8).all() and written[0, 0] == 0
+    with pytest.raises(ValueError):
+        labels.resegment_pixels(plane, np.ones((2, 2), bool), 3)

@@ -633,13 +633,16 @@ class AnnotatorController:
                     self.viewer.layers.move(self.viewer.layers.index(layer), len(self.viewer.layers))
             if self.points_layer is not None:
                 self.viewer.layers.selection.active = self.points_layer
+        self._watch_labels()
         return self.labels_layer
 
     def commit(self) -> list[int]:
         """Write the preview into the labels layer as ONE undo step, then clear this plane's prompts.
 
-        New objects get the next free ids. Without ``paint_over`` only background
-        pixels are written. Returns the ids written (empty if nothing was).
+        New objects get the next free ids; after :meth:`start_resegment` the preview
+        replaces that object instead. Without ``paint_over`` only background (and, when
+        re-segmenting, the object's own) pixels are written. Each object's score is kept
+        in the labels' ``features``. Returns the ids written (empty if nothing was).
         """
         prediction = self._prediction
         if prediction is None or self.image_layer is None:
@@ -648,17 +651,23 @@ class AnnotatorController:
         if prediction.plane != self.current_plane():
             self._set_status("The preview belongs to another slice; go back to it or add prompts here.")
             return []
+        masks = prediction.object_masks()
+        if not any(mask.any() for mask in masks):
+            # checked before the labels layer is made: an empty commit must leave no trace
+            self._set_status("The mask is empty: nothing to commit.")
+            return []
+        if self.resegment_id is not None:
+            return self._commit_resegment(prediction)
         labels = self.ensure_labels_layer()
         plane = prediction.plane
         first_id = label_ops.next_free_label(labels.data)
-        if first_id + len(prediction.object_masks()) - 1 > np.iinfo(labels.data.dtype).max:
+        if first_id + len(masks) - 1 > np.iinfo(labels.data.dtype).max:
             raise InputError(f"The labels layer '{labels.name}' ({labels.data.dtype}) has no free ids left.")
         existing = np.asarray(labels.data[plane.selector(labels.ndim)])
-        rows, cols, values = label_ops.commit_pixels(existing, prediction.object_masks(), first_id, self.paint_over)
+        rows, cols, values = label_ops.commit_pixels(existing, masks, first_id, self.paint_over)
         written = sorted({int(v) for v in np.unique(values)})
-        if len(rows):
-            with labels.block_history():  # one undo step for the whole commit
-                labels.data_setitem(plane.full_index(rows, cols, labels.ndim), values.astype(labels.data.dtype))
+        scores = self._object_scores(prediction)
+        self._write_plane(labels, plane, rows, cols, values, {i: scores[i - first_id] for i in written})
         self._set_status(
             f"Committed id(s) {', '.join(map(str, written))} to '{labels.name}'."
             if written
@@ -695,3 +704,159 @@ class AnnotatorController:
 
     def _set_status(self, text: str) -> None:
         self.status_changed.emit(text)
+
+    # ========================================================= object list
+    # The committed objects: their score, class and plane are kept in labels.metadata
+    # (they survive undo, which only restores pixels); the labels' ``features`` table is
+    # rebuilt from the pixels + that record by refresh_objects (areas are always counted).
+    OBJECTS_METADATA = "napari_sam_objects"  # labels.metadata key of the record
+    OBJECT_COLUMNS = ("index", "area", "score", "class", "plane")
+    objects_changed = Signal(object)  # the new features table (DataFrame), or None: pixels changed, refresh
+    resegment_id: int | None = None  # set by start_resegment: the next commit replaces this object
+    _watched_labels = None  # the labels layer whose edits emit objects_changed
+
+    def _object_scores(self, prediction: _Prediction) -> list[float]:
+        """The score of each object that ``prediction.object_masks()`` returns."""
+        if prediction.candidates:
+            return [float(prediction.scores[prediction.index])]
+        return [float(score) for score in prediction.scores]
+
+    def _write_plane(self, labels, plane: Plane, rows, cols, values, scores: dict[int, float]) -> None:
+        """Write ``values`` at plane pixels (rows, cols) as ONE undo step; record the objects' scores."""
+        if len(rows):
+            with labels.block_history():  # one undo step for the whole commit
+                labels.data_setitem(plane.full_index(rows, cols, labels.ndim), values.astype(labels.data.dtype))
+        records = self._object_records(labels)
+        for label_id, score in scores.items():
+            kept_class = records.get(label_id, {}).get("class", "")
+            records[label_id] = {"score": score, "class": kept_class, "plane": plane.describe()}
+        self.refresh_objects()
+
+    def _object_records(self, labels) -> dict[int, dict]:
+        """{id: {"score", "class", "plane"}} kept with ``labels`` (created empty)."""
+        return labels.metadata.setdefault(self.OBJECTS_METADATA, {})
+
+    def refresh_objects(self):
+        """Rebuild the labels' ``features`` from its pixels; return it (a DataFrame, one row per id present).
+
+        Columns: ``index`` (the id), ``area`` (pixels over all planes), ``score`` (of the
+        committed mask; NaN for objects painted by hand), ``class`` and ``plane`` (where it
+        was committed). An id with no pixels left (deleted, undone) has no row.
+        """
+        import pandas as pd
+
+        labels = self.labels_layer
+        if labels is None or labels not in self.viewer.layers:
+            table = pd.DataFrame({column: [] for column in self.OBJECT_COLUMNS})
+            self.objects_changed.emit(table)
+            return table
+        self._watch_labels()
+        ids, areas = label_ops.object_areas(labels.data)
+        records = self._object_records(labels)
+        rows = [records.get(int(i), {}) for i in ids]
+        table = pd.DataFrame(
+            {
+                "index": ids,
+                "area": areas,
+                "score": [row.get("score", np.nan) for row in rows],
+                "class": [row.get("class", "") for row in rows],
+                "plane": [row.get("plane", "") for row in rows],
+            }
+        )
+        if not table.equals(labels.features):
+            labels.features = table
+        self.objects_changed.emit(table)
+        return table
+
+    def _watch_labels(self) -> None:
+        """Follow edits of the current labels layer (painting, undo, redo) to keep the object list current."""
+        labels = self.labels_layer
+        if _same(labels, self._watched_labels):
+            return
+        old, self._watched_labels = self._watched_labels, labels
+        for layer, connect in ((old, False), (labels, True)):
+            if layer is None:
+                continue
+            for emitter in (layer.events.paint, layer.events.data, layer.events.set_data):
+                if connect:
+                    emitter.connect(self._on_labels_edited)
+                else:
+                    with contextlib.suppress(TypeError, ValueError):
+                        emitter.disconnect(self._on_labels_edited)
+
+    def _on_labels_edited(self, event=None) -> None:
+        # set_data also comes with every slider move, but it is the only event of an undo or redo
+        # (napari has no public history event): listeners debounce before recounting
+        self.objects_changed.emit(None)
+
+    def _require_object(self, label_id: int):
+        labels = self.labels_layer
+        if labels is None or labels not in self.viewer.layers:
+            raise InputError("No labels layer yet: commit an object first.")
+        if not (np.asarray(labels.data) == label_id).any():
+            raise InputError(f"The labels layer '{labels.name}' has no object {label_id} (deleted or undone?).")
+        return labels
+
+    def show_object(self, label_id: int) -> None:
+        """Show only object ``label_id`` and move the sliders to the plane where it has most pixels."""
+        labels = self._require_object(label_id)
+        labels.selected_label = label_id
+        labels.show_selected_label = True
+        with contextlib.suppress(InputError):  # in a 3D view no slider needs moving
+            axes = plane_ops.displayed_layer_axes(self.viewer, labels)
+            where = label_ops.object_plane(labels.data, label_id, axes)
+            if where:
+                position = np.asarray(labels.world_to_data(self.viewer.dims.point), dtype=float)
+                for axis, index in where.items():
+                    position[axis] = index
+                world = labels.data_to_world(position)
+                offset = self.viewer.dims.ndim - labels.ndim
+                for axis in where:
+                    self.viewer.dims.set_point(axis + offset, world[axis])
+        self._set_status(f"Showing object {label_id} only ('Show all' shows every object).")
+
+    def show_all_objects(self) -> None:
+        """Show every object of the labels layer again."""
+        if self.labels_layer is not None:
+            self.labels_layer.show_selected_label = False
+
+    def delete_object(self, label_id: int) -> None:
+        """Erase object ``label_id`` from every plane, as ONE undo step."""
+        labels = self._require_object(label_id)
+        pixels = label_ops.object_pixels(labels.data, label_id)
+        with labels.block_history():
+            labels.data_setitem(pixels, np.zeros(len(pixels[0]), dtype=labels.data.dtype))
+        if self.resegment_id == label_id:
+            self.cancel_resegment()
+        self.refresh_objects()
+        self._set_status(f"Deleted object {label_id} ({len(pixels[0])} pixels); Ctrl+Z brings it back.")
+
+    def start_resegment(self, label_id: int) -> None:
+        """Make the next commit replace object ``label_id`` (in the plane annotated) by the preview."""
+        self._require_object(label_id)
+        self.resegment_id = label_id
+        self._set_status(
+            f"Re-segmenting object {label_id}: add prompts on a slice and commit them; "
+            "its old pixels in that slice are replaced."
+        )
+
+    def cancel_resegment(self) -> None:
+        """Go back to normal commits (new ids)."""
+        if self.resegment_id is not None:
+            self.resegment_id = None
+            self._set_status("Back to normal commits: each commit adds a new object.")
+
+    def _commit_resegment(self, prediction: _Prediction) -> list[int]:
+        label_id = self.resegment_id
+        masks = prediction.object_masks()
+        if len(masks) != 1:
+            raise InputError(f"Re-segmenting takes one object: use one box or points, not {len(masks)} boxes.")
+        labels = self.ensure_labels_layer()
+        plane = prediction.plane
+        existing = np.asarray(labels.data[plane.selector(labels.ndim)])
+        rows, cols, values = label_ops.resegment_pixels(existing, masks[0], label_id, self.paint_over)
+        self._write_plane(labels, plane, rows, cols, values, {label_id: self._object_scores(prediction)[0]})
+        self.resegment_id = None
+        self._set_status(f"Object {label_id} re-segmented on {plane.describe()}; Ctrl+Z restores it.")
+        self.clear_prompts()
+        return [label_id]

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import torch
     from distributed import Worker
 
+    from napari_sam.engine.automatic.diagnostics import FilterReport
     from napari_sam.engine.automatic.params import AutomaticParams
 
 
@@ -110,8 +111,13 @@ class SamWorkerPlugin(WorkerPlugin):
 
 
 def _segment_on_worker(plugin_name: str, pixels: np.ndarray, params, intensity_range, window, tile_shape):
+    """The tile's compacted labels and its :class:`FilterReport` (small: counts and two histograms)."""
+    from napari_sam.engine.automatic.diagnostics import FilterReport
+
     predictor = get_worker().plugins[plugin_name].predictor
-    return _compact(segment_tile(predictor, pixels, params, intensity_range, window, tile_shape))
+    report = FilterReport()
+    labels = segment_tile(predictor, pixels, params, intensity_range, window, tile_shape, report=report)
+    return _compact(labels), report
 
 
 def _compact(labels: np.ndarray) -> np.ndarray:
@@ -165,6 +171,7 @@ class DaskTileRunner:
         params: AutomaticParams,
         intensity_range: tuple | None = None,
         tiles: Iterable[Tile] | None = None,
+        report: FilterReport | None = None,
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(tile index, labels in the window frame)`` for ``tiles`` (default: every tile of
         ``grid``) of a 2D array-like ``image`` (H, W[, C]), in completion order. At most
@@ -184,6 +191,8 @@ class DaskTileRunner:
             The whole image's (low, high) scaling.
         tiles
             The tiles to run; None: every tile of ``grid``.
+        report
+            If given, each tile's counts per filter (computed on the workers) are added to it.
 
         Yields
         ------
@@ -223,7 +232,9 @@ class DaskTileRunner:
             if not submit_next():
                 break
         for future in futures:
-            labels = future.result()
+            labels, tile_report = future.result()
+            if report is not None:
+                report.merge(tile_report)
             index = index_of.pop(future.key)
             future.release()
             submit_next()

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_sam.engine.automatic.diagnostics import FilterReport, Tally
 from napari_sam.engine.automatic.params import AutomaticParams
 from napari_sam.engine.automatic.postprocess import (
     box_nms,
@@ -180,6 +181,7 @@ def propose_masks(
     params: AutomaticParams,
     points: np.ndarray | None = None,
     coarseness: np.ndarray | None = None,
+    report: FilterReport | None = None,
 ) -> MaskProposals:
     """Decode the point grid and keep the masks that pass the low-resolution filters and NMS.
 
@@ -197,6 +199,10 @@ def propose_masks(
     coarseness
         (N,) orders ``points`` coarse to fine (see :func:`lattice_points`; capped at
         ``params.coarse_levels``); None: one pass over all of them.
+    report
+        If given, this decoding's counts per filter and score histograms are added to it
+        (:class:`~napari_sam.engine.automatic.diagnostics.FilterReport`; ``painting`` and
+        ``kept`` are left to :func:`generate_labels`).
 
     Returns
     -------
@@ -234,27 +240,38 @@ def propose_masks(
 
     kept = _Survivors.empty(low, device)
     covered = torch.zeros((low, low), dtype=torch.bool, device=device)
+    tally = Tally(device)
     with torch.inference_mode():
         passes = sorted(set(levels.tolist()), reverse=True)
         for level in passes:
             todo = torch.as_tensor(np.flatnonzero(levels == level), device=device)
+            candidates = todo.numel()
             todo = todo[~covered[cells[todo, 1], cells[todo, 0]]]
+            tally.skipped_points += candidates - todo.numel()
             found = []
             for start in range(0, todo.numel(), batch):
                 prompts = todo[start : start + batch]
-                survivors = _decode_points(predictor, features, dense_pe, xy[prompts], cells[prompts], params, valid)
+                survivors = _decode_points(
+                    predictor, features, dense_pe, xy[prompts], cells[prompts], params, valid, tally
+                )
                 survivors.prompt = prompts[survivors.prompt]
                 found.append(survivors)
                 # NMS over everything kept so far plus this batch keeps memory bounded by the survivors
                 kept = _Survivors.cat([kept, survivors])
+                before = len(kept)
                 kept = kept.select(box_nms(kept.boxes, kept.scores, params.nms_thresh).to(device))
+                tally.duplicates += before - len(kept)
             if level == passes[-1]:
                 break  # the finest pass: nothing left to skip
             for survivors in found:
                 covered |= _smallest_mask_per_prompt(survivors, valid, low)
         if params.nested_thresh is not None and len(kept) > 1:
             masks = kept.logits[:, : valid[0], : valid[1]] > 0
+            before = len(kept)
             kept = kept.select(nested_suppression(masks, kept.scores, params.nested_thresh))
+            tally.nested += before - len(kept)
+    if report is not None:
+        report.merge(tally.report(params.pred_iou_thresh, params.stability_thresh))
     return MaskProposals(
         kept.logits, kept.scores, kept.stability, kept.boxes, tuple(embedding.original_size), tuple(embedding.input_size)
     )
@@ -334,7 +351,8 @@ class _Survivors:
 
 
 def _decode_points(
-    predictor: Predictor, features, dense_pe, xy, cells, params: AutomaticParams, valid: tuple[int, int]
+    predictor: Predictor, features, dense_pe, xy, cells, params: AutomaticParams, valid: tuple[int, int],
+    tally: Tally,
 ) -> _Survivors:
     """Decode single positive points ``xy`` (B, 2) (x, y, input frame) into multimask outputs and
     keep the masks that pass the predicted-IoU, point-inside and stability filters.
@@ -342,7 +360,7 @@ def _decode_points(
 
     Masks are only computed for prompts with at least one output above ``pred_iou_thresh``:
     the IoU head reads the transformer's tokens, so the upscaling, the costliest part after
-    the transformer, is skipped for prompts that cannot pass.
+    the transformer, is skipped for prompts that cannot pass. ``tally`` counts what each filter drops.
     """
     import torch
 
@@ -355,6 +373,7 @@ def _decode_points(
         # so the transformer's first block projects the image once for the whole batch
         tokens, image_out = decoder.run_transformer(features, dense_pe, sparse, dense[:1])
         iou = decoder.iou_from(tokens)[:, 1:].float()  # the multimask outputs
+        tally.add_decoded(iou, params.pred_iou_thresh)
         promising = torch.nonzero((iou >= params.pred_iou_thresh).any(1)).flatten()
         logits = decoder.masks_from(tokens[promising], image_out[promising], features.shape[-2:])[:, 1:]
     per_prompt = iou.shape[1]
@@ -364,12 +383,14 @@ def _decode_points(
     keep = iou >= params.pred_iou_thresh
     if params.require_point_inside:
         at_point = logits[torch.arange(logits.shape[0], device=logits.device), cells[prompt, 1], cells[prompt, 0]]
+        tally.add_point_outside(keep & (at_point <= 0))
         keep &= at_point > 0
     logits, iou, prompt = logits[keep], iou[keep], prompt[keep]
     inside = logits[:, : valid[0], : valid[1]]
     stability = stability_scores(inside, params.stability_offset)
     boxes = mask_bounding_boxes(inside > 0)
     keep = (stability >= params.stability_thresh) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    tally.add_stability(stability, keep)  # an empty mask counts as unstable
     return _Survivors(logits[keep], iou[keep], stability[keep], boxes[keep], prompt[keep])
 
 
@@ -500,6 +521,7 @@ def generate_labels(
     embedding: ImageEmbedding | None = None,
     points: np.ndarray | None = None,
     coarseness: np.ndarray | None = None,
+    report: FilterReport | None = None,
 ) -> np.ndarray:
     """Segment everything in one 2D image that fits one SAM input: (H, W) int32 labels, 0 = background.
 
@@ -524,6 +546,9 @@ def generate_labels(
         all-background labels.
     coarseness
         (N,) coarseness of ``points`` (see :func:`lattice_points`).
+    report
+        If given, what each filter rejected and the objects kept are added to it
+        (:class:`~napari_sam.engine.automatic.diagnostics.FilterReport`).
 
     Returns
     -------
@@ -544,6 +569,12 @@ def generate_labels(
         embedding = predictor.compute_embedding(image, intensity_range)
     if points is not None and len(points) == 0:
         return np.zeros(embedding.original_size, dtype=np.int32)
-    proposals = propose_masks(predictor, embedding, params, points, coarseness)
+    tile_report = FilterReport() if report is not None else None
+    proposals = propose_masks(predictor, embedding, params, points, coarseness, tile_report)
     masks = [(origin, mask) for _, origin, mask in proposals_to_masks(proposals, predictor.config, params.min_area)]
-    return paint_labels(masks, embedding.original_size, params.min_area, params.max_hidden_fraction)
+    labels = paint_labels(masks, embedding.original_size, params.min_area, params.max_hidden_fraction)
+    if report is not None:
+        tile_report.kept = int(labels.max()) if labels.size else 0
+        tile_report.painting = len(proposals) - tile_report.kept  # emptied by min_area, or hidden
+        report.merge(tile_report)
+    return labels

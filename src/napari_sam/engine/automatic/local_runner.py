@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_sam.engine.automatic.diagnostics import FilterReport
 from napari_sam.engine.automatic.params import AutomaticParams
 from napari_sam.engine.automatic.tiling import (
     Tile,
@@ -67,6 +68,7 @@ class LocalTileRunner:
         params: AutomaticParams,
         intensity_range: tuple | None = None,
         tiles: Iterable[Tile] | None = None,
+        report: FilterReport | None = None,
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(tile index, (H_w, W_w) int32 labels in the window frame)`` for ``tiles``
         (default: every tile of ``grid``) of a 2D array-like ``image`` (H, W[, C]), in tile order.
@@ -84,6 +86,8 @@ class LocalTileRunner:
             (:func:`~napari_sam.engine.automatic.tiling.global_intensity_range`).
         tiles
             The tiles to run, in this order; None: every tile of ``grid``.
+        report
+            If given, each tile's counts per filter are added to it.
 
         Yields
         ------
@@ -96,12 +100,12 @@ class LocalTileRunner:
         for tile in grid if tiles is None else tiles:
             pending.append((tile, read_window(image, tile.window)))
             if len(pending) >= self.encoder_batch:
-                yield from self._segment(pending, grid, params, intensity_range)
+                yield from self._segment(pending, grid, params, intensity_range, report)
                 pending = []
         if pending:
-            yield from self._segment(pending, grid, params, intensity_range)
+            yield from self._segment(pending, grid, params, intensity_range, report)
 
-    def _segment(self, pending, grid: TileGrid, params: AutomaticParams, intensity_range):
+    def _segment(self, pending, grid: TileGrid, params: AutomaticParams, intensity_range, report):
         """Embed the non-blank windows of ``pending`` in one encoder call, then segment each."""
         busy = [(tile, pixels) for tile, pixels in pending if not window_is_blank(pixels, intensity_range)]
         embeddings = embed_windows(self.predictor, [p for _, p in busy], intensity_range) if busy else []
@@ -109,5 +113,5 @@ class LocalTileRunner:
         for tile, pixels in pending:
             yield tile.index, segment_tile(
                 self.predictor, pixels, params, intensity_range, tile.window, grid.tile_shape,
-                embedding=by_index.get(tile.index),
+                embedding=by_index.get(tile.index), report=report,
             )

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_sam.engine.automatic.diagnostics import FilterReport
 from napari_sam.engine.automatic.params import AutomaticParams
 from napari_sam.engine.automatic.resume import (
     ResumePoint,
@@ -97,6 +98,7 @@ def segment_everything_steps(
     *,
     overwrite: bool = False,
     resume: bool = False,
+    report: FilterReport | None = None,
 ) -> Generator[tuple[int, int], None, Any]:
     """Generator form of :func:`segment_everything`: yields ``(tiles done, tiles total)`` after each tile
     and returns the labels (``StopIteration.value``). Closing it stops the work between tiles.
@@ -109,6 +111,8 @@ def segment_everything_steps(
         Settings of mask generation; default ``AutomaticParams()``.
     same_object_overlap
         The stitcher's duplicate threshold (``stitching.SAME_OBJECT_OVERLAP``).
+    report
+        As in :func:`segment_everything`.
 
     Returns
     -------
@@ -141,7 +145,7 @@ def segment_everything_steps(
     try:
         with runner:
             yield from _segment_planes(image, output, layout, grid, runner, params, value_range,
-                                       same_object_overlap, start)
+                                       same_object_overlap, start, report)
         return output.commit()
     except BaseException as error:  # interrupted (GeneratorExit, KeyboardInterrupt) or failed
         output.discard()
@@ -253,7 +257,7 @@ def _open(
 
 def _segment_planes(
     image, output: LabelOutput, layout: ImageLayout, grid: TileGrid, runner, params: AutomaticParams,
-    value_range, same_object_overlap: float, start: ResumePoint,
+    value_range, same_object_overlap: float, start: ResumePoint, report: FilterReport | None = None,
 ) -> Iterator[tuple[int, int]]:
     """Segment and stitch every slice from ``start`` on, recording progress after each painted tile."""
     planes = layout.planes
@@ -272,7 +276,8 @@ def _segment_planes(
 
         stitcher = Stitcher(grid, plane_out, same_object_overlap, labels_used, on_painted=record, first_tile=first)
         tiles = tiles_to_resume(grid, first)
-        for index, tile_labels in runner.iter_tile_labels(plane_image, grid, params, value_range, tiles=tiles):
+        tile_results = runner.iter_tile_labels(plane_image, grid, params, value_range, tiles=tiles, report=report)
+        for index, tile_labels in tile_results:
             stitcher.add(index, np.asarray(tile_labels, dtype=np.int32))
             done += 1
             yield done, total
@@ -359,6 +364,7 @@ def segment_everything(
     *,
     overwrite: bool = False,
     resume: bool = False,
+    report: FilterReport | None = None,
 ) -> Any:
     """Automatic instance segmentation of an image of any size; returns int32 labels, 0 = background.
 
@@ -399,6 +405,11 @@ def segment_everything(
     resume
         Continue the interrupted zarr run at ``out`` (started with the same settings, which
         are checked): finished tiles are not segmented again. A complete run is returned as is.
+    report
+        A :class:`~napari_sam.engine.automatic.diagnostics.FilterReport` to fill: how many
+        masks each filter rejected over all tiles and the score distributions, with
+        ``describe()`` and ``suggest()`` saying why little was found and which thresholds
+        to try (tiles done before a resumed run are not counted).
 
     Returns
     -------
@@ -431,7 +442,7 @@ def segment_everything(
     )
     steps = segment_everything_steps(
         image, model, tile_shape, halo, params, out, scheduler, device, precision,
-        tile_offset=tile_offset, encoder_batch=encoder_batch, overwrite=overwrite, resume=resume,
+        tile_offset=tile_offset, encoder_batch=encoder_batch, overwrite=overwrite, resume=resume, report=report,
     )
     return run_steps(steps, progress)
 

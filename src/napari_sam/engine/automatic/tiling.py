@@ -39,6 +39,7 @@ from napari_sam.engine.errors import InputError
 from napari_sam.engine.io.images import Box
 
 if TYPE_CHECKING:
+    from napari_sam.engine.automatic.diagnostics import FilterReport
     from napari_sam.engine.automatic.params import AutomaticParams
     from napari_sam.engine.predict.predictor import ImageEmbedding, Predictor
 
@@ -323,6 +324,7 @@ def segment_tile(
     window: Box | None = None,
     tile_shape: tuple[int, int] | None = None,
     embedding: ImageEmbedding | None = None,
+    report: FilterReport | None = None,
 ) -> np.ndarray:
     """Automatic segmentation of one window's pixels: (H_w, W_w) int32 labels in the window's frame.
 
@@ -349,6 +351,8 @@ def segment_tile(
         Without either, the regular grid over ``pixels`` is used.
     embedding
         The window's precomputed ``ImageEmbedding`` (see :func:`embed_windows`).
+    report
+        If given, the window's counts per filter are added to it (a blank window adds nothing).
 
     Returns
     -------
@@ -369,5 +373,6 @@ def segment_tile(
         spacing = (tile_shape[0] / params.points_per_side, tile_shape[1] / params.points_per_side)
         points, coarseness = lattice_points(spacing, (window[0], window[2]), pixels.shape[:2])
     return generate_labels(
-        predictor, pixels, params, intensity_range, embedding=embedding, points=points, coarseness=coarseness
+        predictor, pixels, params, intensity_range, embedding=embedding, points=points, coarseness=coarseness,
+        report=report,
     )

@@ -1,0 +1,70 @@
+"""The filter report of automatic segmentation: counts that add up, and a suggestion that finds more."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_sam.engine.automatic.diagnostics import (
+    BINS,
+    FilterReport,
+    histogram_percentile,
+)
+from napari_sam.engine.automatic.segment import segment_everything
+from napari_sam.engine.automatic.tiling import make_tile_grid
+from napari_sam.engine.datasets.synthetic import synthetic_image
+from napari_sam.engine.metrics import f1_score
+
+
+def test_histogram_percentile_is_a_bin_edge_that_keeps_the_rest():
+    hist = np.zeros(BINS, dtype=np.int64)
+    hist[[10, 50, 70, 90]] = [25, 25, 25, 25]
+    assert histogram_percentile(hist, 75) == 0.9
+    assert histogram_percentile(hist, 50) == 0.7
+    assert histogram_percentile(np.zeros(BINS, dtype=np.int64), 50) is None
+
+
+def test_reports_of_tiles_add_up():
+    a, b = FilterReport(0.88, 0.95, decoded=30, below_iou=20, kept=10), FilterReport(0.88, 0.95, decoded=6, kept=6)
+    a.iou_hist[3] = 30
+    b.iou_hist[3] = 6
+    a.merge(b)
+    assert (a.decoded, a.below_iou, a.kept, int(a.iou_hist[3])) == (36, 20, 16, 36)
+
+
+def test_counts_add_up_and_the_suggested_threshold_finds_more(trained_model):
+    sample = synthetic_image((256, 256), seed=41)
+    strict = FilterReport()
+    labels = segment_everything(sample.image, trained_model, points_per_side=12, report=strict, device="cpu")
+    # every decoded mask is rejected by exactly one filter or kept
+    assert strict.decoded == 3 * (12 * 12 - strict.skipped_points)
+    assert strict.rejected + strict.kept == strict.decoded
+    assert int(strict.iou_hist.sum()) == strict.decoded
+    assert strict.kept == labels.max()  # one tile: nothing merged at seams
+    assert strict.below_iou > strict.kept  # SAM's 0.88 is too strict for this model...
+    suggested = strict.suggest()["pred_iou_thresh"]
+    assert 0.3 < suggested < 0.88
+    assert f"Try predicted IoU {suggested:.2f}" in strict.describe()
+    assert "below predicted IoU 0.88" in strict.describe()
+
+    relaxed = FilterReport()
+    found = segment_everything(
+        sample.image, trained_model, points_per_side=12, pred_iou_thresh=suggested, report=relaxed, device="cpu"
+    )
+    assert relaxed.rejected + relaxed.kept == relaxed.decoded
+    assert relaxed.below_iou < strict.below_iou
+    assert found.max() > labels.max() + 5  # ...and its suggestion finds the nuclei
+    assert f1_score(sample.labels, found) > f1_score(sample.labels, labels) + 0.3
+
+
+def test_a_report_sums_over_tiles_and_planes(tiny_model):
+    stack = np.stack([synthetic_image((300, 300), seed=s).image for s in (1, 2)])
+    report = FilterReport()
+    with pytest.warns(UserWarning, match="stack of 2"):
+        segment_everything(
+            stack, tiny_model, tile_shape=256, halo=32, points_per_side=4, pred_iou_thresh=0, stability_thresh=0,
+            report=report,
+        )
+    tiles = len(make_tile_grid((300, 300), 256, 32, min_tile=256))
+    assert tiles == 4 and report.tiles == 2 * tiles  # every tile of every plane
+    assert report.rejected + report.kept == report.decoded > 0

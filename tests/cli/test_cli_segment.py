@@ -256,3 +256,21 @@ def test_a_damaged_tiled_tiff_gives_exactly_one_line_in_a_fresh_process(tmp_path
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith("napari-sam segment: error: Could not read") and "damaged.tif" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.tif", "tiled.tif", "tiny.pt"]
+
+
+def test_the_end_says_what_each_filter_rejected_and_which_thresholds_to_try(tmp_path, capsys):
+    from pathlib import Path
+
+    import tifffile
+
+    trained = Path(__file__).parents[1] / "data" / "tiny_sam_synthetic.pt"
+    tifffile.imwrite(tmp_path / "nuclei.tif", synthetic_image((256, 256), seed=41).image)
+    out = tmp_path / "labels.tif"
+    argv = ["segment", str(tmp_path / "nuclei.tif"), "--model", str(trained), "--out", str(out)]
+    assert main([*argv, "--no-progress", "--points-per-side", "8", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("0 objects")  # SAM's 0.88 keeps nothing of this model's masks...
+    assert lines[1].startswith("192 masks decoded: 19")  # 8 x 8 points, 3 masks each, nearly all...
+    assert "below predicted IoU 0.88" in lines[1] and lines[1].endswith("0 kept.")  # ...below SAM's threshold
+    assert lines[2].startswith("Try --pred-iou-thresh 0.")  # ...and the CLI says which option to change
+    assert len(lines) == 3

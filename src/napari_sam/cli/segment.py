@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from napari_sam.cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from napari_sam.engine.automatic.diagnostics import FilterReport
 
 # (option, AutomaticParams field, type, help, help when the default is None); defaults come from AutomaticParams
 AUTOMATIC_OPTIONS = (
@@ -130,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
     """
     import time
 
+    from napari_sam.engine.automatic.diagnostics import FilterReport
     from napari_sam.engine.automatic.params import AutomaticParams
     from napari_sam.engine.automatic.segment import run_steps, segment_everything_steps
 
@@ -138,9 +143,10 @@ def run(args: argparse.Namespace) -> int:
     _quiet_abandoned_reads()
     params = AutomaticParams(**{field: getattr(args, field) for _, field, *_ in AUTOMATIC_OPTIONS})
     # every check (input, output, model, tiles) happens in the engine before anything is written
+    report = FilterReport()
     steps = segment_everything_steps(
         args.image, args.model, args.tile_size, args.halo, params, out=args.out, scheduler=args.scheduler,
-        device=args.device, precision=args.precision, overwrite=args.overwrite, resume=args.resume,
+        device=args.device, precision=args.precision, overwrite=args.overwrite, resume=args.resume, report=report,
     )
     update, close = _progress_printer(args.no_progress)
     start = time.perf_counter()
@@ -155,7 +161,16 @@ def run(args: argparse.Namespace) -> int:
     count = _max_label(labels)
     del labels
     print(f"{count} objects in {time.perf_counter() - start:.1f} s -> {args.out}", flush=True)
+    print(_report_lines(report), flush=True)
     return 0
+
+
+def _report_lines(report: FilterReport) -> str:
+    """What each filter rejected, and the options to try when the thresholds rejected most masks."""
+    options = {"pred_iou_thresh": "--pred-iou-thresh", "stability_thresh": "--stability-thresh"}
+    tries = " ".join(f"{options[key]} {value:.2f}" for key, value in report.suggest().items())
+    text = report.describe(hint=False)
+    return f"{text}\nTry {tries} (thresholds relative to this model's scores)." if tries else text
 
 
 def _quiet_abandoned_reads() -> None:

@@ -134,8 +134,13 @@ class FilterReport:
             suggestions["stability_thresh"] = stability
         return suggestions
 
-    def describe(self) -> str:
+    def describe(self, hint: bool = True) -> str:
         """One or two sentences: how many masks were decoded, what each filter rejected, and what to try.
+
+        Parameters
+        ----------
+        hint
+            End with :meth:`hint` (the thresholds to try), when there is one.
 
         Returns
         -------
@@ -152,8 +157,8 @@ class FilterReport:
         sentence = f"{self.decoded} masks decoded: " + ", ".join([*parts, f"{self.kept} kept"]) + "."
         if self.skipped_points:
             sentence += f" {self.skipped_points} points inside found objects skipped."
-        hint = self.hint()
-        return f"{sentence} {hint}" if hint else sentence
+        advice = self.hint() if hint else ""
+        return f"{sentence} {advice}" if advice else sentence
 
     def hint(self) -> str:
         """The suggestion as a sentence (empty when the thresholds keep enough)."""

@@ -68,3 +68,27 @@ def test_a_report_sums_over_tiles_and_planes(tiny_model):
     tiles = len(make_tile_grid((300, 300), 256, 32, min_tile=256))
     assert tiles == 4 and report.tiles == 2 * tiles  # every tile of every plane
     assert report.rejected + report.kept == report.decoded > 0
+
+
+def test_preview_window_is_one_tile_around_the_region():
+    from napari_sam.engine.automatic.preview import preview_window
+
+    region, window = preview_window((1000, 300), (100, 900, 0, 300), (256, 256))
+    assert region == (372, 628, 22, 278)  # cut to one tile around the centre
+    assert window == (372, 628, 22, 278)
+    region, window = preview_window((1000, 300), (0, 100, 0, 100), (256, 256))
+    assert region == (0, 100, 0, 100) and window == (0, 256, 0, 256)  # moved inside the image
+
+
+def test_preview_segments_a_region_with_the_full_runs_scale(trained_model):
+    from napari_sam.engine.automatic.params import AutomaticParams
+    from napari_sam.engine.automatic.preview import preview_labels
+
+    sample = synthetic_image((512, 512), seed=61)
+    report = FilterReport()
+    params = AutomaticParams(points_per_side=16, pred_iou_thresh=0.5)
+    region, labels = preview_labels(sample.image, trained_model, (128, 384, 128, 384), params=params, report=report)
+    assert region == (128, 384, 128, 384) and labels.shape == (256, 256) and labels.dtype == np.int32
+    assert report.tiles == 1 and report.kept >= labels.max() >= 10
+    assert np.array_equal(np.unique(labels), np.arange(labels.max() + 1))  # consecutive ids
+    assert f1_score(sample.labels[128:384, 128:384], labels) > 0.45

@@ -855,8 +855,8 @@ class AnnotatorController:
         plane = prediction.plane
         existing = np.asarray(labels.data[plane.selector(labels.ndim)])
         rows, cols, values = label_ops.resegment_pixels(existing, masks[0], label_id, self.paint_over)
+        self.resegment_id = None  # before the write: listeners of objects_changed see normal commits again
         self._write_plane(labels, plane, rows, cols, values, {label_id: self._object_scores(prediction)[0]})
-        self.resegment_id = None
         self._set_status(f"Object {label_id} re-segmented on {plane.describe()}; Ctrl+Z restores it.")
         self.clear_prompts()
         return [label_id]

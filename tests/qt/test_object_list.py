@@ -136,3 +136,10 @@ def test_save_labels_writes_tiff_and_csv_and_asks_before_replacing(qtbot, annota
     widget.save_labels()
     np.testing.assert_array_equal(tifffile.imread(saved), labels.data)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.csv", "cells.tif"]  # no temporaries left
+
+
+def test_a_closed_list_stops_following(qtbot, annotated):
+    viewer, controller, widget, _ = annotated
+    widget.close()
+    controller.delete_object(1)  # would refill a closed widget's table
+    assert [r[0] for r in rows(widget)] == ["1", "2"]

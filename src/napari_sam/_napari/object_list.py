@@ -8,6 +8,7 @@ controller method; the widget only adds the file dialogs.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -135,6 +136,21 @@ class ObjectListWidget(QWidget):
             self._timer.start()
         else:
             self._stale = True  # recounted when shown
+
+    def closeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        self.disconnect_viewer()
+        super().closeEvent(event)
+
+    def disconnect_viewer(self) -> None:
+        """Stop following the controller and the viewer's layers (before the widget goes away)."""
+        self._timer.stop()
+        for signal, slot in (
+            (self.controller.objects_changed, self._on_objects_changed),
+            (self.controller.viewer.layers.events.inserted, self._schedule_refresh),
+            (self.controller.viewer.layers.events.removed, self._schedule_refresh),
+        ):
+            with contextlib.suppress(TypeError, ValueError, RuntimeError):
+                signal.disconnect(slot)
 
     def showEvent(self, event) -> None:  # noqa: N802 (Qt's name)
         super().showEvent(event)

@@ -123,3 +123,19 @@ def test_show_object_moves_the_slider_to_its_plane(viewer):
     assert controller.labels_layer.show_selected_label and controller.labels_layer.selected_label == 1
     controller.show_all_objects()
     assert not controller.labels_layer.show_selected_label
+
+
+def test_resegment_on_another_slice_extends_the_object_there_only(viewer):
+    controller, _ = annotator(viewer, np.zeros((3, *SHAPE), np.float32))
+    viewer.dims.set_point(0, 1)
+    commit_at(controller, [1, 30, 40])
+    labels = controller.labels_layer
+    plane_1 = labels.data[1].copy()
+    viewer.dims.set_point(0, 2)
+    controller.start_resegment(1)
+    assert commit_at(controller, [2, 32, 42]) == [1]
+    np.testing.assert_array_equal(labels.data[1], plane_1)  # the slice where it was stays
+    np.testing.assert_array_equal(labels.data[2] == 1, expected_disc(SHAPE, (32, 42), 3))
+    table = controller.refresh_objects()
+    assert table["area"].tolist() == [2 * expected_disc(SHAPE, (30, 40), 3).sum()]
+    assert table["plane"].tolist() == ["axis 0 = 2"]  # where it was last committed

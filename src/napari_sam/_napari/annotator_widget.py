@@ -29,17 +29,17 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_sam._napari import keys
 from napari_sam._napari import planes as plane_ops
 from napari_sam._napari.controller import (
-    KEY_BINDINGS,
-    KEY_CLEAR,
-    KEY_COMMIT,
-    KEY_NEXT_CANDIDATE,
+    GESTURES,
     ROLE,
     AnnotatorController,
     PreviewInfo,
 )
 from napari_sam._napari.model_picker import USER_ERRORS, LoadedModel, ModelPicker
+from napari_sam._napari.workers import guarded, original_error
+from napari_sam._napari.wrapping import WrappingLabel
 from napari_sam.engine.errors import InputError
 
 if TYPE_CHECKING:
@@ -66,10 +66,8 @@ def _row(*items: widgets.Widget) -> widgets.Container:
     return widgets.Container(layout="horizontal", labels=False, widgets=list(items))
 
 
-def _wrapping_label(text: str) -> QLabel:
-    label = QLabel(text)
-    label.setWordWrap(True)
-    return label
+def _wrapping_label(text: str, rich: bool = False) -> QLabel:
+    return WrappingLabel(text, rich=rich)
 
 
 class AnnotatorWidget(QWidget):
@@ -95,27 +93,42 @@ class AnnotatorWidget(QWidget):
     # ============================================================= layout
     def _setup_section(self) -> QGroupBox:
         """Image and model: the picker's fields, its description and state, and the Load button."""
-        self.image_choice = widgets.ComboBox(label="Image", choices=self._image_layers)
+        self.image_choice = widgets.ComboBox(
+            label="Image", choices=self._image_layers, tooltip="The image layer to segment (2D, a stack, or RGB)"
+        )
         self.model_picker = ModelPicker(self.viewer, file_label="File")
         self.model_choice = self.model_picker.model_choice
         self.model_file = self.model_picker.model_file
         self.device_choice = self.model_picker.device_choice
         self.model_info = self.model_picker.info
         self.model_status = self.model_picker.status
-        self.load_button = widgets.PushButton(text=LOAD_TEXT)
+        self.load_button = widgets.PushButton(
+            text=LOAD_TEXT, tooltip="Load the chosen model (a zoo model is downloaded on first use); click again to cancel"
+        )
         form = widgets.Container(widgets=[self.image_choice, *self.model_picker.widgets])
         return _section("Setup", form, self.model_info, self.load_button, self.model_status)
 
     def _embeddings_section(self) -> QGroupBox:
         """Embedding the slice shown, every slice, cancelling; saving and loading them on disk."""
-        self.auto_embed = widgets.CheckBox(text="Embed each slice as I visit it", value=True)
+        self.auto_embed = widgets.CheckBox(
+            text="Embed each slice as I visit it",
+            value=True,
+            tooltip="Compute the image embedding (the slow step) of each slice you stop on, in the background",
+        )
         self.embed_button = widgets.PushButton(text="Embed slice", tooltip="Compute this slice's embedding now")
         self.embed_all_button = widgets.PushButton(
             text="Embed all", tooltip="Compute the embeddings of every slice in the background"
         )
-        self.cancel_button = widgets.PushButton(text="Cancel", enabled=False)
-        self.save_button = widgets.PushButton(text="Save embeddings...")
-        self.load_embeddings_button = widgets.PushButton(text="Load embeddings...")
+        self.cancel_button = widgets.PushButton(
+            text="Cancel", enabled=False, tooltip="Stop computing embeddings after the slice in progress"
+        )
+        self.save_button = widgets.PushButton(
+            text="Save embeddings...",
+            tooltip="Keep this image's embeddings in a .zarr folder, to reopen it later without recomputing them",
+        )
+        self.load_embeddings_button = widgets.PushButton(
+            text="Load embeddings...", tooltip="Use embeddings saved earlier for this image and model"
+        )
         self.embed_status = _wrapping_label("")
         compute = _row(self.embed_button, self.embed_all_button, self.cancel_button)
         disk = _row(self.save_button, self.load_embeddings_button)
@@ -123,11 +136,24 @@ class AnnotatorWidget(QWidget):
 
     def _annotate_section(self) -> QGroupBox:
         """The target labels, commit and clear, the candidates of the preview, and the status line."""
-        self.labels_choice = widgets.ComboBox(label="Labels", choices=self._labels_layers, nullable=False)
-        self.paint_over = widgets.CheckBox(text="Paint over existing labels", value=False)
-        self.commit_button = widgets.PushButton(text=f"Commit ({KEY_COMMIT})")
-        self.clear_button = widgets.PushButton(text=f"Clear prompts ({KEY_CLEAR})")
-        self.next_button = widgets.PushButton(text=f"Next candidate ({KEY_NEXT_CANDIDATE})")
+        self.labels_choice = widgets.ComboBox(
+            label="Labels",
+            choices=self._labels_layers,
+            nullable=False,
+            tooltip="The labels layer that commits write into (a new one is made on the first commit)",
+        )
+        self.paint_over = widgets.CheckBox(
+            text="Paint over existing labels",
+            value=False,
+            tooltip="Off: a commit fills only unlabelled pixels. On: it overwrites labels already there",
+        )
+        self.commit_button = widgets.PushButton(
+            tooltip="Write the yellow preview into the labels layer as a new object (one undo step)"
+        )
+        self.clear_button = widgets.PushButton(tooltip="Remove the points and boxes of this slice")
+        self.next_button = widgets.PushButton(
+            tooltip="A single click is ambiguous: show SAM's next candidate mask (whole object, part, ...)"
+        )
         self.preview_status = _wrapping_label(PreviewInfo().describe())
         self.status = _wrapping_label("")
         return _section(
@@ -141,13 +167,27 @@ class AnnotatorWidget(QWidget):
         )
 
     def _keys_section(self) -> QGroupBox:
-        """The viewer's key bindings, as a table."""
-        rows = "".join(
-            f"<tr><td><b>{html.escape(key)}</b></td><td>&nbsp;{html.escape(action)}</td></tr>"
-            for key, action in KEY_BINDINGS
-        )
-        self.bindings_label = _wrapping_label(f"<table>{rows}</table>")
+        """The mouse gestures and the shortcuts as napari binds them now (remap: Preferences > Shortcuts)."""
+        self.bindings_label = _wrapping_label("", rich=True)
+        self.bindings_label.setToolTip("Change these keys in napari's Preferences > Shortcuts (Viewer key bindings)")
+        self._show_shortcuts()
         return _section("Keys", self.bindings_label)
+
+    def _show_shortcuts(self, event=None) -> None:
+        """Fill the key table and the buttons' key hints from napari's action manager."""
+        bound = [(keys.shortcut_text(action.name) or "(none)", action.description) for action in keys.ACTIONS]
+        rows = "".join(
+            f"<tr><td><b>{html.escape(key)}</b></td><td>&nbsp;{html.escape(text.removeprefix('SAM: '))}</td></tr>"
+            for key, text in (*GESTURES, *bound)
+        )
+        self.bindings_label.setText(f"<table>{rows}</table>")
+        for button, text, name in (
+            (self.commit_button, "Commit", "napari-sam:commit"),
+            (self.clear_button, "Clear prompts", "napari-sam:clear_prompts"),
+            (self.next_button, "Next candidate", "napari-sam:next_candidate"),
+        ):
+            key = keys.shortcut_text(name)
+            button.text = f"{text} ({key})" if key else text
 
     def _lay_out(self, *sections: QGroupBox) -> None:
         """The sections one under the other in a scroll area (a short window scrolls instead of squeezing)."""
@@ -198,6 +238,7 @@ class AnnotatorWidget(QWidget):
     def _connect_viewer(self) -> None:
         for emitter in self._layer_events():
             emitter.connect(self._reset_layer_choices)
+        keys.action_manager.events.shortcut_changed.connect(self._show_shortcuts)
 
     # ============================================================ choices
     def _image_layers(self, _widget=None) -> list[tuple[str, Image]]:
@@ -214,12 +255,19 @@ class AnnotatorWidget(QWidget):
         return choices
 
     def _reset_layer_choices(self, event=None) -> None:
+        had_image = self.controller.image_layer is not None
         self.image_choice.reset_choices()
         self.labels_choice.reset_choices()
         # a target created by the controller on commit becomes the shown choice
         target = self.controller.labels_layer
         if target is not None and self.labels_choice.value != target:
             self.labels_choice.value = target
+        if not had_image and self.image_choice.value is not None:
+            # the first image added with the widget open: annotate it, and take back the selection
+            # that napari gives the new layer once inserted, so that the first click adds a point
+            if self.controller.image_layer is None:
+                self._on_image_chosen(self.image_choice.value)
+            QTimer.singleShot(0, self.controller.activate_points)
 
     def _on_image_chosen(self, layer) -> None:
         self.cancel_embeddings()
@@ -369,15 +417,9 @@ class AnnotatorWidget(QWidget):
             self._embed_queue.clear()
             return
 
-        def guarded_job():
-            # a user error (e.g. NaN pixels) ends the run with a message instead of a traceback
-            try:
-                yield from job()
-            except USER_ERRORS as err:
-                yield err
-
         self._embed_progress = progress(total=len(self._embed_queue), desc="SAM image embeddings")
-        worker = create_worker(guarded_job)
+        # guarded: any error (a RuntimeError too) reaches `errored` instead of leaving the worker hanging
+        worker = create_worker(guarded(job), _start_thread=False, _connect={"errored": self._on_embed_error})
         worker.yielded.connect(self._on_embedding)
         worker.finished.connect(self._on_embed_worker_finished)
         self._embed_worker = worker
@@ -385,17 +427,24 @@ class AnnotatorWidget(QWidget):
         self.embed_status.setText("Computing embeddings...")
         worker.start()
 
+    def _on_embed_error(self, error: BaseException) -> None:
+        """The embedding job failed: say why; ``finished`` follows and frees the widget."""
+        error = original_error(error)
+        self._embed_queue.clear()
+        self.controller.clear_pending()
+        self.embed_status.setText("Embedding failed.")
+        if isinstance(error, USER_ERRORS):  # e.g. NaN pixels: the user's to fix
+            self._report(str(error), error=True)
+        else:  # e.g. out of memory: name the kind of error, which the message alone may not
+            self._report(f"Computing the embedding failed: {type(error).__name__}: {error}", error=True)
+
     def _on_embedding(self, result) -> None:
-        if isinstance(result, Exception):
-            self._embed_queue.clear()
-            self.embed_status.setText("Embedding failed.")
-            self._report(str(result), error=True)
-            return
         plane, embedding, generation = result
         self.controller.store_embedding(plane, embedding, generation)
         if self._embed_progress is not None:
             self._embed_progress.update(1)
-        self.embed_status.setText(f"Embedded {plane.describe()}; {len(self._embed_queue)} queued.")
+        where = self.controller.describe(plane) if self.controller.image_layer is not None else plane.describe()
+        self.embed_status.setText(f"Embedded {where}; {len(self._embed_queue)} queued.")
 
     def _on_embed_worker_finished(self) -> None:
         self._embed_worker = None
@@ -407,6 +456,8 @@ class AnnotatorWidget(QWidget):
             self._start_embed_worker()
             return
         self.controller.clear_pending()
+        if self.embed_status.text() == "Embedding failed.":
+            return  # keep saying so
         count = len(self.controller.cache()) if self.controller.image_layer is not None else 0
         self.embed_status.setText(f"{count} slices embedded.")
 
@@ -449,8 +500,9 @@ class AnnotatorWidget(QWidget):
 
     # ============================================================ actions
     def commit(self) -> None:
+        """Commit the preview (as the commit key does), then go back to adding points."""
         try:
-            self.controller.commit()
+            self.controller.commit_and_continue()
         except InputError as err:
             self._report(str(err), error=True)
 
@@ -466,4 +518,5 @@ class AnnotatorWidget(QWidget):
             signal.disconnect()
         for emitter in self._layer_events():
             emitter.disconnect(self._reset_layer_choices)
+        keys.action_manager.events.shortcut_changed.disconnect(self._show_shortcuts)
         super().closeEvent(event)

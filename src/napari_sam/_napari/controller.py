@@ -28,6 +28,7 @@ import numpy as np
 from napari.utils.colormaps import DirectLabelColormap
 from psygnal import Signal
 
+from napari_sam._napari import keys
 from napari_sam._napari import planes as plane_ops
 from napari_sam._napari.planes import Plane
 from napari_sam.engine import labels as label_ops
@@ -46,24 +47,15 @@ POSITIVE, NEGATIVE = "positive", "negative"
 PROMPT_COLORS = {POSITIVE: "lime", NEGATIVE: "red"}
 PREVIEW_COLOR = "yellow"  # one colour for the preview, unlike any committed label
 
-# Viewer key bindings (chosen not to clash with napari's Points/Shapes/Labels keys).
-KEY_COMMIT = "C"
-KEY_CLEAR = "Shift+C"
-KEY_NEXT_CANDIDATE = "N"
-KEY_PREVIOUS_CANDIDATE = "Shift+N"
-KEY_TOGGLE_SIGN = "T"  # on the points layer: flip positive/negative of the selected points
-KEY_UNDO = "Control+Z"
-KEY_REDO = "Control+Shift+Z"
+# The viewer's shortcuts are napari actions (see .keys: remappable in Preferences > Shortcuts).
+KEY_TOGGLE_SIGN = "T"  # on the points layer only: flip positive/negative of the selected points
 
-KEY_BINDINGS: tuple[tuple[str, str], ...] = (
-    ("Click", "positive point (SAM points, add mode)"),
+# Mouse gestures and layer keys the dock lists before the registered shortcuts.
+GESTURES: tuple[tuple[str, str], ...] = (
+    ("Click", "positive point (SAM points layer, add mode)"),
     ("Shift+click, right click", "negative point"),
-    ("R, drag", "box (SAM boxes layer)"),
-    (f"{KEY_NEXT_CANDIDATE} / {KEY_PREVIOUS_CANDIDATE}", "next / previous candidate"),
-    (KEY_TOGGLE_SIGN, "flip selected points +/-"),
-    (KEY_COMMIT, "commit the preview to the labels"),
-    (KEY_CLEAR, "clear the prompts of this slice"),
-    ("Ctrl+Z / Ctrl+Shift+Z", "undo / redo in the labels"),
+    ("R, drag", "box (select SAM boxes first)"),
+    (KEY_TOGGLE_SIGN, "flip the selected points +/-"),
 )
 ROLE = "napari_sam_role"  # layer.metadata key marking the helper layers
 
@@ -87,7 +79,7 @@ class PreviewInfo:
             return f"{self.n_objects} objects (one per box)."
         if self.n_candidates > 1:
             position = f"Candidate {self.candidate + 1}/{self.n_candidates}"
-            return f"{position}, score {self.score:.3f} ({KEY_NEXT_CANDIDATE}: next)"
+            return f"{position}, score {self.score:.3f} ({keys.shortcut_text('napari-sam:next_candidate')}: next)"
         return f"Score {self.score:.3f}"
 
 
@@ -146,12 +138,14 @@ class AnnotatorController:
         self._generation = 0  # bumped when image, model or image data change: older embeddings are stale
         self._pending: set[tuple] = set()  # (layer id, plane key) being embedded in background
         self._updates_suspended = False
-        self._bound_keys: list[str] = []
+        self.status_text = ""
+        self._status_passing = False  # the status names a passing state (computing, 3D view), see _settle_status
         viewer.dims.events.point.connect(self._on_dims_changed)
         viewer.dims.events.order.connect(self._on_dims_changed)
         viewer.dims.events.ndisplay.connect(self._on_dims_changed)
         viewer.layers.events.removed.connect(self._on_layer_removed)
-        self._bind_viewer_keys()
+        keys.register(viewer, self)
+        self._layer_keys = keys.LayerKeys(viewer)
 
     # ================================================================ setup
     def set_predictor(self, predictor: PredictorProtocol | None, model_id: str | None = None) -> None:
@@ -209,36 +203,8 @@ class AnnotatorController:
         ):
             with contextlib.suppress(TypeError, ValueError):
                 signal.disconnect(slot)
-        for key in self._bound_keys:
-            self.viewer.bind_key(key, None, overwrite=True)
-        self._bound_keys.clear()
-
-    def _bind_viewer_keys(self) -> None:
-        actions = {
-            KEY_COMMIT: self.commit,
-            KEY_CLEAR: self.clear_prompts,
-            KEY_NEXT_CANDIDATE: lambda: self.cycle_candidate(1),
-            KEY_PREVIOUS_CANDIDATE: lambda: self.cycle_candidate(-1),
-            KEY_UNDO: lambda: self.labels_layer is not None and self.labels_layer.undo(),
-            KEY_REDO: lambda: self.labels_layer is not None and self.labels_layer.redo(),
-        }
-        for key, action in actions.items():
-            self.viewer.bind_key(key, self._key_action(action), overwrite=True)
-            self._bound_keys.append(key)
-
-    def _key_action(self, action: Callable[[], object]) -> Callable:
-        """A key-binding callback running ``action``; a user error becomes a warning, not a traceback."""
-
-        def run(_viewer) -> None:
-            try:
-                action()
-            except InputError as err:
-                from napari.utils.notifications import show_warning
-
-                self._set_status(str(err))
-                show_warning(str(err))
-
-        return run
+        self._layer_keys.close()
+        keys.unregister(self.viewer, self)
 
     # ======================================================== helper layers
     def _create_helper_layers(self) -> None:
@@ -281,8 +247,7 @@ class AnnotatorController:
         self.points_layer.bind_key(KEY_TOGGLE_SIGN, lambda _layer: self.toggle_selected_points(), overwrite=True)
         for layer in (self.points_layer, self.boxes_layer):
             layer.events.data.connect(self._on_prompts_changed)
-        self.viewer.layers.selection.active = self.points_layer
-        self.points_layer.mode = "add"
+        self.activate_points()
 
     def _helper_layers_present(self) -> bool:
         return all(
@@ -430,6 +395,7 @@ class AnnotatorController:
         self.embedding_stored.emit(plane)
         with contextlib.suppress(InputError):
             if plane == self.current_plane():
+                self._settle_status(plane)
                 self.update_preview()
 
     def clear_pending(self) -> None:
@@ -451,7 +417,7 @@ class AnnotatorController:
             pending_key = (self._layer_id(), plane.key)
             if pending_key not in self._pending:
                 self._pending.add(pending_key)
-                self._set_status(f"Computing the image embedding ({plane.describe()})...")
+                self._set_status(f"Computing the image embedding ({self.describe(plane)})...", passing=True)
                 self.embed_in_background(plane)
             return False
         for done_plane, embedding, _generation in self.embedding_job([plane])():
@@ -524,8 +490,9 @@ class AnnotatorController:
         try:
             plane = self.current_plane()
         except InputError as err:
-            self._set_status(str(err))
+            self._set_status(str(err), passing=True)
             return
+        self._settle_status(plane)
         if plane != self._preview_plane:
             self.plane_changed.emit(plane)
             self.update_preview()
@@ -543,7 +510,7 @@ class AnnotatorController:
         try:
             plane = self.current_plane()
         except InputError as err:
-            self._set_status(str(err))
+            self._set_status(str(err), passing=True)
             return
         points, labels, boxes = self.prompts_on_plane(plane)
         if len(boxes) == 0 and not (labels == SAM_POSITIVE).any():
@@ -616,6 +583,18 @@ class AnnotatorController:
             return
         prediction.index = (prediction.index + step) % len(prediction.masks)
         self._show(prediction.plane, prediction)
+
+    def commit_and_continue(self) -> list[int]:
+        """:meth:`commit`, then back to the points layer in add mode, ready for the next object's click."""
+        written = self.commit()
+        self.activate_points()
+        return written
+
+    def activate_points(self) -> None:
+        """Select the prompt points layer in add mode (a click then adds a point, not a box)."""
+        if self.points_layer is not None and self.points_layer in self.viewer.layers:
+            self.viewer.layers.selection.active = self.points_layer
+            self.points_layer.mode = "add"
 
     # ============================================================== commit
     def ensure_labels_layer(self):
@@ -702,8 +681,29 @@ class AnnotatorController:
         finally:
             self._updates_suspended = previous
 
-    def _set_status(self, text: str) -> None:
+    def _set_status(self, text: str, passing: bool = False) -> None:
+        """Show ``text``; ``passing``: it describes a state that ends (see :meth:`_settle_status`)."""
+        self.status_text = text
+        self._status_passing = passing
         self.status_changed.emit(text)
+
+    def _settle_status(self, plane: Plane) -> None:
+        """Replace a passing status (computing, 3D view) that no longer holds by the next step on ``plane``."""
+        if not self._status_passing:
+            return
+        where = self.describe(plane)
+        if self.predictor is None:
+            self._set_status("Load a model to segment.")
+        elif self.has_embedding(plane):
+            self._set_status(f"Ready ({where}): click an object or draw a box.")
+        elif (self._layer_id(), plane.key) in self._pending:
+            self._set_status(f"Computing the image embedding ({where})...", passing=True)
+        else:
+            self._set_status(f"This slice ({where}) has no embedding yet: Embed slice computes it.")
+
+    def describe(self, plane: Plane) -> str:
+        """``plane`` of the current image named as napari's sliders show it (e.g. 'slice z=14')."""
+        return plane_ops.describe_plane(self.viewer, self.image_layer, plane)
 
     # ========================================================= object list
     # The committed objects: their score, class and plane are kept in labels.metadata

@@ -12,6 +12,7 @@ a failed download) becomes a napari notification, anything else is raised.
 
 from __future__ import annotations
 
+import html
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,8 +23,9 @@ from magicgui import widgets
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 from psygnal import Signal
-from qtpy.QtWidgets import QLabel
 
+from napari_sam._napari.workers import guarded, original_error
+from napari_sam._napari.wrapping import WrappingLabel
 from napari_sam.engine.errors import InputError
 from napari_sam.model.errors import CheckpointError, DownloadError
 
@@ -134,15 +136,23 @@ class ModelPicker:
         self.model_choice = widgets.ComboBox(
             label="Model", choices=model_choices(), value=DEFAULT_MODEL, tooltip="A zoo model, or a checkpoint file"
         )
-        self.model_file = widgets.FileEdit(label=file_label, mode="r", filter="*.pth *.pt", visible=False)
+        self.model_file = widgets.FileEdit(
+            label=file_label,
+            mode="r",
+            filter="*.pth *.pt",
+            visible=False,
+            tooltip="A SAM checkpoint file (.pth / .pt): official, MobileSAM, or fine-tuned with napari-sam",
+        )
         self.device_choice = widgets.ComboBox(
             label="Device", choices=DEVICES, value="auto", tooltip="auto: a CUDA GPU, else Apple MPS, else the CPU"
         )
-        self.info = QLabel(describe_model(DEFAULT_MODEL))
-        self.info.setWordWrap(True)
-        self.status = QLabel("No model loaded.")
-        self.status.setWordWrap(True)
+        self.info = WrappingLabel(describe_model(DEFAULT_MODEL))
+        self.status = WrappingLabel("No model loaded.", rich=True)  # the annotator names the model in bold
         self.model_choice.changed.connect(self._on_model_choice)
+
+    def _say(self, text: str) -> None:
+        """Show plain ``text`` in the (rich-text) status label."""
+        self.status.setText(html.escape(text, quote=False))
 
     @property
     def widgets(self) -> list[widgets.Widget]:
@@ -216,7 +226,7 @@ class ModelPicker:
         if worker is None:
             return False
         worker.quit()
-        self.status.setText("Loading cancelled.")
+        self._say("Loading cancelled.")
         self.busy_changed.emit(False)
         return True
 
@@ -227,7 +237,7 @@ class ModelPicker:
 
     def _start(self, key: ModelKey) -> None:
         worker = create_worker(
-            load_job,
+            guarded(load_job),  # any error, a RuntimeError too, reaches `errored`
             key,
             _start_thread=False,
             _connect={"errored": lambda err: self._on_error(worker, err)},  # no re-raise of user errors
@@ -236,7 +246,7 @@ class ModelPicker:
         worker.returned.connect(lambda model: self._on_loaded(worker, key, model))
         worker.finished.connect(lambda: self._on_finished(worker))
         self._worker = worker
-        self.status.setText(f"Loading {key.source}...")
+        self._say(f"Loading {key.source}...")
         self.busy_changed.emit(True)
         worker.start()
 
@@ -246,7 +256,7 @@ class ModelPicker:
         config = getattr(loaded.model, "config", None)
         architecture = f" ({config.name})" if config is not None else ""
         device = next(loaded.model.parameters()).device
-        self.status.setText(f"Model {loaded.key.name}{architecture} on {device}.")
+        self._say(f"Model {loaded.key.name}{architecture} on {device}.")
 
     def _on_loaded(self, worker, key: ModelKey, model) -> None:
         if worker is not self._worker:
@@ -258,6 +268,7 @@ class ModelPicker:
             on_ready(self.loaded)
 
     def _on_error(self, worker, err: Exception) -> None:
+        err = original_error(err)
         current = worker is self._worker
         if current:
             self._worker, self._on_ready = None, None
@@ -265,7 +276,7 @@ class ModelPicker:
         if not isinstance(err, USER_ERRORS):
             raise err  # a bug: napari shows the traceback (and a test fails)
         if current:
-            self.status.setText(str(err))
+            self._say(str(err))
             show_error(str(err))
 
     def _on_finished(self, worker) -> None:

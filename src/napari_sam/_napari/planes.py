@@ -67,6 +67,36 @@ class Plane:
         return ", ".join(f"axis {a} = {i}" for a, i in self.index) or "2D"
 
 
+def describe_plane(viewer, layer, plane: Plane) -> str:
+    """``plane`` named as ``viewer``'s sliders show it: 'slice z=14' (axis label = slider position).
+
+    The slider shows a step of the viewer's world grid, not the layer's data index:
+    they differ when layers have scale or translate. A plane of a 2D layer is '2D'.
+
+    Parameters
+    ----------
+    viewer
+        The viewer (its ``dims``: axis labels and ranges).
+    layer
+        The layer ``plane`` belongs to (``plane`` is in its data frame).
+    plane
+        The plane to name.
+    """
+    if not plane.index:
+        return "2D"
+    position = np.zeros(layer.ndim)
+    for axis, index in plane.index:
+        position[axis] = index
+    world = np.asarray(layer.data_to_world(position), dtype=float)
+    offset = viewer.dims.ndim - layer.ndim  # a layer's axes are the viewer's last layer.ndim axes
+    parts = []
+    for axis, _ in plane.index:
+        start, _stop, step = viewer.dims.range[axis + offset]
+        slider = int(np.floor((world[axis] - start) / step + 0.5))
+        parts.append(f"{viewer.dims.axis_labels[axis + offset]}={slider}")
+    return "slice " + ", ".join(parts)
+
+
 def base_data(layer):
     """The full-resolution data of an image layer (level 0 of a multiscale pyramid), never loaded whole."""
     return layer.data[0] if layer.multiscale else layer.data

@@ -15,6 +15,7 @@ import pytest
 import torch
 from napari.components import ViewerModel
 from napari.utils._proxies import ReadOnlyWrapper
+from napari.utils.action_manager import action_manager
 from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
 from napari.utils.key_bindings import KeymapHandler
 
@@ -524,3 +525,35 @@ def test_a_channels_first_looking_image_says_how_it_is_read(viewer):
     messages.clear()
     controller.set_image_layer(viewer.add_image(np.stack([disc_image()] * 5)))  # clearly a stack
     assert not any("channels-first" in m for m in messages)
+
+
+def test_the_commit_key_works_with_the_image_layer_selected(viewer):
+    controller, image = annotator(viewer, disc_image())
+    controller.add_point([30, 40])
+    action_manager.bind_shortcut("napari:auto_contrast_once", "C")  # as napari's Qt viewer does at start
+    viewer.layers.selection.active = image  # napari's Image layer binds C to auto-contrast
+    press_key(viewer, "C")
+    assert controller.labels_layer is not None and controller.labels_layer.data.max() == 1
+    assert viewer.layers.selection.active == controller.points_layer  # ready for the next object
+    controller.close()
+    assert "C" not in {str(key) for key in image.keymap}  # the image's own C is back
+
+
+def test_planes_are_named_with_the_slider_axis_label_and_position(viewer):
+    viewer.add_image(np.zeros((20, 16, 16), np.float32))  # the slider counts 0..19
+    controller, _ = annotator(viewer, np.zeros((5, 16, 16), np.float32), scale=(2, 1, 1), translate=(10, 0, 0))
+    viewer.dims.set_current_step(0, 14)
+    plane = controller.current_plane()
+    assert plane.index_map == {0: 2}  # data plane 2 at world z = 10 + 2 * 2 = step 14
+    assert controller.describe(plane) == f"slice 14 (axis {viewer.dims.axis_labels[0]})"
+    viewer.dims.axis_labels = ("z", "y", "x")
+    assert controller.describe(plane) == "slice z=14"
+
+
+def test_the_3d_hint_gives_way_to_the_next_step(viewer):
+    controller, _ = annotator(viewer, np.zeros((3, 16, 16), np.float32))
+    controller.ensure_embedding()
+    viewer.dims.ndisplay = 3
+    assert "switch the viewer to 2D" in controller.status_text
+    viewer.dims.ndisplay = 2
+    assert "2D" not in controller.status_text and "click an object" in controller.status_text

@@ -109,7 +109,7 @@ def test_planes_are_named_as_napari_slider_shows_them(
     widget.set_model(tiny_model, "tiny", device="cpu", precision="fp32")
     widget.embed_button.clicked.emit()
     wait_for_embedding(qtbot, widget)
-    assert "slice z=14" in widget.embed_status.text()
+    assert "slice z=14" in widget.embed_status.text()  # the axis label and the slider position
     assert "axis 0" not in widget.embed_status.text()
     assert viewer.dims.current_step[0] == 14  # what the slider shows
 

@@ -62,8 +62,10 @@ def _section(title: str, *items: widgets.Widget | QWidget) -> QGroupBox:
 
 
 def _row(*items: widgets.Widget) -> widgets.Container:
-    """Widgets side by side, without labels."""
-    return widgets.Container(layout="horizontal", labels=False, widgets=list(items))
+    """Widgets side by side, without labels (or margins: the section has its own)."""
+    row = widgets.Container(layout="horizontal", labels=False, widgets=list(items))
+    row.margins = (0, 0, 0, 0)
+    return row
 
 
 def _wrapping_label(text: str, rich: bool = False) -> QLabel:
@@ -443,8 +445,25 @@ class AnnotatorWidget(QWidget):
         self.controller.store_embedding(plane, embedding, generation)
         if self._embed_progress is not None:
             self._embed_progress.update(1)
+        self.embed_status.setText(self._embedded_text(plane))
+
+    def _embedded_text(self, plane: Plane) -> str:
+        """'Embedded slice z=3; 4 more queued.' (or 'Embedded the image.' for a 2D image)."""
+        if not plane.index:
+            return "Embedded the image."
         where = self.controller.describe(plane) if self.controller.image_layer is not None else plane.describe()
-        self.embed_status.setText(f"Embedded {where}; {len(self._embed_queue)} queued.")
+        queued = len(self._embed_queue)
+        return f"Embedded {where}" + (f"; {queued} more queued." if queued else ".")
+
+    def _embedded_summary(self) -> str:
+        """What is embedded now: 'Embedded the image.' or '3 slices embedded.'."""
+        image = self.controller.image_layer
+        if image is None:
+            return ""
+        count = len(self.controller.cache())
+        if len(plane_ops.spatial_shape(image)) == 2:
+            return "Embedded the image." if count else "The image is not embedded yet."
+        return f"{count} slice{'s' if count != 1 else ''} embedded."
 
     def _on_embed_worker_finished(self) -> None:
         self._embed_worker = None
@@ -458,8 +477,7 @@ class AnnotatorWidget(QWidget):
         self.controller.clear_pending()
         if self.embed_status.text() == "Embedding failed.":
             return  # keep saying so
-        count = len(self.controller.cache()) if self.controller.image_layer is not None else 0
-        self.embed_status.setText(f"{count} slices embedded.")
+        self.embed_status.setText(self._embedded_summary())
 
     def cancel_embeddings(self) -> None:
         """Stop background embedding after the slice being computed."""

@@ -68,7 +68,7 @@ class Plane:
 
 
 def describe_plane(viewer, layer, plane: Plane) -> str:
-    """``plane`` named as ``viewer``'s sliders show it: 'slice z=14' (axis label = slider position).
+    """``plane`` named as ``viewer``'s sliders show it: 'slice z=14', or 'slice 14 (axis -3)' for an unnamed axis.
 
     The slider shows a step of the viewer's world grid, not the layer's data index:
     they differ when layers have scale or translate. A plane of a 2D layer is '2D'.
@@ -93,7 +93,9 @@ def describe_plane(viewer, layer, plane: Plane) -> str:
     for axis, _ in plane.index:
         start, _stop, step = viewer.dims.range[axis + offset]
         slider = int(np.floor((world[axis] - start) / step + 0.5))
-        parts.append(f"{viewer.dims.axis_labels[axis + offset]}={slider}")
+        label = str(viewer.dims.axis_labels[axis + offset])
+        # a named axis reads 'z=14'; napari's default labels are numbers: '14 (axis -3)'
+        parts.append(f"{slider} (axis {label})" if label.lstrip("-").isdigit() else f"{label}={slider}")
     return "slice " + ", ".join(parts)
 
 

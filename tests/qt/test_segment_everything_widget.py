@@ -207,7 +207,7 @@ def test_run_in_a_worker_reports_progress_and_adds_labels(widget, qtbot, status_
     assert layer.data.shape == (300, 420)
     tiles = [text for text in texts if text.startswith("tile ")]
     assert tiles and all(text.endswith(" / 6") for text in tiles)  # 2 x 3 tiles
-    assert texts[-1].endswith("objects")
+    assert texts[-1].endswith("s).") and " objects (" in texts[-1]
     assert not widget.cancel_button.enabled
 
 
@@ -218,7 +218,7 @@ def test_cancel_stops_between_tiles_without_a_result(widget, qtbot, status_texts
     status_texts(widget, on_text=lambda text: text.startswith("tile 1 ") and widget.cancel_button.native.click())
     click_run_and_wait(qtbot, widget)
     assert not labels_layers(viewer)
-    assert widget.status.value == "cancelled"
+    assert widget.status.value == "Cancelled after 1 of 6 tiles."
 
 
 def test_cancel_while_the_model_loads_drops_it(widget, qtbot, monkeypatch, load_calls):
@@ -236,7 +236,7 @@ def test_cancel_while_the_model_loads_drops_it(widget, qtbot, monkeypatch, load_
     qtbot.waitUntil(lambda: len(started) == 1, timeout=RUN_TIMEOUT_MS)
     assert widget.cancel_button.enabled and not widget.run_button.enabled
     widget.cancel_button.native.click()
-    assert widget.run_button.enabled and widget.status.value == "cancelled"
+    assert widget.run_button.enabled and widget.status.value == "Cancelled while loading the model."
     qtbot.waitUntil(lambda: len(load_calls) == 1, timeout=RUN_TIMEOUT_MS)  # the load ends in its thread...
     qtbot.wait(200)
     assert widget.model_picker.loaded is None and not labels_layers(widget.viewer)  # ...and is dropped
@@ -358,3 +358,152 @@ def test_removing_the_dock_disconnects_it_from_the_viewer(make_napari_viewer, qt
     viewer.window.remove_dock_widget(widget)  # what the dock's close button does
     viewer.add_image(np.zeros((20, 20)), name="after")
     assert "after" not in [layer.name for layer in widget.image_choice.choices]
+
+
+# ------------------------------------------------ errors in workers (issue 16)
+def assert_usable(widget) -> None:
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+    assert not widget.is_busy()
+
+
+def test_a_failed_model_download_is_a_notification_and_the_widget_stays_usable(widget, qtbot, monkeypatch, notifications):
+    import napari_sam.model
+    from napari_sam.model.errors import DownloadError
+
+    def failing(*args, **kwargs):
+        raise DownloadError("Could not download vit_t: network unreachable. Download it by hand and choose the file.")
+
+    monkeypatch.setattr(napari_sam.model, "load_model", failing)
+    click_run_and_wait(qtbot, widget)
+    qtbot.waitUntil(lambda: any("network unreachable" in str(n.message) for n in notifications), timeout=5000)
+    assert_usable(widget)
+    assert not labels_layers(widget.viewer)
+
+
+def test_a_runtime_error_while_segmenting_is_a_notification_and_the_widget_stays_usable(
+    widget, qtbot, monkeypatch, notifications
+):
+    import napari_sam.engine.automatic.segment as segment
+
+    def failing_steps(*args, **kwargs):
+        yield 1, 4
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(segment, "segment_everything_steps", failing_steps)
+    widget.run_button.native.click()
+    qtbot.waitUntil(lambda: any("out of memory" in str(n.message) for n in notifications), timeout=RUN_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=5000)
+    assert_usable(widget)
+    assert "out of memory" in widget.status.value
+    monkeypatch.undo()  # the widget runs again once the cause is gone
+    click_run_and_wait(qtbot, widget)
+    assert len(labels_layers(widget.viewer)) == 1
+
+
+def test_after_cancel_the_status_says_how_far_it_got(widget, qtbot, status_texts):
+    widget.tile_size.value = 256
+    widget.halo.value = 32
+    status_texts(widget, on_text=lambda text: text.startswith("tile 2 ") and widget.cancel_button.native.click())
+    click_run_and_wait(qtbot, widget)
+    qtbot.wait(300)  # tiles queued before Cancel must not bring back "tile n / 6"
+    assert widget.status.value == "Cancelled after 2 of 6 tiles."
+    assert not labels_layers(widget.viewer)
+
+
+# ------------------------------------- report, preview, all planes (issue 16)
+@pytest.fixture
+def trained_widget(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.add_image(synthetic_image((512, 512), seed=41).image, name="nuclei")
+    w = open_widget(viewer)
+    choose_checkpoint(w, TRAINED_CHECKPOINT)
+    w.points_per_side.value = 8
+    return w
+
+
+def test_after_run_the_widget_says_what_each_threshold_rejected_and_offers_a_better_one(trained_widget, qtbot):
+    widget = trained_widget
+    widget.preview_button.native.click()  # SAM's defaults on a model whose scores stay below 0.88
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=RUN_TIMEOUT_MS)
+    assert widget.status.value.startswith("Preview: 0 objects")
+    text = widget.report.text()
+    assert "masks decoded" in text and "below predicted IoU 0.88" in text and "Try predicted IoU 0." in text
+    assert not widget.apply_button.native.isHidden()
+    widget.apply_button.native.click()
+    suggested = widget.pred_iou_thresh.value
+    assert 0.3 < suggested < 0.88 and f"{suggested:.2f}" in text
+    click_run_and_wait(qtbot, widget)
+    (layer,) = [layer for layer in labels_layers(widget.viewer) if layer.name == "nuclei everything"]
+    assert layer.data.max() >= 10  # the suggestion finds the nuclei
+    assert widget.status.value.startswith(f"{layer.data.max()} objects")
+    assert "kept" in widget.report.text()
+
+
+def test_preview_segments_a_small_region_at_the_centre_of_the_view_fast(trained_widget, qtbot):
+    widget = trained_widget
+    viewer = widget.viewer
+    widget.pred_iou_thresh.value = 0.5
+    (viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera).center = (0, 200, 300)  # look right of the image's centre
+    started = time.perf_counter()
+    widget.preview_button.native.click()
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=RUN_TIMEOUT_MS)
+    previewed = time.perf_counter() - started
+    (layer,) = labels_layers(viewer)
+    assert layer.name == "nuclei preview"
+    assert layer.data.shape == (256, 256)  # one tile of the test model (input 256), not the whole image
+    np.testing.assert_allclose(layer.translate, (200 - 128, 300 - 128))  # centred on the view
+    assert layer.data.max() >= 3
+    widget.preview_button.native.click()  # a second preview replaces the first
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=RUN_TIMEOUT_MS)
+    assert [layer.name for layer in labels_layers(viewer)] == ["nuclei preview"]
+    started = time.perf_counter()
+    click_run_and_wait(qtbot, widget)
+    assert previewed < (time.perf_counter() - started) / 2  # 9 tiles for the whole 512 x 512 image
+
+
+def test_all_planes_segments_every_plane_of_a_stack_with_unique_ids(make_napari_viewer, qtbot, tiny_checkpoint):
+    viewer = make_napari_viewer()
+    stack = np.stack([synthetic_image((200, 220), seed=s).image for s in (1, 2, 3)])
+    image = viewer.add_image(stack, name="stack", scale=(3.0, 1.0, 2.0), translate=(5, 0, 7))
+    viewer.dims.set_point(0, 3.0 * 1 + 5)  # the second plane on screen
+    widget = open_widget(viewer)
+    choose_checkpoint(widget, tiny_checkpoint)
+    accept_all_masks(widget)
+    assert widget.all_planes.enabled
+    widget.all_planes.value = True
+    click_run_and_wait(qtbot, widget)
+    (layer,) = labels_layers(viewer)
+    assert layer.data.shape == stack.shape
+    ids = [set(np.unique(layer.data[z])) - {0} for z in range(3)]
+    assert all(ids), "every plane has objects"
+    assert not (ids[0] & ids[1]) and not (ids[1] & ids[2]) and not (ids[0] & ids[2])
+    for point in [(0, 0, 0), (2, 199, 219)]:
+        np.testing.assert_allclose(layer.data_to_world(point), image.data_to_world(point))
+    viewer.add_image(np.zeros((20, 20)), name="flat")
+    widget.image_choice.value = viewer.layers["flat"]
+    assert not widget.all_planes.enabled and not widget.all_planes.value
+
+
+def test_a_long_error_wraps_instead_of_widening_the_dock(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    widget = open_widget(viewer)
+    qtbot.waitUntil(widget.isVisible)
+    width = widget.width()
+    widget._report("The checkpoint could not be read: " + "a very long explanation " * 16)  # ~400 characters
+    assert len(widget.status.value) > 400
+    qtbot.wait(50)
+    assert widget.minimumSizeHint().width() < 400
+    assert widget.width() <= max(width, 400)
+
+
+def test_the_rarely_changed_settings_are_folded_away(make_napari_viewer):
+    widget = open_widget(make_napari_viewer())
+    assert not widget.advanced.isExpanded()
+    for shown in (widget.points_per_side, widget.pred_iou_thresh, widget.stability_thresh):
+        assert not widget.advanced.isAncestorOf(shown.native)
+    for folded in (widget.tile_size, widget.halo, widget.min_area, widget.nested_thresh):
+        assert widget.advanced.isAncestorOf(folded.native)
+    fields = [widget.image_choice, widget.tile_size, widget.halo, widget.points_per_side, widget.pred_iou_thresh,
+              widget.stability_thresh, widget.min_area, widget.nested_thresh, widget.roi_choice, widget.all_planes,
+              widget.preview_button, widget.run_button, widget.cancel_button]
+    assert all(f.tooltip for f in fields), [f.label for f in fields if not f.tooltip]

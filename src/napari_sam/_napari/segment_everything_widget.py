@@ -3,12 +3,21 @@
 Pick an image, a model and the parameters, optionally a Shapes layer whose first
 rectangle is the region of interest, and press Run. The plane segmented is the one
 the viewer shows when Run is pressed, chosen by :mod:`.planes` as for the annotator
-(``dims.order`` and the displayed axes honoured). The model is loaded once and
+(``dims.order`` and the displayed axes honoured); "All planes" segments every plane
+of a 3D stack instead, ids unique across planes. The model is loaded once and
 shared with the annotator (:mod:`.model_picker`). The work runs in a napari thread
 worker that yields after every tile (progress bar; Cancel stops between tiles); the
-result arrives on the main thread as a new Labels layer over that plane (or region),
-aligned with the image. The parameters' defaults and tooltips are those of
-:class:`~napari_sam.engine.automatic.params.AutomaticParams`.
+result arrives on the main thread as a new Labels layer over that plane (or region,
+or stack), aligned with the image. Any error in the worker becomes a notification
+and leaves the widget usable (:func:`.workers.guarded`).
+
+After each run the widget says what each filter rejected and which thresholds to try
+(:class:`~napari_sam.engine.automatic.diagnostics.FilterReport`); Preview segments
+one tile-sized region at the centre of the view (or of the region of interest) in
+seconds, into a "preview" Labels layer, so the thresholds can be tuned before a long
+run. The parameters' defaults and tooltips are those of
+:class:`~napari_sam.engine.automatic.params.AutomaticParams`; the rarely changed ones
+sit in a collapsed "Advanced" section, to leave the annotator its height.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from __future__ import annotations
 import ast
 import inspect
 import textwrap
+import time
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -26,10 +36,14 @@ from napari.layers import Image, Shapes
 from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtWidgets import QVBoxLayout, QWidget
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
+from superqt import QCollapsible
 
 from napari_sam._napari import planes as plane_ops
 from napari_sam._napari.model_picker import USER_ERRORS, LoadedModel, ModelPicker
+from napari_sam._napari.workers import guarded, original_error
+from napari_sam.engine.automatic.diagnostics import FilterReport
 from napari_sam.engine.automatic.params import AutomaticParams
 from napari_sam.engine.errors import InputError
 
@@ -39,19 +53,56 @@ if TYPE_CHECKING:
     from napari_sam._napari.planes import Box, Plane
 
 NO_ROI = "(whole image)"
+PREVIEW_SIZE = 384  # the preview's side in pixels (at most one tile): seconds, not minutes
+# errors a run can meet without a bug: shown as a notification (torch's out-of-memory and a
+# failed download are RuntimeErrors, a full disk an OSError); anything else is re-raised
+RUN_ERRORS = (*USER_ERRORS, RuntimeError, MemoryError, OSError)
 
 
 @dataclass(frozen=True)
 class Target:
-    """What one run segments: ``box`` (data pixels of ``plane``) of ``image``'s ``plane``."""
+    """What one run segments: ``box`` (data pixels of ``plane``) of ``image``'s ``plane``.
+
+    With ``stack_axis`` set (a 3D image), the same box of every plane along that axis.
+    """
 
     image: Image
     plane: Plane
     box: Box  # (row0, row1, col0, col1), half-open, inside the plane
+    stack_axis: int | None = None
 
     def pixels(self):
-        """The region's pixels (h, w[, C]) as the layer's array type (not read yet)."""
-        return plane_ops.plane_region(self.image, self.plane, self.box)
+        """The region's pixels (h, w[, C]), or (Z, h, w[, C]) over all planes, as the layer's array type."""
+        if self.stack_axis is None:
+            return plane_ops.plane_region(self.image, self.plane, self.box)
+        rows, cols = slice(self.box[0], self.box[1]), slice(self.box[2], self.box[3])
+        data = plane_ops.base_data(self.image)
+        # (Z, rows, cols[, C]) in the plane's orientation: moveaxis stays lazy for dask arrays
+        order = [self.stack_axis, *self.plane.axes, *range(3, data.ndim)]
+        data = data if order == list(range(data.ndim)) else np.moveaxis(data, order, list(range(data.ndim)))
+        return data[:, rows, cols]
+
+    def layer_data(self, labels: np.ndarray) -> np.ndarray:
+        """``labels`` (h, w) or (Z, h, w) laid out on the image's axes."""
+        if self.stack_axis is None:
+            return labels.reshape(plane_ops.one_plane_shape(self.image, self.plane, labels.shape))
+        return np.moveaxis(labels, [0, 1, 2], [self.stack_axis, *self.plane.axes])
+
+    def transform(self) -> dict:
+        """``add_labels`` keywords putting the labels' first pixel on the region's corner (first plane)."""
+        plane = self.plane if self.stack_axis is None else plane_ops.Plane(self.plane.axes, ((self.stack_axis, 0),))
+        return plane_ops.one_plane_transform(self.image, plane, corner=(self.box[0], self.box[2]))
+
+
+@dataclass(frozen=True)
+class Job:
+    """One press of Run or Preview: what to segment and how."""
+
+    target: Target
+    params: AutomaticParams
+    tile_shape: int | None
+    halo: int | None
+    preview: bool = False
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -72,6 +123,26 @@ def field_docs(cls: type) -> dict[str, str]:
         ):
             docs[node.target.id] = " ".join(following.value.value.split())
     return docs
+
+
+def view_centre(viewer, image: Image, plane: Plane) -> tuple[float, float]:
+    """The (row, col) in ``plane``'s data pixels under the centre of the canvas."""
+    world = np.asarray(viewer.dims.point, dtype=float)
+    displayed = list(viewer.dims.displayed)
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari >= 0.9 / older
+    world[displayed] = np.asarray(camera.center, dtype=float)[-len(displayed) :]
+    data = np.asarray(image.world_to_data(world[len(world) - image.ndim :]), dtype=float)
+    return float(data[plane.axes[0]]), float(data[plane.axes[1]])
+
+
+def centred_box(centre: tuple[float, float], side: int, bounds: Box) -> Box:
+    """A square of ``side`` pixels around ``centre``, moved (and cut) to lie inside ``bounds``."""
+    box = []
+    for c, (low, high) in zip(centre, ((bounds[0], bounds[1]), (bounds[2], bounds[3]))):
+        extent = min(side, high - low)
+        first = int(np.clip(round(c) - extent // 2, low, high - extent))
+        box.extend((first, first + extent))
+    return tuple(box)
 
 
 def roi_box(viewer, shapes: Shapes, image: Image, plane: Plane) -> Box:
@@ -114,27 +185,59 @@ def roi_box(viewer, shapes: Shapes, image: Image, plane: Plane) -> Box:
 
 
 def segment_job(
-    pixels, loaded: LoadedModel, tile_shape: int | None, halo: int | None, params: AutomaticParams
+    pixels, loaded: LoadedModel, tile_shape: int | None, halo: int | None, params: AutomaticParams,
+    report: FilterReport | None = None,
 ) -> Generator[tuple[int, int], None, np.ndarray]:
-    """Worker generator: yields (tiles done, tiles total), returns the (h, w) int32 labels of ``pixels``.
+    """Worker generator: yields (tiles done, tiles total), returns the int32 labels of ``pixels``.
 
     Parameters
     ----------
     pixels
-        The region to segment, (h, w) or (h, w, C), any array type (read tile by tile).
+        The region to segment, (h, w), (h, w, C) or a stack (Z, h, w[, C]), any array type (read tile by tile).
     loaded
         The model and the device it was loaded for.
     tile_shape, halo
         Tile side and halo in pixels; None: the model's input size, and tile / 8.
     params
         The automatic-segmentation settings.
+    report
+        Filled with what each filter rejected.
     """
-    from napari_sam.engine.automatic.segment import segment_everything_steps
+    from napari_sam.engine.automatic import segment
 
-    labels = yield from segment_everything_steps(
-        pixels, loaded.model, tile_shape=tile_shape, halo=halo, params=params, device=loaded.key.torch_device
+    labels = yield from segment.segment_everything_steps(
+        pixels, loaded.model, tile_shape=tile_shape, halo=halo, params=params, device=loaded.key.torch_device,
+        report=report,
     )
     return labels
+
+
+def preview_job(
+    pixels, loaded: LoadedModel, box: Box, tile_shape: int | None, params: AutomaticParams, report: FilterReport
+) -> Generator[tuple[int, int], None, tuple[Box, np.ndarray]]:
+    """Worker generator: segments ``box`` of the plane ``pixels`` (one tile), returns (region, labels).
+
+    Parameters
+    ----------
+    pixels
+        The whole plane (H, W[, C]), read only around ``box``.
+    loaded
+        The model and the device it was loaded for.
+    box
+        The region to preview, in the plane's pixels.
+    tile_shape
+        The full run's tile side (None: the model's input size): the scale the model sees.
+    params
+        The automatic-segmentation settings.
+    report
+        Filled with what each filter rejected.
+    """
+    from napari_sam.engine.automatic.preview import preview_labels
+
+    yield 0, 1
+    result = preview_labels(pixels, loaded.model, box, tile_shape, params, loaded.key.torch_device, report)
+    yield 1, 1
+    return result
 
 
 class SegmentEverythingWidget(QWidget):
@@ -149,19 +252,33 @@ class SegmentEverythingWidget(QWidget):
         self.device_choice = self.model_picker.device_choice
         self._worker = None
         self._progress: progress | None = None
+        self._step = (0, 0)  # the last (tiles done, tiles total) of the running job
+        self._started = 0.0
+        self._suggestion: dict[str, float] = {}
         self._viewer_connected = False
         self._build_fields()
         self._build_layout()
         self.run_button.clicked.connect(self.run)
+        self.preview_button.clicked.connect(self.preview)
         self.cancel_button.clicked.connect(self.cancel)
+        self.apply_button.clicked.connect(self.apply_suggestion)
+        self.image_choice.changed.connect(self._update_stack_choice)
         self.model_picker.busy_changed.connect(self._update_buttons)
         self._connect_viewer()
 
     def _build_fields(self) -> None:
         defaults, docs = AutomaticParams(), field_docs(AutomaticParams)
-        self.image_choice = widgets.ComboBox(label="Image", choices=self._image_layers)
-        self.tile_size = widgets.SpinBox(label="Tile size (0: model input)", value=0, min=0, max=16384, step=64)
-        self.halo = widgets.SpinBox(label="Halo (0: tile / 8)", value=0, min=0, max=4096)
+        self.image_choice = widgets.ComboBox(
+            label="Image", choices=self._image_layers, tooltip="The image layer to segment"
+        )
+        self.tile_size = widgets.SpinBox(
+            label="Tile size (0: model input)", value=0, min=0, max=16384, step=64,
+            tooltip="Side of the windows the model sees, in pixels; 0: the model's input size (1024 for SAM)",
+        )
+        self.halo = widgets.SpinBox(
+            label="Halo (0: tile / 8)", value=0, min=0, max=4096,
+            tooltip="Overlap of neighbouring tiles, in pixels: objects up to about this size are never cut by a seam",
+        )
         self.points_per_side = widgets.SpinBox(
             label="Points per side", value=defaults.points_per_side, min=1, max=128, tooltip=docs.get("points_per_side")
         )
@@ -181,33 +298,49 @@ class SegmentEverythingWidget(QWidget):
             tooltip=docs.get("nested_thresh"),
             **{**fraction, "step": 0.05},
         )
-        self.roi_choice = widgets.ComboBox(label="Region of interest", choices=self._roi_choices)
-        self.run_button = widgets.PushButton(text="Run")
-        self.cancel_button = widgets.PushButton(text="Cancel", enabled=False)
+        self.roi_choice = widgets.ComboBox(
+            label="Region of interest", choices=self._roi_choices,
+            tooltip="A Shapes layer whose first rectangle limits the run (and centres the preview)",
+        )
+        self.all_planes = widgets.CheckBox(
+            text="All planes", value=False, enabled=False,
+            tooltip="Segment every plane of a 3D stack (ids unique across planes), not only the plane on screen",
+        )
+        self.preview_button = widgets.PushButton(text="Preview")
+        self.preview_button.tooltip = (
+            f"Segment a {PREVIEW_SIZE}-pixel region at the centre of the view (or of the region of interest) "
+            "in seconds, to tune the thresholds before a long run"
+        )
+        self.run_button = widgets.PushButton(text="Run", tooltip="Segment the plane on screen (or its region)")
+        self.cancel_button = widgets.PushButton(text="Cancel", enabled=False, tooltip="Stop after the current tile")
+        self.apply_button = widgets.PushButton(
+            text="Use suggested thresholds", visible=False, tooltip="Set the thresholds the last report suggests"
+        )
         self.status = widgets.Label(value="")
+        self.report = wrapping_label("")
 
     def _build_layout(self) -> None:
         form = widgets.Container(
             widgets=[
-                self.image_choice,
-                *self.model_picker.widgets,
-                self.tile_size,
-                self.halo,
-                self.points_per_side,
-                self.pred_iou_thresh,
-                self.stability_thresh,
-                self.min_area,
-                self.nested_thresh,
-                self.roi_choice,
-                self.run_button,
-                self.cancel_button,
-                self.status,
+                self.image_choice, *self.model_picker.widgets, self.points_per_side, self.pred_iou_thresh,
+                self.stability_thresh, self.roi_choice,
             ]
         )
+        advanced = QCollapsible("Advanced")
+        advanced.addWidget(widgets.Container(widgets=[self.tile_size, self.halo, self.min_area, self.nested_thresh]).native)
+        advanced.collapse(animate=False)
+        self.advanced = advanced
+        buttons = QHBoxLayout()
+        for button in (self.preview_button, self.run_button, self.cancel_button):
+            buttons.addWidget(button.native)
+        make_wrapping(self.status.native)
         layout = QVBoxLayout(self)
-        layout.addWidget(form.native)
-        layout.addWidget(self.model_picker.info)
-        layout.addWidget(self.model_picker.status)
+        for widget in (form.native, advanced, self.all_planes.native):
+            layout.addWidget(widget)
+        layout.addLayout(buttons)
+        for widget in (self.status.native, self.report, self.apply_button.native,
+                       self.model_picker.info, self.model_picker.status):
+            layout.addWidget(widget)
         layout.addStretch()
 
     # ----------------------------------------------------------------- choices
@@ -220,6 +353,15 @@ class SegmentEverythingWidget(QWidget):
     def _refresh_choices(self, _event=None) -> None:
         self.image_choice.reset_choices()
         self.roi_choice.reset_choices()
+        self._update_stack_choice()
+
+    def _update_stack_choice(self, _value=None) -> None:
+        """"All planes" only for a 3D image (one axis besides the two shown)."""
+        image = self.image_choice.value
+        stack = image is not None and len(plane_ops.spatial_shape(image)) == 3
+        self.all_planes.enabled = stack
+        if not stack:
+            self.all_planes.value = False
 
     # ------------------------------------------------- viewer connections
     def _connect_viewer(self) -> None:
@@ -254,12 +396,19 @@ class SegmentEverythingWidget(QWidget):
 
     # ----------------------------------------------------------------- running
     def run(self) -> None:
-        """Segment the plane on screen (or its region of interest): load the model if needed, then in a worker."""
+        """Segment the plane on screen (or its region, or all planes): load the model if needed, then in a worker."""
+        self._launch(preview=False)
+
+    def preview(self) -> None:
+        """Segment a small region at the centre of the view (or of the region of interest) into a preview layer."""
+        self._launch(preview=True)
+
+    def _launch(self, preview: bool) -> None:
         if self.is_busy():
             return
         try:
-            target, params = self._target(), self._params()
-            self.model_picker.request(lambda loaded: self._start(loaded, target, params))
+            job = self._job(preview)
+            self.model_picker.request(lambda loaded: self._start(loaded, job))
         except USER_ERRORS as err:
             self._report(str(err))
 
@@ -269,10 +418,21 @@ class SegmentEverythingWidget(QWidget):
 
     def cancel(self) -> None:
         """Stop loading the model, or stop segmenting after the tile being computed."""
-        if self.model_picker.cancel() or self._worker is not None:
-            if self._worker is not None:
-                self._worker.quit()
-            self.status.value = "cancelled"
+        if self._worker is not None:
+            self._worker.quit()
+            done, total = self._step
+            self.status.value = f"Cancelled after {done} of {total} tiles." if total else "Cancelled."
+        elif self.model_picker.cancel():
+            self.status.value = "Cancelled while loading the model."
+
+    def _job(self, preview: bool) -> Job:
+        target, params = self._target(), self._params()
+        if preview:
+            target = Target(target.image, target.plane, self._preview_box(target))
+        elif self.all_planes.value:
+            stack_axis = next(axis for axis in range(3) if axis not in target.plane.axes)
+            target = Target(target.image, target.plane, target.box, stack_axis)
+        return Job(target, params, self.tile_size.value or None, self.halo.value or None, preview)
 
     def _target(self) -> Target:
         image = self.image_choice.value
@@ -285,6 +445,15 @@ class SegmentEverythingWidget(QWidget):
         height, width = plane_ops.plane_shape(image, plane)
         return Target(image, plane, (0, height, 0, width))
 
+    def _preview_box(self, target: Target) -> Box:
+        """A square of at most PREVIEW_SIZE pixels at the centre of the view (or of the region of interest)."""
+        box = target.box
+        if isinstance(self.roi_choice.value, Shapes):
+            centre = ((box[0] + box[1]) / 2, (box[2] + box[3]) / 2)
+        else:
+            centre = view_centre(self.viewer, target.image, target.plane)
+        return centred_box(centre, PREVIEW_SIZE, box)
+
     def _params(self) -> AutomaticParams:
         params = AutomaticParams(
             points_per_side=self.points_per_side.value,
@@ -296,35 +465,41 @@ class SegmentEverythingWidget(QWidget):
         params.validate()
         return params
 
-    def _start(self, loaded: LoadedModel, target: Target, params: AutomaticParams) -> None:
+    def _start(self, loaded: LoadedModel, job: Job) -> None:
+        report = FilterReport()
+        target = job.target
+        if job.preview:  # the whole plane (not read) goes to the engine: the preview encodes a tile around the box
+            plane = plane_ops.plane_region(target.image, target.plane)
+            args = (preview_job, plane, loaded, target.box, job.tile_shape, job.params, report)
+        else:
+            args = (segment_job, target.pixels(), loaded, job.tile_shape, job.halo, job.params, report)
         worker = create_worker(
-            segment_job,
-            target.pixels(),
-            loaded,
-            self.tile_size.value or None,
-            self.halo.value or None,
-            params,
+            guarded(args[0]),  # any error, RuntimeErrors included, reaches errored (and finished follows)
+            *args[1:],
             _start_thread=False,
-            _connect={"errored": self._on_error},  # user errors are notifications, not re-raised
+            _connect={"errored": self._on_error},
         )
         worker.yielded.connect(self._on_progress)
-        worker.returned.connect(lambda labels: self._add_labels(labels, target))
+        worker.returned.connect(lambda result: self._on_result(result, job, report))
         worker.finished.connect(self._on_finished)
-        self._worker = worker
-        self._progress = progress(total=0, desc="Segment everything")
-        self.status.value = f"running on {target.plane.describe()}..."
+        self._worker, self._step, self._started = worker, (0, 0), time.perf_counter()
+        self._progress = progress(total=0, desc="Segment everything" + (" (preview)" if job.preview else ""))
+        where = "all planes" if target.stack_axis is not None else plane_ops.describe_plane(
+            self.viewer, target.image, target.plane
+        )
+        self.status.value = f"{'Previewing' if job.preview else 'Running'} on {where}..."
         self._update_buttons()
         worker.start()
 
     def _update_buttons(self, _busy: bool | None = None) -> None:
         busy = self.is_busy()
-        self.run_button.enabled = not busy
+        self.run_button.enabled = self.preview_button.enabled = not busy
         self.cancel_button.enabled = busy
 
     def _on_progress(self, step: tuple[int, int]) -> None:
         if self._worker is None or self._worker.abort_requested:
             return  # a tile that was queued before Cancel
-        done, total = step
+        self._step = done, total = step
         if self._progress is not None:
             self._progress.total = total
             self._progress.n = done
@@ -332,9 +507,11 @@ class SegmentEverythingWidget(QWidget):
         self.status.value = f"tile {done} / {total}"
 
     def _on_error(self, err: Exception) -> None:
-        if not isinstance(err, USER_ERRORS):
-            raise err  # a bug: napari shows the traceback (and a test fails)
-        self._report(f"Segment everything failed: {err}")
+        err = original_error(err)
+        if not isinstance(err, RUN_ERRORS):
+            raise err  # a bug: napari shows the traceback (and a test fails); finished still frees the widget
+        message = str(err) if isinstance(err, USER_ERRORS) else f"{type(err).__name__}: {err}"
+        self._report(f"Segment everything failed: {message}")
 
     def _report(self, text: str) -> None:
         self.status.value = text
@@ -347,16 +524,55 @@ class SegmentEverythingWidget(QWidget):
         self._worker = None
         self._update_buttons()
 
-    def _add_labels(self, labels, target: Target):
-        """Add ``labels`` (h, w) as a Labels layer over the target region, aligned with the image."""
-        labels = np.asarray(labels)
-        image, plane, box = target.image, target.plane, target.box
-        layer = self.viewer.add_labels(
-            labels.reshape(plane_ops.one_plane_shape(image, plane, labels.shape)),
-            name=f"{image.name} everything",
-            **plane_ops.one_plane_transform(image, plane, corner=(box[0], box[2])),
-        )
-        count = int(labels.max()) if labels.size else 0
-        self.status.value = f"{count} objects"
-        show_info(f"Segment everything: {count} objects.")
-        return layer
+    def _on_result(self, result, job: Job, report: FilterReport) -> None:
+        seconds = time.perf_counter() - self._started
+        if job.preview:
+            region, labels = result
+            target = Target(job.target.image, job.target.plane, region)
+            self._show_labels(labels, target, f"{target.image.name} preview", replace=True)
+            what = f"Preview: {int(labels.max())} objects in {region[1] - region[0]} x {region[3] - region[2]} pixels"
+        else:
+            labels = np.asarray(result)
+            self._show_labels(labels, job.target, f"{job.target.image.name} everything")
+            what = f"{int(labels.max()) if labels.size else 0} objects"
+        self.status.value = f"{what} ({seconds:.1f} s)."
+        self.show_report(report)
+        show_info(f"Segment everything: {what}.")
+
+    def show_report(self, report: FilterReport) -> None:
+        """Show what each filter rejected, and offer the suggested thresholds."""
+        self.report.setText(report.describe())
+        self._suggestion = report.suggest()
+        self.apply_button.visible = bool(self._suggestion)
+
+    def apply_suggestion(self) -> None:
+        """Set the thresholds the last report suggested."""
+        if "pred_iou_thresh" in self._suggestion:
+            self.pred_iou_thresh.value = round(self._suggestion["pred_iou_thresh"], 2)
+        if "stability_thresh" in self._suggestion:
+            self.stability_thresh.value = round(self._suggestion["stability_thresh"], 2)
+        self.apply_button.visible = False
+
+    def _show_labels(self, labels: np.ndarray, target: Target, name: str, replace: bool = False):
+        """Add ``labels`` as a Labels layer over the target, aligned with the image (``replace``: the same layer)."""
+        data = target.layer_data(labels)
+        transform = target.transform()
+        if replace and name in self.viewer.layers:
+            self.viewer.layers.remove(name)  # a preview replaces the last one, wherever it lay
+        return self.viewer.add_labels(data, name=name, **transform)
+
+
+def wrapping_label(text: str) -> QLabel:
+    """A QLabel that wraps long text instead of widening the dock."""
+    return make_wrapping(QLabel(text))
+
+
+def make_wrapping(label: QLabel) -> QLabel:
+    """Let ``label`` wrap its text at the dock's width: Qt would otherwise size a long text's
+    label (and the dock) to a line of it. Its height follows the wrapped text."""
+    label.setWordWrap(True)
+    label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)  # errors can be copied
+    policy = label.sizePolicy()
+    policy.setHorizontalPolicy(QSizePolicy.Policy.Ignored)
+    label.setSizePolicy(policy)
+    return label

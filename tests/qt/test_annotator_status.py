@@ -166,8 +166,9 @@ def test_every_control_has_a_tooltip(make_napari_viewer):
 
 
 def test_the_checkpoint_field_shows_only_for_a_local_file(make_napari_viewer, qtbot):
-    viewer = make_napari_viewer(show=True)
+    viewer = make_napari_viewer(show=False)
     widget = open_widget(viewer)
+    viewer.show()  # the window shown after docking, as `napari-sam annotate` does
     qtbot.wait(50)
     field = widget.model_file.native
     assert widget.model_choice.value != LOCAL_FILE

@@ -17,6 +17,7 @@ from magicgui import widgets
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils import progress
+from napari.utils.action_manager import action_manager
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
@@ -240,7 +241,7 @@ class AnnotatorWidget(QWidget):
     def _connect_viewer(self) -> None:
         for emitter in self._layer_events():
             emitter.connect(self._reset_layer_choices)
-        keys.action_manager.events.shortcut_changed.connect(self._show_shortcuts)
+        action_manager.events.shortcut_changed.connect(self._show_shortcuts)
 
     # ============================================================ choices
     def _image_layers(self, _widget=None) -> list[tuple[str, Image]]:
@@ -536,5 +537,5 @@ class AnnotatorWidget(QWidget):
             signal.disconnect()
         for emitter in self._layer_events():
             emitter.disconnect(self._reset_layer_choices)
-        keys.action_manager.events.shortcut_changed.disconnect(self._show_shortcuts)
+        action_manager.events.shortcut_changed.disconnect(self._show_shortcuts)
         super().closeEvent(event)

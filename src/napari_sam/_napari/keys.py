@@ -68,21 +68,27 @@ ACTION_BY_NAME = {action.name: action for action in ACTIONS}
 _controllers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # viewer -> controller
 
 
+def _unwrapped(viewer):
+    """The viewer itself: plugin widgets get a public-only proxy of it, key bindings the viewer."""
+    return getattr(viewer, "__wrapped__", viewer)
+
+
 def register(viewer, controller: AnnotatorController) -> None:
     """Make ``controller`` the annotator that the shortcuts pressed in ``viewer`` act on."""
     register_actions()
-    _controllers[viewer] = controller
+    _controllers[_unwrapped(viewer)] = controller
 
 
 def unregister(viewer, controller: AnnotatorController) -> None:
     """Forget ``controller`` (its widget closed), unless another one took its viewer since."""
+    viewer = _unwrapped(viewer)
     if _controllers.get(viewer) is controller:
         del _controllers[viewer]
 
 
 def controller_of(viewer) -> AnnotatorController | None:
     """The annotator open in ``viewer`` (None when there is none)."""
-    return _controllers.get(viewer)
+    return _controllers.get(_unwrapped(viewer))
 
 
 def run_action(name: str, viewer) -> None:

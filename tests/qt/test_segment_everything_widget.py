@@ -507,3 +507,17 @@ def test_the_rarely_changed_settings_are_folded_away(make_napari_viewer):
               widget.stability_thresh, widget.min_area, widget.nested_thresh, widget.roi_choice, widget.all_planes,
               widget.preview_button, widget.run_button, widget.cancel_button]
     assert all(f.tooltip for f in fields), [f.label for f in fields if not f.tooltip]
+
+
+def test_docked_under_the_annotator_on_a_laptop_screen_both_keep_their_share(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1280, 720)
+    _, annotator = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment Anything annotator")
+    widget = open_widget(viewer)
+    qtbot.waitUntil(widget.isVisible)
+    qtbot.wait(100)
+    assert annotator.height() >= 300  # not squeezed to three rows
+    assert widget.height() >= 200
+    for button in (widget.preview_button, widget.run_button, widget.cancel_button):  # never scrolled away
+        corner = button.native.mapTo(widget, button.native.rect().bottomRight())
+        assert widget.rect().contains(corner), button.text

@@ -36,8 +36,16 @@ from napari.layers import Image, Shapes
 from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
+from qtpy.QtCore import QSize, Qt
+from qtpy.QtWidgets import (
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QScrollArea,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
 from superqt import QCollapsible
 
 from napari_sam._napari import planes as plane_ops
@@ -53,6 +61,8 @@ if TYPE_CHECKING:
     from napari_sam._napari.planes import Box, Plane
 
 NO_ROI = "(whole image)"
+COMPACT_HEIGHT = 420  # the dock's preferred height: fields and buttons, the rest scrolls
+MIN_HEIGHT = 260  # the least it shrinks to beside the annotator (both scroll below that)
 PREVIEW_SIZE = 384  # the preview's side in pixels (at most one tile): seconds, not minutes
 # errors a run can meet without a bug: shown as a notification (torch's out-of-memory and a
 # failed download are RuntimeErrors, a full disk an OSError); anything else is re-raised
@@ -334,14 +344,35 @@ class SegmentEverythingWidget(QWidget):
         for button in (self.preview_button, self.run_button, self.cancel_button):
             buttons.addWidget(button.native)
         make_wrapping(self.status.native)
-        layout = QVBoxLayout(self)
-        for widget in (form.native, advanced, self.all_planes.native):
-            layout.addWidget(widget)
-        layout.addLayout(buttons)
-        for widget in (self.status.native, self.report, self.apply_button.native,
-                       self.model_picker.info, self.model_picker.status):
+        content = QWidget()
+        layout = QVBoxLayout(content)
+        layout.setContentsMargins(2, 2, 2, 2)
+        for widget in (form.native, advanced, self.all_planes.native, self.model_picker.info, self.model_picker.status):
             layout.addWidget(widget)
         layout.addStretch()
+        # the settings in a scroll area, as the annotator's: docked together, both keep a share of the
+        # height; the buttons, the status and the last run's report stay in sight below it
+        self.setMaximumWidth(400)  # leave the canvas most of the window
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setWidget(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(4, 0, 8, 4)
+        outer.addWidget(scroll)
+        outer.addLayout(buttons)
+        for widget in (self.status.native, self.report, self.apply_button.native):
+            outer.addWidget(widget)
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt name)
+        """The form's height up to Run and the status, not the report and model notes below (they scroll)."""
+        hint = super().sizeHint()
+        return QSize(hint.width(), min(hint.height(), COMPACT_HEIGHT))
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt name)
+        """Tall enough for the image, model and the first fields: docked under the annotator, both keep a share."""
+        hint = super().minimumSizeHint()
+        return QSize(hint.width(), max(hint.height(), MIN_HEIGHT))
 
     # ----------------------------------------------------------------- choices
     def _image_layers(self, _widget=None) -> list[Image]:

@@ -58,7 +58,7 @@ def test_commit_records_score_area_and_plane_in_the_features(viewer):
     assert features["area"].tolist() == [expected_disc(SHAPE, (30, 40), 3).sum(), expected_disc(SHAPE, (10, 10), 4).sum()]
     assert features["score"].tolist() == pytest.approx([0.9, 0.8])
     assert features["class"].tolist() == ["", ""]
-    assert features["plane"].tolist() == ["axis 0 = 1"] * 2
+    assert features["plane"].tolist() == ["slice 1 (axis -3)"] * 2  # named as napari names the unlabelled axis
 
 
 def test_delete_is_one_undo_step_and_the_list_follows_undo(viewer):
@@ -138,4 +138,4 @@ def test_resegment_on_another_slice_extends_the_object_there_only(viewer):
     np.testing.assert_array_equal(labels.data[2] == 1, expected_disc(SHAPE, (32, 42), 3))
     table = controller.refresh_objects()
     assert table["area"].tolist() == [2 * expected_disc(SHAPE, (30, 40), 3).sum()]
-    assert table["plane"].tolist() == ["axis 0 = 2"]  # where it was last committed
+    assert table["plane"].tolist() == ["slice 2 (axis -3)"]  # where it was last committed

@@ -39,6 +39,7 @@ from napari_sam._napari.controller import (
     PreviewInfo,
 )
 from napari_sam._napari.model_picker import USER_ERRORS, LoadedModel, ModelPicker
+from napari_sam._napari.object_list import ObjectListWidget
 from napari_sam._napari.workers import guarded, original_error
 from napari_sam._napari.wrapping import WrappingLabel
 from napari_sam.engine.errors import InputError
@@ -84,8 +85,13 @@ class AnnotatorWidget(QWidget):
         self._embed_queue: deque[Plane] = deque()
         self._embed_worker = None
         self._embed_progress: progress | None = None
+        self.object_list = ObjectListWidget(self.controller)
         self._lay_out(
-            self._setup_section(), self._embeddings_section(), self._annotate_section(), self._keys_section()
+            self._setup_section(),
+            self._embeddings_section(),
+            self._annotate_section(),
+            _section("Objects", self.object_list),
+            self._keys_section(),
         )
         self._connect_controls()
         self._connect_controller()
@@ -287,6 +293,7 @@ class AnnotatorWidget(QWidget):
             self.controller.set_labels_layer(layer)
         except InputError as err:
             self._report(str(err))
+        self.object_list.refresh()
 
     def _on_paint_over(self, value: bool) -> None:
         self.controller.paint_over = bool(value)
@@ -532,6 +539,7 @@ class AnnotatorWidget(QWidget):
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
         self.cancel_embeddings()
         self.model_picker.close()
+        self.object_list.disconnect_viewer()
         self.controller.close()
         for signal in (self.controller.status_changed, self.controller.preview_changed, self.controller.plane_changed):
             signal.disconnect()

@@ -729,7 +729,7 @@ class AnnotatorController:
         records = self._object_records(labels)
         for label_id, score in scores.items():
             kept_class = records.get(label_id, {}).get("class", "")
-            records[label_id] = {"score": score, "class": kept_class, "plane": plane.describe()}
+            records[label_id] = {"score": score, "class": kept_class, "plane": self.describe(plane)}
         self.refresh_objects()
 
     def _object_records(self, labels) -> dict[int, dict]:
@@ -857,6 +857,6 @@ class AnnotatorController:
         rows, cols, values = label_ops.resegment_pixels(existing, masks[0], label_id, self.paint_over)
         self.resegment_id = None  # before the write: listeners of objects_changed see normal commits again
         self._write_plane(labels, plane, rows, cols, values, {label_id: self._object_scores(prediction)[0]})
-        self._set_status(f"Object {label_id} re-segmented on {plane.describe()}; Ctrl+Z restores it.")
+        self._set_status(f"Object {label_id} re-segmented on {self.describe(plane)}; Ctrl+Z restores it.")
         self.clear_prompts()
         return [label_id]

@@ -154,6 +154,21 @@ def test_click_commit_undo_redo_second_object(make_napari_viewer, qtbot, trained
     np.testing.assert_array_equal(labels.data == 2, second_preview & ~preview)
 
 
+def test_the_docked_object_list_follows_commits_and_undo(make_napari_viewer, qtbot, trained_model, nuclei):
+    viewer, widget, image = start(make_napari_viewer, qtbot, trained_model, nuclei.image)
+    first, second = roundest_objects(nuclei.labels, 2)
+    table = widget.object_list.table
+    for target in (first, second):
+        click(qtbot, viewer, world_of(image, object_center(nuclei.labels, target)))
+        press(qtbot, viewer, Qt.Key.Key_C)
+    qtbot.waitUntil(lambda: table.rowCount() == 2, timeout=5000)
+    areas = widget.controller.labels_layer.features["area"].tolist()
+    assert [int(table.item(row, 0).text()) for row in range(2)] == [1, 2]
+    assert areas == [int((widget.controller.labels_layer.data == i).sum()) for i in (1, 2)]
+    press(qtbot, viewer, Qt.Key.Key_Z, control=True)  # the second commit is undone: its row goes
+    qtbot.waitUntil(lambda: table.rowCount() == 1, timeout=5000)
+
+
 def test_negative_click_shrinks_the_mask(make_napari_viewer, qtbot, trained_model, nuclei):
     viewer, widget, image = start(make_napari_viewer, qtbot, trained_model, nuclei.image)
     controller = widget.controller

@@ -241,6 +241,10 @@ def propose_masks(
     kept = _Survivors.empty(low, device)
     covered = torch.zeros((low, low), dtype=torch.bool, device=device)
     tally = Tally(device)
+
+    def decode(prompts: torch.Tensor) -> _Survivors:
+        return _decode_points(predictor, features, dense_pe, xy[prompts], cells[prompts], params, valid, tally)
+
     with torch.inference_mode():
         passes = sorted(set(levels.tolist()), reverse=True)
         for level in passes:
@@ -248,19 +252,7 @@ def propose_masks(
             candidates = todo.numel()
             todo = todo[~covered[cells[todo, 1], cells[todo, 0]]]
             tally.skipped_points += candidates - todo.numel()
-            found = []
-            for start in range(0, todo.numel(), batch):
-                prompts = todo[start : start + batch]
-                survivors = _decode_points(
-                    predictor, features, dense_pe, xy[prompts], cells[prompts], params, valid, tally
-                )
-                survivors.prompt = prompts[survivors.prompt]
-                found.append(survivors)
-                # NMS over everything kept so far plus this batch keeps memory bounded by the survivors
-                kept = _Survivors.cat([kept, survivors])
-                before = len(kept)
-                kept = kept.select(box_nms(kept.boxes, kept.scores, params.nms_thresh).to(device))
-                tally.duplicates += before - len(kept)
+            kept, found = _decode_batches(decode, todo, batch, kept, params.nms_thresh, tally)
             if level == passes[-1]:
                 break  # the finest pass: nothing left to skip
             for survivors in found:
@@ -348,6 +340,27 @@ class _Survivors:
             The selected masks, in the order of ``index``.
         """
         return _Survivors(*(getattr(self, name)[index] for name in self.__dataclass_fields__))
+
+
+def _decode_batches(
+    decode, todo, batch: int, kept: _Survivors, nms_thresh: float, tally: Tally
+) -> tuple[_Survivors, list[_Survivors]]:
+    """Decode the prompt indices ``todo`` (P,) ``batch`` at a time with ``decode``, NMS with ``kept`` after each.
+
+    NMS over everything kept so far plus each batch keeps memory bounded by the survivors.
+    Returns the masks kept and each batch's survivors (``prompt`` indexing all points).
+    """
+    found = []
+    for start in range(0, todo.numel(), batch):
+        prompts = todo[start : start + batch]
+        survivors = decode(prompts)
+        survivors.prompt = prompts[survivors.prompt]
+        found.append(survivors)
+        kept = _Survivors.cat([kept, survivors])
+        before = len(kept)
+        kept = kept.select(box_nms(kept.boxes, kept.scores, nms_thresh).to(kept.scores.device))
+        tally.duplicates += before - len(kept)
+    return kept, found
 
 
 def _decode_points(

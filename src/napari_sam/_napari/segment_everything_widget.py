@@ -518,7 +518,8 @@ class SegmentEverythingWidget(QWidget):
         where = "all planes" if target.stack_axis is not None else plane_ops.describe_plane(
             self.viewer, target.image, target.plane
         )
-        self.status.value = f"{'Previewing' if job.preview else 'Running'} on {where}..."
+        verb = "Previewing" if job.preview else "Running"
+        self.status.value = f"{verb}..." if where == "2D" else f"{verb} on {where}..."
         self._update_buttons()
         worker.start()
 

@@ -154,7 +154,8 @@ class FilterReport:
         parts = [
             f"{getattr(self, name)} {text.format(**words)}" for name, text in STAGES if getattr(self, name)
         ]
-        sentence = f"{self.decoded} masks decoded: " + ", ".join([*parts, f"{self.kept} kept"]) + "."
+        kept = f"{self.kept} kept" if self.tiles <= 1 else f"{self.kept} kept in {self.tiles} tiles (overlaps counted twice)"
+        sentence = f"{self.decoded} masks decoded: " + ", ".join([*parts, kept]) + "."
         if self.skipped_points:
             sentence += f" {self.skipped_points} points inside found objects skipped."
         advice = self.hint() if hint else ""

@@ -1,11 +1,13 @@
 """Screenshots of the annotator in use, for docs/usage.md (run under Xvfb on a headless machine).
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/make_screenshots.py \
+    xvfb-run -a -s "-screen 0 1920x1200x24" python scripts/make_screenshots.py \
         [--model tests/data/tiny_sam_synthetic.pt] [--out docs/images]
 
 Drives the widgets as a user would (clicks through the Points layer, a box, commits;
 segment everything inside a rectangle) on synthetic nuclei with the tiny model
-trained here, then saves the whole window.
+trained here, then saves the whole window: the pictures of docs/usage.md, the
+newcomer's five steps, and both widgets at a laptop size (1366 x 768) and at
+1920 x 1080.
 """
 
 from __future__ import annotations
@@ -59,6 +61,67 @@ def _save(viewer, path: Path) -> None:
     print(f"wrote {path}")
 
 
+LAPTOP, FULL_HD = (1366, 768), (1920, 1080)
+
+
+def _first_steps(app, out: Path, model: str) -> None:
+    """The newcomer's five steps of docs/usage.md, at a laptop size."""
+    import napari
+
+    from napari_sam._napari.demo import open_annotator
+    from napari_sam.engine.datasets.synthetic import synthetic_image
+
+    sample = synthetic_image((256, 256), seed=21, style="mixed")
+    viewer = napari.Viewer(title="napari-sam")
+    viewer.window.resize(*LAPTOP)
+    viewer.add_image(sample.image, name="nuclei", colormap="gray")
+    widget = open_annotator(viewer, sample=None, model=model)
+    _wait(app, lambda: widget.controller.has_embedding() and not widget.is_embedding())
+    viewer.reset_view()
+    _wait(app, lambda: True)
+    _save(viewer, out / "step1_open.png")
+    controller = widget.controller
+    ids = _largest(sample.labels, 3)
+    centers = _centers(sample.labels, ids)
+    controller.add_point(centers[0])
+    _wait(app, lambda: True)
+    _save(viewer, out / "step2_click.png")
+    controller.commit_and_continue()
+    controller.add_point(centers[1])
+    controller.commit()
+    _wait(app, lambda: widget.object_list.table.rowCount() == 2)
+    _save(viewer, out / "step3_commit.png")
+    viewer.close()
+
+
+def _at_size(app, out: Path, model: str, size: tuple[int, int]) -> None:
+    """The annotator with objects committed and Segment everything docked below it, at ``size``."""
+    import napari
+
+    from napari_sam._napari.demo import open_annotator
+    from napari_sam.engine.datasets.synthetic import synthetic_image
+
+    sample = synthetic_image((256, 256), seed=21, style="mixed")
+    viewer = napari.Viewer(title="napari-sam")
+    viewer.window.resize(*size)
+    viewer.add_image(sample.image, name="nuclei", colormap="gray")
+    widget = open_annotator(viewer, sample=None, model=model)
+    _wait(app, lambda: widget.controller.has_embedding() and not widget.is_embedding())
+    controller = widget.controller
+    for center in _centers(sample.labels, _largest(sample.labels, 3)):
+        controller.add_point(center)
+        controller.commit()
+    viewer.reset_view()
+    _wait(app, lambda: widget.object_list.table.rowCount() == 3)
+    _save(viewer, out / f"annotator_{size[0]}x{size[1]}.png")
+    _, everything = viewer.window.add_plugin_dock_widget("napari-sam", "Segment everything")
+    _wait(app, lambda: True)
+    viewer.reset_view()
+    _wait(app, lambda: True)
+    _save(viewer, out / f"both_widgets_{size[0]}x{size[1]}.png")
+    viewer.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / "tests" / "data" / "tiny_sam_synthetic.pt"))
@@ -74,6 +137,10 @@ def main() -> None:
     from napari_sam.engine.datasets.synthetic import synthetic_image, synthetic_volume
 
     app = QApplication.instance() or QApplication([])
+
+    _first_steps(app, out, args.model)
+    for size in (LAPTOP, FULL_HD):
+        _at_size(app, out, args.model, size)
 
     # --- 2D: three objects committed, a fourth being refined with a negative click
     sample = synthetic_image((256, 256), seed=21, style="mixed")

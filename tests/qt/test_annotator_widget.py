@@ -490,3 +490,21 @@ def test_cli_annotate_opens_napari_with_the_sample_and_widget(make_napari_viewer
     (viewer,) = viewers
     assert "cell" in viewer.layers
     assert WIDGET in [name.split(" (")[0] for name in viewer.window.dock_widgets]
+
+
+def test_docked_with_segment_everything_on_a_laptop_screen_the_annotator_keeps_its_share(
+    make_napari_viewer, qtbot, tmp_path, tiny_model
+):
+    """Opened one after the other at 1366 x 768 (as a user does), neither dock is squeezed to a few rows."""
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1366, 768)
+    viewer.add_image(np.zeros((256, 256), np.float32), name="image")
+    _, annotator = viewer.window.add_plugin_dock_widget("napari-sam", "Segment Anything annotator")
+    from napari_sam.model.checkpoint import save_checkpoint
+
+    annotator.model_picker.choose(str(save_checkpoint(tiny_model, tmp_path / "tiny.pt")))
+    qtbot.wait(100)
+    _, everything = viewer.window.add_plugin_dock_widget("napari-sam", "Segment everything")
+    qtbot.waitUntil(everything.isVisible)
+    qtbot.wait(300)
+    assert annotator.height() >= 300 and everything.height() >= 250, (annotator.height(), everything.height())

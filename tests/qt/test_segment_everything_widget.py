@@ -512,6 +512,7 @@ def test_the_rarely_changed_settings_are_folded_away(make_napari_viewer):
 def test_docked_under_the_annotator_on_a_laptop_screen_both_keep_their_share(make_napari_viewer, qtbot):
     viewer = make_napari_viewer(show=True)
     viewer.window._qt_window.resize(1280, 720)
+    viewer.add_image(np.zeros((64, 64), np.float32), name="image")  # an image fills the annotator's sections
     _, annotator = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment Anything annotator")
     widget = open_widget(viewer)
     qtbot.waitUntil(widget.isVisible)

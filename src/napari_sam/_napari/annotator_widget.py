@@ -19,7 +19,7 @@ from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.action_manager import action_manager
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QSize, QTimer
 from qtpy.QtWidgets import (
     QFileDialog,
     QFrame,
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
 LOAD_TEXT, CANCEL_LOAD_TEXT = "Load model", "Cancel loading"
 PLANE_SETTLE_MS = 250  # embed a slice once the user stops on it, not every slice scrolled past
+ANNOTATOR_MIN_HEIGHT = 340  # below this the dock scrolls; Segment everything docked under it gets the rest
 
 
 def _section(title: str, *items: widgets.Widget | QWidget) -> QGroupBox:
@@ -197,6 +198,11 @@ class AnnotatorWidget(QWidget):
         ):
             key = keys.shortcut_text(name)
             button.text = f"{text} ({key})" if key else text
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt name)
+        """Tall enough for the setup fields: docked with Segment everything, it keeps its share of the height."""
+        hint = super().minimumSizeHint()
+        return QSize(hint.width(), max(hint.height(), ANNOTATOR_MIN_HEIGHT))
 
     def _lay_out(self, *sections: QGroupBox) -> None:
         """The sections one under the other in a scroll area (a short window scrolls instead of squeezing)."""

@@ -353,6 +353,8 @@ class SegmentEverythingWidget(QWidget):
         # the settings in a scroll area, as the annotator's: docked together, both keep a share of the
         # height; the buttons, the status and the last run's report stay in sight below it
         self.setMaximumWidth(400)  # leave the canvas most of the window
+        # no taller than its compact size when there is room: the annotator docked beside it takes the rest
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)

@@ -15,6 +15,7 @@ import pytest
 from napari.layers import Labels
 from napari.utils.notifications import notification_manager
 
+from napari_sam._napari.model_picker import LOCAL_FILE
 from napari_sam.engine.datasets.synthetic import synthetic_image
 
 pytestmark = pytest.mark.gui
@@ -280,6 +281,24 @@ def test_the_annotator_of_the_same_viewer_reuses_the_loaded_model(widget, qtbot,
     qtbot.waitUntil(lambda: annotator.controller.predictor is not None, timeout=RUN_TIMEOUT_MS)
     assert len(load_calls) == 1
     assert annotator.controller.predictor.model is widget.model_picker.loaded.model
+
+
+def test_opened_after_the_annotator_loaded_a_checkpoint_it_starts_on_that_checkpoint(
+    make_napari_viewer, qtbot, tiny_checkpoint, load_calls
+):
+    """A user who loaded a file in the annotator expects Segment everything to use it, not to download vit_t."""
+    viewer = make_napari_viewer()
+    viewer.add_image(synthetic_image((96, 128), seed=3).image, name="nuclei")
+    _, annotator = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment Anything annotator")
+    choose_checkpoint(annotator, tiny_checkpoint)
+    annotator.load_button.native.click()
+    qtbot.waitUntil(lambda: annotator.controller.predictor is not None, timeout=RUN_TIMEOUT_MS)
+    widget = open_widget(viewer)
+    assert widget.model_choice.value == LOCAL_FILE
+    assert Path(widget.model_file.value).resolve() == Path(tiny_checkpoint).resolve()
+    accept_all_masks(widget)
+    click_run_and_wait(qtbot, widget)
+    assert len(load_calls) == 1  # the annotator's model, not a second load
 
 
 def test_each_viewer_loads_its_own_model(make_napari_viewer, qtbot, tiny_checkpoint, load_calls):

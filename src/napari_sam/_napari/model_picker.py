@@ -149,6 +149,15 @@ class ModelPicker:
         self.info = WrappingLabel(describe_model(DEFAULT_MODEL))
         self.status = WrappingLabel("No model loaded.", rich=True)  # the annotator names the model in bold
         self.model_choice.changed.connect(self._on_model_choice)
+        self._follow_viewer()
+
+    def _follow_viewer(self) -> None:
+        """Start on the model another widget of this viewer loaded last (not the zoo default):
+        a user who loaded a checkpoint in the annotator expects Segment everything to use it."""
+        keys = list(viewer_models(self.viewer).keys())
+        if keys:
+            self.choose(keys[-1].source)
+            self.device_choice.value = keys[-1].device
 
     def _say(self, text: str) -> None:
         """Show plain ``text`` in the (rich-text) status label."""

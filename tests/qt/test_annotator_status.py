@@ -109,7 +109,8 @@ def test_planes_are_named_as_napari_slider_shows_them(
     widget.set_model(tiny_model, "tiny", device="cpu", precision="fp32")
     widget.embed_button.clicked.emit()
     wait_for_embedding(qtbot, widget)
-    assert "slice z=14" in widget.embed_status.text()  # the axis label and the slider position
+    # the axis label and the slider position (the text is set once the worker has finished)
+    qtbot.waitUntil(lambda: "slice z=14" in widget.embed_status.text(), timeout=5000)
     assert "axis 0" not in widget.embed_status.text()
     assert viewer.dims.current_step[0] == 14  # what the slider shows
 

@@ -22,10 +22,8 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QSize, QTimer
 from qtpy.QtWidgets import (
     QFileDialog,
-    QFrame,
     QGroupBox,
     QLabel,
-    QScrollArea,
     QVBoxLayout,
     QWidget,
 )
@@ -38,6 +36,7 @@ from napari_sam._napari.controller import (
     AnnotatorController,
     PreviewInfo,
 )
+from napari_sam._napari.dock_layout import DOCK_MAX_WIDTH, scrolling_column
 from napari_sam._napari.model_picker import USER_ERRORS, LoadedModel, ModelPicker
 from napari_sam._napari.object_list import ObjectListWidget
 from napari_sam._napari.workers import guarded, original_error
@@ -206,20 +205,10 @@ class AnnotatorWidget(QWidget):
 
     def _lay_out(self, *sections: QGroupBox) -> None:
         """The sections one under the other in a scroll area (a short window scrolls instead of squeezing)."""
-        self.setMaximumWidth(400)  # leave the canvas most of the window
-        content = QWidget()
-        layout = QVBoxLayout(content)
-        layout.setContentsMargins(2, 2, 2, 2)
-        for section in sections:
-            layout.addWidget(section)
-        layout.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.Shape.NoFrame)
-        scroll.setWidget(content)
+        self.setMaximumWidth(DOCK_MAX_WIDTH)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(scroll)
+        outer.addWidget(scrolling_column(*sections))
 
     # ======================================================== connections
     def _connect_controls(self) -> None:

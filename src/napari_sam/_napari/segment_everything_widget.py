@@ -38,10 +38,8 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QSize, Qt
 from qtpy.QtWidgets import (
-    QFrame,
     QHBoxLayout,
     QLabel,
-    QScrollArea,
     QSizePolicy,
     QVBoxLayout,
     QWidget,
@@ -49,6 +47,7 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible
 
 from napari_sam._napari import planes as plane_ops
+from napari_sam._napari.dock_layout import DOCK_MAX_WIDTH, scrolling_column
 from napari_sam._napari.model_picker import USER_ERRORS, LoadedModel, ModelPicker
 from napari_sam._napari.workers import guarded, original_error
 from napari_sam.engine.automatic.diagnostics import FilterReport
@@ -344,24 +343,16 @@ class SegmentEverythingWidget(QWidget):
         for button in (self.preview_button, self.run_button, self.cancel_button):
             buttons.addWidget(button.native)
         make_wrapping(self.status.native)
-        content = QWidget()
-        layout = QVBoxLayout(content)
-        layout.setContentsMargins(2, 2, 2, 2)
-        for widget in (form.native, advanced, self.all_planes.native, self.model_picker.info, self.model_picker.status):
-            layout.addWidget(widget)
-        layout.addStretch()
         # the settings in a scroll area, as the annotator's: docked together, both keep a share of the
         # height; the buttons, the status and the last run's report stay in sight below it
-        self.setMaximumWidth(400)  # leave the canvas most of the window
+        self.setMaximumWidth(DOCK_MAX_WIDTH)
         # no taller than its compact size when there is room: the annotator docked beside it takes the rest
         self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.Shape.NoFrame)
-        scroll.setWidget(content)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(4, 0, 8, 4)
-        outer.addWidget(scroll)
+        outer.addWidget(
+            scrolling_column(form.native, advanced, self.all_planes.native, self.model_picker.info, self.model_picker.status)
+        )
         outer.addLayout(buttons)
         for widget in (self.status.native, self.report, self.apply_button.native):
             outer.addWidget(widget)

@@ -36,7 +36,11 @@ from napari_sam._napari.controller import (
     AnnotatorController,
     PreviewInfo,
 )
-from napari_sam._napari.dock_layout import DOCK_MAX_WIDTH, scrolling_column
+from napari_sam._napari.dock_layout import (
+    DOCK_MAX_WIDTH,
+    DOCK_MIN_WIDTH,
+    scrolling_column,
+)
 from napari_sam._napari.model_picker import USER_ERRORS, LoadedModel, ModelPicker
 from napari_sam._napari.object_list import ObjectListWidget
 from napari_sam._napari.workers import guarded, original_error
@@ -206,6 +210,7 @@ class AnnotatorWidget(QWidget):
     def _lay_out(self, *sections: QGroupBox) -> None:
         """The sections one under the other in a scroll area (a short window scrolls instead of squeezing)."""
         self.setMaximumWidth(DOCK_MAX_WIDTH)
+        self.setMinimumWidth(DOCK_MIN_WIDTH)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(scrolling_column(*sections))

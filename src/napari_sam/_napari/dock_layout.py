@@ -5,6 +5,7 @@ from __future__ import annotations
 from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
 DOCK_MAX_WIDTH = 400  # leave the canvas most of the window
+DOCK_MIN_WIDTH = 370  # the fields and their labels side by side, without a sideways scroll bar
 
 
 def scrolling_column(*items: QWidget) -> QScrollArea:

@@ -47,7 +47,11 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible
 
 from napari_sam._napari import planes as plane_ops
-from napari_sam._napari.dock_layout import DOCK_MAX_WIDTH, scrolling_column
+from napari_sam._napari.dock_layout import (
+    DOCK_MAX_WIDTH,
+    DOCK_MIN_WIDTH,
+    scrolling_column,
+)
 from napari_sam._napari.model_picker import USER_ERRORS, LoadedModel, ModelPicker
 from napari_sam._napari.workers import guarded, original_error
 from napari_sam.engine.automatic.diagnostics import FilterReport
@@ -346,8 +350,7 @@ class SegmentEverythingWidget(QWidget):
         # the settings in a scroll area, as the annotator's: docked together, both keep a share of the
         # height; the buttons, the status and the last run's report stay in sight below it
         self.setMaximumWidth(DOCK_MAX_WIDTH)
-        # no taller than its compact size when there is room: the annotator docked beside it takes the rest
-        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
+        self.setMinimumWidth(DOCK_MIN_WIDTH)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(4, 0, 8, 4)
         outer.addWidget(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from napari.utils.notifications import notification_manager
 
 from napari_sam._napari.model_picker import LOCAL_FILE
 from napari_sam.engine import Predictor
@@ -24,14 +23,6 @@ class FailingPredictor(Predictor):
 
     def compute_embedding(self, image, intensity_range=None):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-
-@pytest.fixture
-def notifications():
-    received = []
-    notification_manager.notification_ready.connect(received.append)
-    yield received
-    notification_manager.notification_ready.disconnect(received.append)
 
 
 def test_a_runtime_error_in_the_embedding_worker_is_a_notification(

@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 import pytest
-from napari.utils.notifications import notification_manager
 from qtpy.QtCore import QPoint, Qt, QTimer
 
 from napari_sam._napari.annotator_widget import AnnotatorWidget
@@ -113,14 +112,6 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def nuclei():
     return synthetic_image((256, 256), seed=13, style="mixed")  # 256: the trained model's input size
-
-
-@pytest.fixture
-def notifications():
-    received = []
-    notification_manager.notification_ready.connect(received.append)
-    yield received
-    notification_manager.notification_ready.disconnect(received.append)
 
 
 # ------------------------------------------------------------- user flow

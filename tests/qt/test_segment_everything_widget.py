@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from napari.layers import Labels
-from napari.utils.notifications import notification_manager
 
 from napari_sam._napari.model_picker import LOCAL_FILE
 from napari_sam.engine.datasets.synthetic import synthetic_image
@@ -95,14 +94,6 @@ def tiny_checkpoint(tmp_path, tiny_model) -> Path:
     from napari_sam.model.checkpoint import save_checkpoint
 
     return save_checkpoint(tiny_model, tmp_path / "tiny.pt")
-
-
-@pytest.fixture
-def notifications():
-    received = []
-    notification_manager.notification_ready.connect(received.append)
-    yield received
-    notification_manager.notification_ready.disconnect(received.append)
 
 
 @pytest.fixture

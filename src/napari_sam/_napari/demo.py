@@ -10,8 +10,6 @@ is up; ``--no-load`` leaves that to the "Load model" button.
 
 from __future__ import annotations
 
-import argparse
-
 SAMPLES = ("cell", "coins", "nuclei_stack")
 PLUGIN = "napari-sam"
 WIDGET = "Segment Anything annotator"
@@ -29,13 +27,13 @@ def open_annotator(viewer, sample: str | None = "cell", model: str | None = "vit
     return widget
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="napari with the Segment Anything annotator on a sample image.")
-    parser.add_argument("--sample", choices=SAMPLES, default="cell", help="sample image (default: cell)")
-    parser.add_argument("--model", default="vit_t", help="zoo name or checkpoint file (default: vit_t, MobileSAM)")
-    parser.add_argument("--no-load", action="store_true", help="do not load the model at start")
-    args = parser.parse_args(argv)
-    launch(args.sample, args.model, load=not args.no_load)
+def main(argv: list[str] | None = None) -> int:
+    """``python -m napari_sam._napari.demo [options]``: the same as ``napari-sam annotate [options]``."""
+    import sys
+
+    from napari_sam.cli import main as cli_main
+
+    return cli_main(["annotate", *(sys.argv[1:] if argv is None else argv)])
 
 
 def launch(sample: str | None = "cell", model: str | None = "vit_t", load: bool = True) -> None:
@@ -48,4 +46,4 @@ def launch(sample: str | None = "cell", model: str | None = "vit_t", load: bool 
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -43,6 +43,8 @@ from napari_sam._napari.dock_layout import (
 )
 from napari_sam._napari.model_picker import USER_ERRORS, LoadedModel, ModelPicker
 from napari_sam._napari.object_list import ObjectListWidget
+from napari_sam._napari.propagation import commit_shown
+from napari_sam._napari.propagation_widget import PropagationPanel
 from napari_sam._napari.workers import guarded, original_error
 from napari_sam._napari.wrapping import WrappingLabel
 from napari_sam.engine.errors import InputError
@@ -169,12 +171,14 @@ class AnnotatorWidget(QWidget):
         )
         self.preview_status = _wrapping_label(PreviewInfo().describe())
         self.status = _wrapping_label("")
+        self.propagation_panel = PropagationPanel(self.controller)  # stacks and movies only
         return _section(
             "Annotate",
             widgets.Container(widgets=[self.labels_choice]),
             self.paint_over,
             _row(self.commit_button, self.clear_button),
             self.next_button,
+            self.propagation_panel,
             self.preview_status,
             self.status,
         )
@@ -201,6 +205,7 @@ class AnnotatorWidget(QWidget):
         ):
             key = keys.shortcut_text(name)
             button.text = f"{text} ({key})" if key else text
+        self.propagation_panel.show_shortcut()
 
     def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt name)
         """Tall enough for the setup fields: docked with Segment everything, it keeps its share of the height."""
@@ -528,7 +533,7 @@ class AnnotatorWidget(QWidget):
     def commit(self) -> None:
         """Commit the preview (as the commit key does), then go back to adding points."""
         try:
-            self.controller.commit_and_continue()
+            commit_shown(self.controller)  # a propagation shown, else the preview
         except InputError as err:
             self._report(str(err), error=True)
 
@@ -540,6 +545,7 @@ class AnnotatorWidget(QWidget):
         self.cancel_embeddings()
         self.model_picker.close()
         self.object_list.disconnect_viewer()
+        self.propagation_panel.close_panel()
         self.controller.close()
         for signal in (self.controller.status_changed, self.controller.preview_changed, self.controller.plane_changed):
             signal.disconnect()

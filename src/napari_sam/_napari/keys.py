@@ -54,11 +54,25 @@ def _redo(controller: AnnotatorController) -> None:
         controller.labels_layer.redo()
 
 
+def _commit(controller: AnnotatorController) -> object:
+    # a propagation shown is what the commit key commits
+    from napari_sam._napari.propagation import commit_shown
+
+    return commit_shown(controller)
+
+
+def _propagate(controller: AnnotatorController) -> None:
+    from napari_sam._napari.propagation import propagate
+
+    propagate(controller)
+
+
 ACTIONS: tuple[KeyAction, ...] = (
-    KeyAction("napari-sam:commit", "C", "SAM: commit the preview to the labels", lambda c: c.commit_and_continue()),
+    KeyAction("napari-sam:commit", "C", "SAM: commit the preview to the labels", _commit),
     KeyAction("napari-sam:clear_prompts", "Shift-C", "SAM: clear the prompts of this slice", lambda c: c.clear_prompts()),
     KeyAction("napari-sam:next_candidate", "N", "SAM: next candidate mask", lambda c: c.cycle_candidate(1)),
     KeyAction("napari-sam:previous_candidate", "Shift-N", "SAM: previous candidate mask", lambda c: c.cycle_candidate(-1)),
+    KeyAction("napari-sam:propagate", "G", "SAM: propagate the object through the slices", _propagate),
     # a selected Labels layer keeps its own undo; elsewhere these undo the annotator's target
     KeyAction("napari-sam:undo", "Control-Z", "SAM: undo in the target labels", _undo, on_layers=False),
     KeyAction("napari-sam:redo", "Control-Shift-Z", "SAM: redo in the target labels", _redo, on_layers=False),

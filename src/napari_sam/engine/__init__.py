@@ -35,6 +35,12 @@ _LAZY = {
     "f1_score": "napari_sam.engine.metrics",
     "mask_iou": "napari_sam.engine.metrics",
     "synthetic_image": "napari_sam.engine.datasets.synthetic",
+    "propagate_object": "napari_sam.engine.volume.propagate",
+    "iter_propagation": "napari_sam.engine.volume.propagate",
+    "PlaneResult": "napari_sam.engine.volume.propagate",
+    "PropagationResult": "napari_sam.engine.volume.propagate",
+    "PropagationOptions": "napari_sam.engine.volume.recipe",
+    "StackEmbeddings": "napari_sam.engine.volume.stack_embeddings",
 }
 
 __all__ = ["InputError", *_LAZY]

@@ -1,0 +1,171 @@
+"""propagate_object / iter_propagation: the contract, corrections, z_range, lazy volumes, bad input.
+
+Quality on the held-out synthetic set is in test_volume_quality.py; these tests use one small
+synthetic stack and the trained tiny model, one thread (the machine is shared).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_sam.engine import (
+    InputError,
+    PlaneResult,
+    PropagationResult,
+    iter_propagation,
+    propagate_object,
+)
+from napari_sam.engine.datasets.synthetic_volume import synthetic_stack
+from napari_sam.engine.metrics import mask_iou
+from napari_sam.engine.volume.recipe import bounding_box
+
+
+@pytest.fixture(scope="module")
+def stack():
+    return synthetic_stack((24, 128, 128), seed=7)
+
+
+@pytest.fixture
+def predictor(trained_model):
+    import torch
+
+    from napari_sam.engine import Predictor
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two cores shared by many jobs: one thread is several times faster here
+    yield Predictor(trained_model, device="cpu", precision="fp32")
+    torch.set_num_threads(threads)
+
+
+def _inner_object(labels):
+    """An object that ends inside the volume on both sides, with its planes and middle plane."""
+    best = None
+    for i in range(1, labels.max() + 1):
+        planes = np.flatnonzero((labels == i).any(axis=(1, 2)))
+        if planes[0] > 0 and planes[-1] < labels.shape[0] - 1 and (best is None or planes.size > best[1].size):
+            best = (i, planes)
+    i, planes = best
+    return labels == i, planes, int((planes[0] + planes[-1]) // 2)
+
+
+def test_box_on_the_middle_plane_follows_the_object_both_ways(stack, predictor):
+    truth, planes, middle = _inner_object(stack.labels)
+    steps = iter_propagation(predictor, stack.image, middle, box=bounding_box(truth[middle]))
+    seen = []
+    while True:
+        try:
+            item = next(steps)
+        except StopIteration as stop:
+            result = stop.value
+            break
+        assert isinstance(item, PlaneResult)
+        seen.append(item.plane)
+    assert seen[0] == middle  # the seed plane first
+    assert isinstance(result, PropagationResult)
+    assert result.mask.shape == stack.labels.shape and result.mask.dtype == bool
+    assert result.scores.shape == (stack.labels.shape[0],)
+    assert result.planes.min() < middle < result.planes.max()  # both ways
+    assert np.isnan(result.scores[[0, -1]]).all()  # absent where the object is
+    assert not result.mask[~np.isfinite(result.scores)].any()
+    assert mask_iou(result.mask, truth) > 0.6
+    again = propagate_object(predictor, stack.image, middle, box=bounding_box(truth[middle]))
+    np.testing.assert_array_equal(again.mask, result.mask)
+
+
+def test_one_direction_and_z_range_bound_the_result(stack, predictor):
+    truth, planes, middle = _inner_object(stack.labels)
+    box = bounding_box(truth[middle])
+    up = propagate_object(predictor, stack.image, middle, box=box, direction="forward")
+    assert up.planes.min() == middle and up.planes.max() > middle
+    ranged = propagate_object(predictor, stack.image, middle, box=box, z_range=(middle - 1, middle + 1))
+    assert set(ranged.planes) <= {middle - 1, middle, middle + 1}
+    assert not ranged.mask[: middle - 1].any() and not ranged.mask[middle + 2 :].any()
+
+
+def test_seed_mask_and_other_axis(stack, predictor):
+    truth, planes, middle = _inner_object(stack.labels)
+    result = propagate_object(predictor, stack.image, middle, seed_mask=truth[middle], intensity_range=(0, 1.5))
+    np.testing.assert_array_equal(result.mask[middle], truth[middle])
+    assert result.scores[middle] == 1.0 and len(result.planes) > 3
+    # the same volume with Z moved to the last axis, propagated along axis 2
+    moved = np.moveaxis(stack.image, 0, 2)
+    along_x = propagate_object(predictor, moved, middle, seed_mask=truth[middle], axis=2, intensity_range=(0, 1.5))
+    np.testing.assert_array_equal(np.moveaxis(along_x.mask, 2, 0), result.mask)
+
+
+def test_lazy_volume_is_read_one_plane_at_a_time(stack, predictor):
+    truth, planes, middle = _inner_object(stack.labels)
+
+    class Planes:
+        """A volume that records what is read; reading more than one plane at once fails the test."""
+
+        def __init__(self, data):
+            self.data, self.shape, self.dtype, self.ndim, self.reads = data, data.shape, data.dtype, data.ndim, []
+
+        def __getitem__(self, key):
+            key = key if isinstance(key, tuple) else (key,)
+            plane = key[0]
+            assert isinstance(plane, (int, np.integer)), f"read more than one plane: {key}"
+            self.reads.append(int(plane))
+            return self.data[key]
+
+        def __array__(self, *args, **kwargs):
+            raise AssertionError("the whole volume was read")
+
+    lazy = Planes(stack.image)
+    result = propagate_object(predictor, lazy, middle, box=bounding_box(truth[middle]), intensity_range=(0.0, 1.5))
+    eager = propagate_object(predictor, stack.image, middle, box=bounding_box(truth[middle]),
+                             intensity_range=(0.0, 1.5))
+    np.testing.assert_array_equal(result.mask, eager.mask)
+    assert len(set(lazy.reads)) == len(lazy.reads)  # every plane read once
+
+
+def test_cancel_by_closing_the_generator(stack, predictor):
+    truth, planes, middle = _inner_object(stack.labels)
+    steps = iter_propagation(predictor, stack.image, middle, box=bounding_box(truth[middle]))
+    first = next(steps)
+    steps.close()
+    assert first.plane == middle and first.mask.any()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"seed_plane": 24, "box": [10, 10, 30, 30]}, "out of range"),
+        ({"seed_plane": -1, "box": [10, 10, 30, 30]}, "out of range"),
+        ({"seed_plane": 5, "seed_mask": np.zeros((128, 128), bool)}, "seed mask is empty"),
+        ({"seed_plane": 5, "seed_mask": np.ones((50, 50), bool)}, "seed_mask has shape"),
+        ({"seed_plane": 5, "box": [10, 10, 30, 30], "axis": 3}, "axis 3 does not exist"),
+        ({"seed_plane": 5, "box": [10, 10, 30, 30], "axis": -4}, "does not exist"),
+        ({"seed_plane": 5}, "Give the object on the seed plane"),
+        ({"seed_plane": 5, "box": [10, 10, 30, 30], "direction": "up"}, "direction must be"),
+        ({"seed_plane": 5, "box": [10, 10, 30, 30], "z_range": (6, 9)}, "outside z_range"),
+        ({"seed_plane": 5, "box": [10, 10, 30, 30], "min_overlap": 2.0}, "min_overlap"),
+        ({"seed_plane": 5, "box": [10, 10, 30, 30], "colour": 1}, "Unknown propagation option"),
+    ],
+)
+def test_bad_arguments_are_input_errors(stack, predictor, kwargs, message):
+    kwargs = dict(kwargs)
+    seed = kwargs.pop("seed_plane")
+    with pytest.raises(InputError, match=message):
+        propagate_object(predictor, stack.image, seed, **kwargs)
+
+
+def test_a_2d_image_is_not_a_volume(stack, predictor):
+    with pytest.raises(InputError, match="got a 2D image"):
+        propagate_object(predictor, stack.image[0], 0, box=[10, 10, 30, 30])
+    with pytest.raises(InputError, match="got a 2D image"):
+        propagate_object(predictor, np.zeros((64, 64, 3), np.uint8), 0, box=[10, 10, 30, 30])
+
+
+def test_nan_in_the_volume_is_an_input_error(stack, predictor):
+    truth, planes, middle = _inner_object(stack.labels)
+    sampled = stack.image.copy()
+    sampled[stack.image.shape[0] // 2, 3, 3] = np.nan  # a plane the intensity sample reads
+    with pytest.raises(InputError, match="NaN"):
+        propagate_object(predictor, sampled, middle, box=bounding_box(truth[middle]))
+    later = stack.image.copy()
+    later[middle + 1, 40, 40] = np.nan  # only met when propagation reaches it
+    with pytest.raises(InputError, match=f"Plane {middle + 1} along axis 0 contains NaN"):
+        propagate_object(predictor, later, middle, box=bounding_box(truth[middle]), intensity_range=(0, 1.5))

@@ -35,6 +35,8 @@ _LAZY = {
     "f1_score": "napari_sam.engine.metrics",
     "mask_iou": "napari_sam.engine.metrics",
     "synthetic_image": "napari_sam.engine.datasets.synthetic",
+    "annotate_dataset": "napari_sam.engine.datasets.auto_annotate",
+    "annotate_image": "napari_sam.engine.datasets.auto_annotate",
     "propagate_object": "napari_sam.engine.volume.propagate",
     "iter_propagation": "napari_sam.engine.volume.propagate",
     "PlaneResult": "napari_sam.engine.volume.propagate",

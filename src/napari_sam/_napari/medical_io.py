@@ -9,34 +9,15 @@ annotator's labels carry it (:func:`labels_metadata`), so File > Save Layers jus
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from napari_sam.engine.io.geometry import GEOMETRY_KEY
+from napari_sam.engine.io.medical import is_medical_path, read_medical_volume
 
-NIFTI_PATTERNS = (".nii", ".nii.gz")
-DICOM_SUFFIXES = (".dcm", ".ima")
 MAX_LABEL_VALUES = 256  # an integer NIfTI with no negative values and at most this many values is labels
-
-
-def _looks_like_dicom(path: Path) -> bool:
-    """A DICOM Part 10 file: 'DICM' after the 128-byte preamble (or a .dcm/.ima name)."""
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        return True
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(128)
-            return handle.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
-def _is_dicom_folder(path: Path) -> bool:
-    files = [p for p in sorted(path.iterdir())[:50] if p.is_file()]
-    return any(_looks_like_dicom(p) for p in files)
 
 
 def get_reader(path: str | list[str]):
@@ -56,36 +37,7 @@ def get_reader(path: str | list[str]):
         if len(path) != 1:
             return None
         path = path[0]
-    path = Path(path)
-    if path.name.lower().endswith(NIFTI_PATTERNS):
-        return read_medical
-    if path.is_dir():
-        return read_medical if _is_dicom_folder(path) else None
-    if path.is_file() and _looks_like_dicom(path):
-        return read_medical
-    return None
-
-
-def read_volume(path: str | os.PathLike):
-    """The :class:`~napari_sam.engine.io.geometry.MedicalVolume` at ``path`` (NIfTI or DICOM).
-
-    Parameters
-    ----------
-    path
-        A .nii/.nii.gz file, a DICOM file or a folder holding one DICOM series.
-
-    Returns
-    -------
-    MedicalVolume
-        The (z, y, x) data and its geometry.
-    """
-    if str(path).lower().endswith(NIFTI_PATTERNS):
-        from napari_sam.engine.io.nifti import read_nifti
-
-        return read_nifti(path)
-    from napari_sam.engine.io.dicom import read_dicom_series
-
-    return read_dicom_series(path)
+    return read_medical if is_medical_path(path) else None
 
 
 def is_label_volume(data: np.ndarray) -> bool:
@@ -103,7 +55,8 @@ def is_label_volume(data: np.ndarray) -> bool:
     """
     if data.dtype.kind not in "iub" or (data.size and data.min() < 0):
         return False
-    return len(np.unique(data[:: max(1, len(data) // 16)])) <= MAX_LABEL_VALUES and len(np.unique(data)) <= MAX_LABEL_VALUES
+    sample = data[:: max(1, len(data) // 16)]  # a few planes first: a scan fails here, cheaply
+    return len(np.unique(sample)) <= MAX_LABEL_VALUES and len(np.unique(data)) <= MAX_LABEL_VALUES
 
 
 def read_medical(path: str | list[str]) -> list[tuple]:
@@ -122,7 +75,7 @@ def read_medical(path: str | list[str]) -> list[tuple]:
     """
     if isinstance(path, (list, tuple)):
         path = path[0]
-    volume = read_volume(path)
+    volume = read_medical_volume(path)
     name = Path(path).name
     for suffix in (".nii.gz", ".nii"):
         if name.lower().endswith(suffix):

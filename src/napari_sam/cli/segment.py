@@ -46,12 +46,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "image file; output: labels as TIFF (memory-mapped) or zarr, written without holding the "
             "image in memory. An existing output is only replaced with --overwrite, once the new one is "
             "complete; the input is never written over. An interrupted zarr output is marked incomplete "
-            "and continued with --resume."
+            "and continued with --resume. Medical volumes (NIfTI, a DICOM series) are read in the patient's "
+            "frame; a .nii/.nii.gz output gets exactly the scan's geometry; --window chooses the intensities "
+            "SAM sees (the same for every plane)."
         ),
     )
-    p.add_argument("image", type=Path, help="input image: .tif/.tiff, .zarr, .npy, .png, ...")
+    p.add_argument("image", type=Path, help="input image: .tif/.tiff, .zarr, .npy, .png, ..., .nii/.nii.gz, "
+                   "a DICOM file or a folder holding one DICOM series")
     p.add_argument("--model", required=True, help="model-zoo name or checkpoint file")
-    p.add_argument("--out", type=Path, required=True, help="output labels: .tif/.tiff or .zarr")
+    p.add_argument("--out", type=Path, required=True, help="output labels: .tif/.tiff, .zarr or .nii/.nii.gz "
+                   "(NIfTI: in the scan's geometry)")
+    p.add_argument("--window", help="intensity window for every plane: a CT preset (abdomen, liver, lung, bone, "
+                   "brain, mediastinum), WIDTH,LEVEL in HU (e.g. 400,40), pLOW-HIGH percentiles (e.g. p1-99) or mr "
+                   "(percentiles 0.5-99.5); default: percentiles 0.5-99.5 of the image")
     p.add_argument("--tile-size", type=int, help="side of the windows the model sees, in pixels "
                    "(default and minimum: the model's input size)")
     p.add_argument("--halo", type=int, help="context inside each window: windows overlap by 2 x halo and own "
@@ -137,15 +144,21 @@ def run(args: argparse.Namespace) -> int:
     from napari_sam.engine.automatic.diagnostics import FilterReport
     from napari_sam.engine.automatic.params import AutomaticParams
     from napari_sam.engine.automatic.segment import run_steps, segment_everything_steps
+    from napari_sam.engine.io.nifti import is_nifti_path
 
-    if not args.out.name.lower().endswith((".tif", ".tiff", ".zarr")):
-        raise UsageError(f"--out must end in .tif, .tiff or .zarr, got {args.out}.")
+    to_nifti = is_nifti_path(args.out)
+    if not (to_nifti or args.out.name.lower().endswith((".tif", ".tiff", ".zarr"))):
+        raise UsageError(f"--out must end in .tif, .tiff, .zarr, .nii or .nii.gz, got {args.out}.")
+    if to_nifti and args.resume:
+        raise UsageError("--resume continues a .zarr output; a NIfTI output is written whole at the end.")
     _quiet_abandoned_reads()
     params = AutomaticParams(**{field: getattr(args, field) for _, field, *_ in AUTOMATIC_OPTIONS})
+    image, geometry = _open_input(args.image, args.window, args.out if to_nifti else None, args.overwrite)
     # every check (input, output, model, tiles) happens in the engine before anything is written
     report = FilterReport()
     steps = segment_everything_steps(
-        args.image, args.model, args.tile_size, args.halo, params, out=args.out, scheduler=args.scheduler,
+        image, args.model, args.tile_size, args.halo, params, out=None if to_nifti else args.out,
+        scheduler=args.scheduler,
         device=args.device, precision=args.precision, overwrite=args.overwrite, resume=args.resume, report=report,
     )
     update, close = _progress_printer(args.no_progress)
@@ -158,11 +171,59 @@ def run(args: argparse.Namespace) -> int:
         return 130
     finally:
         close()
+    if to_nifti:
+        from napari_sam.engine.io.nifti import write_nifti
+
+        write_nifti(args.out, labels.reshape(geometry.shape), geometry, overwrite=args.overwrite)
     count = _max_label(labels)
     del labels
     print(f"{count} objects in {time.perf_counter() - start:.1f} s -> {args.out}", flush=True)
     print(_report_lines(report), flush=True)
     return 0
+
+
+def _open_input(image: Path, window: str | None, nifti_out: Path | None, overwrite: bool):
+    """(what to segment, the geometry of a NIfTI output or None), checked before any work.
+
+    A medical volume is read in its (z, y, x) patient frame; ``window`` makes the image a lazily
+    windowed uint8 volume (the automatic segmentation takes 8-bit images as they are); a NIfTI
+    output's place is checked here, since it is written only at the end.
+    """
+    import numpy as np
+
+    from napari_sam.engine.io.geometry import array_geometry
+    from napari_sam.engine.io.medical import is_medical_path, read_medical_volume
+    from napari_sam.engine.io.nifti import check_nifti_output
+
+    geometry = None
+    if is_medical_path(image):
+        volume = read_medical_volume(image)
+        image, geometry = volume.data, volume.geometry
+    if window is not None:
+        from napari_sam.engine.io.images import open_image
+        from napari_sam.engine.predict.windows import (
+            WindowedVolume,
+            parse_window,
+            window_range,
+        )
+
+        chosen = parse_window(window)
+        image = open_image(image)
+        if np.dtype(image.dtype).kind not in "biuf" or image.ndim not in (2, 3):
+            raise UsageError(f"--window needs a single-channel 2D image or 3D volume, got shape {image.shape}.")
+        image = WindowedVolume(image, window_range(chosen, image))
+        print(f"window: {chosen.describe()}", file=sys.stderr, flush=True)
+    if nifti_out is not None:
+        if geometry is None:  # not a scan: 1 mm voxels at the origin
+            from napari_sam.engine.io.images import open_image
+
+            shape = tuple(open_image(image).shape) if not hasattr(image, "shape") else tuple(image.shape)
+            if len(shape) not in (2, 3):
+                raise UsageError(f"A NIfTI output needs a 2D or 3D single-channel image, got shape {shape}.")
+            shape = (1, *shape) if len(shape) == 2 else shape
+            geometry = array_geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), shape)
+        check_nifti_output(nifti_out, geometry, overwrite)
+    return image, geometry
 
 
 def _report_lines(report: FilterReport) -> str:

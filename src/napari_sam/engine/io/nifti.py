@@ -25,8 +25,8 @@ from napari_sam.engine.io.geometry import (
 from napari_sam.engine.io.safe_write import (
     check_output_folder,
     move_into_place,
-    paths_overlap,
     remove_path,
+    resolved,
     temporary_sibling,
 )
 
@@ -161,6 +161,41 @@ def nifti_bytes(array: np.ndarray, geometry: VolumeGeometry, compress: bool) -> 
     return gzip.compress(data, compresslevel=6) if compress else data
 
 
+def check_nifti_output(path: str | os.PathLike, geometry: VolumeGeometry, overwrite: bool = False) -> Path:
+    """Check, before any work, that a NIfTI file can be written at ``path`` (see :func:`write_nifti`).
+
+    Parameters
+    ----------
+    path
+        The file to write.
+    geometry
+        The scan's geometry (its ``source_path`` is never written over).
+    overwrite
+        Whether an existing file may be replaced.
+
+    Returns
+    -------
+    Path
+        ``path`` as a Path.
+
+    Raises
+    ------
+    InputError
+        A wrong suffix, the scan itself, an existing file without ``overwrite``, or a missing
+        or read-only folder.
+    """
+    path = Path(path)
+    if not is_nifti_path(path):
+        raise InputError(f"A NIfTI file name ends in .nii or .nii.gz, got {path.name}.")
+    source = geometry.extra.get("source_path")
+    if source and resolved(path) == resolved(source):  # a DICOM folder may well hold the result
+        raise InputError(f"{path} is the scan itself; choose another file name (the scan is never written over).")
+    if path.exists() and not overwrite:
+        raise InputError(f"{path} exists; choose another name or pass overwrite=True (--overwrite).")
+    check_output_folder(path)
+    return path
+
+
 def write_nifti(
     path: str | os.PathLike, array: np.ndarray, geometry: VolumeGeometry, overwrite: bool = False
 ) -> Path:
@@ -192,15 +227,7 @@ def write_nifti(
         A wrong suffix, an existing file without ``overwrite``, the scan itself as target, a
         missing or read-only folder, or an array of another shape.
     """
-    path = Path(path)
-    if not is_nifti_path(path):
-        raise InputError(f"A NIfTI file name ends in .nii or .nii.gz, got {path.name}.")
-    source = geometry.extra.get("source_path")
-    if source and paths_overlap(path, source):
-        raise InputError(f"{path} is the scan itself; choose another file name (the scan is never written over).")
-    if path.exists() and not overwrite:
-        raise InputError(f"{path} exists; choose another name or pass overwrite=True (--overwrite).")
-    check_output_folder(path)
+    path = check_nifti_output(path, geometry, overwrite)
     payload = nifti_bytes(array, geometry, compress=path.name.lower().endswith(".gz"))
     temporary = temporary_sibling(path)
     try:

@@ -154,15 +154,17 @@ def parse_window(text: str) -> Window:
         return ct_window(*CT_PRESETS[key], name=key)
     if key in (AUTO, "mr", "percentile"):
         return percentile_window(*MR_PERCENTILES)
+    numbers = None
     try:
         if key.startswith("p") and "-" in key[1:]:
-            low, high = key[1:].split("-", 1)
-            return percentile_window(float(low), float(high))
-        if "," in key:
-            width, level = key.split(",", 1)
-            return ct_window(float(width), float(level))
+            numbers = ("percentile", *(float(v) for v in key[1:].split("-", 1)))
+        elif "," in key:
+            numbers = ("ct", *(float(v) for v in key.split(",", 1)))
     except ValueError:
-        pass
+        numbers = None
+    if numbers is not None:
+        kind, first, second = numbers
+        return percentile_window(first, second) if kind == "percentile" else ct_window(first, second)
     presets = ", ".join(f"{name} ({w:g},{lvl:g})" for name, (w, lvl) in CT_PRESETS.items())
     raise InputError(
         f"Unknown window {text!r}. Use a CT preset: {presets}; a custom 'width,level' in HU such as 400,40; "
@@ -222,7 +224,10 @@ class WindowedVolume:
         lo, hi = (float(v) for v in intensity_range)
         if not hi > lo:
             raise InputError(f"A window needs high > low, got {lo:g} and {hi:g}.")
+        from napari_sam.engine.io.safe_write import array_source_path
+
         self.volume, self.low, self.high = volume, lo, hi
+        self.source_path = array_source_path(volume)  # an output is still checked against the file read
         self.shape = tuple(volume.shape)
         self.ndim = len(self.shape)
         self.dtype = np.dtype(np.uint8)

@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from napari_sam.cli import annotate, finetune, segment
+from napari_sam.cli import annotate, annotate_dataset, finetune, segment
 from napari_sam.cli.errors import UsageError
 
 # one module per subcommand, each with ``add_parser(subparsers)`` and ``run(args)``
-SUBCOMMANDS = (segment, finetune, annotate)
+SUBCOMMANDS = (segment, finetune, annotate, annotate_dataset)
 
 
 def build_parser() -> argparse.ArgumentParser:

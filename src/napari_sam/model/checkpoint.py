@@ -4,7 +4,7 @@ A checkpoint is untrusted input (a pickle can run code), so files are only ever 
 with ``torch.load(..., weights_only=True)``: a file holding pickled code or objects is
 refused with :class:`UnsafeCheckpointError` before anything in it runs.
 
-The architecture is identified from the tensors alone: every config in ``CONFIGS`` is
+The architecture is identified from the tensors alone: every config in ``ALL_CONFIGS`` (SAM and SAM 2) is
 built on the meta device (no memory, no initialisation) and its state-dict keys and
 shapes are compared with the file's. Loading then fills a meta-built model with the
 file's tensors (``assign=True``), so a 2.5 GB ViT-H is never randomly initialised first.
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 import torch
 
-from napari_sam.model.config import CONFIGS, SamConfig
+from napari_sam.model.config import ALL_CONFIGS, Sam2Config, SamConfig
 from napari_sam.model.device import resolve_device
 from napari_sam.model.errors import (
     ArchitectureMismatchError,
@@ -78,13 +78,24 @@ def sha256sum(path: PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _resolve_config(config: SamConfig | str | None) -> SamConfig | None:
-    if config is None or isinstance(config, SamConfig):
+def _resolve_config(config: SamConfig | Sam2Config | str | None) -> SamConfig | Sam2Config | None:
+    if config is None or isinstance(config, (SamConfig, Sam2Config)):
         return config
     try:
-        return CONFIGS[config]
+        return ALL_CONFIGS[config]
     except KeyError:
-        raise CheckpointError(f"Unknown config {config!r}; known configs: {', '.join(CONFIGS)}.") from None
+        raise CheckpointError(f"Unknown config {config!r}; known configs: {', '.join(ALL_CONFIGS)}.") from None
+
+
+def _build(config: SamConfig | Sam2Config) -> torch.nn.Module:
+    """A randomly initialised model of ``config``'s family (SAM or SAM 2), on the current default device."""
+    if isinstance(config, Sam2Config):
+        from napari_sam.model.sam2.model import build_sam2
+
+        return build_sam2(config)
+    from napari_sam.model.sam.model import build_sam
+
+    return build_sam(config)
 
 
 def _list_keys(keys: list[str]) -> str:
@@ -263,7 +274,7 @@ def read_state_dict(path: PathLike) -> StateDict:
 
 
 @functools.lru_cache(maxsize=None)
-def expected_shapes(config: SamConfig) -> dict[str, tuple[int, ...]]:
+def expected_shapes(config: SamConfig | Sam2Config) -> dict[str, tuple[int, ...]]:
     """``{state-dict key: shape}`` of the model built from ``config`` (built on the meta device: instant).
 
     Cached per config (configs are frozen dataclasses, hence hashable).
@@ -278,10 +289,8 @@ def expected_shapes(config: SamConfig) -> dict[str, tuple[int, ...]]:
     dict of str to tuple of int
         The shape of every state-dict entry, persistent buffers included.
     """
-    from napari_sam.model.sam.model import build_sam
-
     with torch.device("meta"):
-        model = build_sam(config)
+        model = _build(config)
     return {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
 
@@ -313,7 +322,7 @@ class StateDictDiff:
         return "; ".join(parts)
 
 
-def compare_state_dict(state_dict: Mapping[str, torch.Tensor], config: SamConfig) -> StateDictDiff:
+def compare_state_dict(state_dict: Mapping[str, torch.Tensor], config: SamConfig | Sam2Config) -> StateDictDiff:
     """Compare keys and shapes of ``state_dict`` with the model built from ``config``.
 
     Parameters
@@ -340,8 +349,8 @@ def compare_state_dict(state_dict: Mapping[str, torch.Tensor], config: SamConfig
     return StateDictDiff(config.name, matching, len(expected), missing, unexpected, mismatched)
 
 
-def detect_config(state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> SamConfig:
-    """The config in ``CONFIGS`` whose keys and shapes exactly match ``state_dict``.
+def detect_config(state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> SamConfig | Sam2Config:
+    """The config in ``ALL_CONFIGS`` whose keys and shapes exactly match ``state_dict``.
 
     Raises :class:`ArchitectureMismatchError` naming the closest config and what differs,
     or (if several match exactly) asking for an explicit config.
@@ -356,15 +365,21 @@ def detect_config(state_dict: Mapping[str, torch.Tensor], source: str = "checkpo
     Returns
     -------
     SamConfig
-        The only config of ``CONFIGS`` that fits exactly.
+        The only config of ``ALL_CONFIGS`` that fits exactly.
 
     Raises
     ------
     ArchitectureMismatchError
         No config fits exactly, or several do.
     """
-    diffs = [(compare_state_dict(state_dict, config), config) for config in CONFIGS.values()]
+    # Compare with the file's own family first (SAM 2 names its heads sam_*): building every
+    # architecture on the meta device costs seconds, so the others are built only for the error message.
+    family = Sam2Config if any(key.startswith("sam_mask_decoder.") for key in state_dict) else SamConfig
+    candidates = [config for config in ALL_CONFIGS.values() if isinstance(config, family)]
+    diffs = [(compare_state_dict(state_dict, config), config) for config in candidates]
     exact = [config for diff, config in diffs if diff.exact]
+    if not exact:
+        diffs = [(compare_state_dict(state_dict, config), config) for config in ALL_CONFIGS.values()]
     if len(exact) == 1:
         return exact[0]
     if len(exact) > 1:
@@ -374,13 +389,15 @@ def detect_config(state_dict: Mapping[str, torch.Tensor], source: str = "checkpo
         )
     closest, _ = max(diffs, key=lambda item: (item[0].matching, -len(item[0].missing) - len(item[0].unexpected)))
     raise ArchitectureMismatchError(
-        f"{source} does not match any known SAM architecture ({', '.join(CONFIGS)}). Closest is "
+        f"{source} does not match any known SAM architecture ({', '.join(ALL_CONFIGS)}). Closest is "
         f"{closest.config_name!r}: {closest.describe()}. If it is a SAM variant with another layout, pass config= "
         f"with a matching SamConfig."
     )
 
 
-def check_config(state_dict: Mapping[str, torch.Tensor], config: SamConfig, source: str = "checkpoint") -> None:
+def check_config(
+    state_dict: Mapping[str, torch.Tensor], config: SamConfig | Sam2Config, source: str = "checkpoint"
+) -> None:
     """Raise :class:`ArchitectureMismatchError` unless ``state_dict`` exactly fits ``config``.
 
     Parameters
@@ -396,12 +413,12 @@ def check_config(state_dict: Mapping[str, torch.Tensor], config: SamConfig, sour
     ------
     ArchitectureMismatchError
         Keys or shapes differ; the message says how, and names another config of
-        ``CONFIGS`` that fits exactly, if one does.
+        ``ALL_CONFIGS`` that fits exactly, if one does.
     """
     diff = compare_state_dict(state_dict, config)
     if diff.exact:
         return
-    other = [name for name, other_config in CONFIGS.items() if compare_state_dict(state_dict, other_config).exact]
+    other = [name for name, other_config in ALL_CONFIGS.items() if compare_state_dict(state_dict, other_config).exact]
     hint = f" It matches {other[0]!r} instead." if other else ""
     raise ArchitectureMismatchError(f"{source} does not fit config {config.name!r}: {diff.describe()}.{hint}")
 
@@ -410,7 +427,7 @@ def check_config(state_dict: Mapping[str, torch.Tensor], config: SamConfig, sour
 # Building the model
 
 
-def _fill_meta_leftovers(model: torch.nn.Module, config: SamConfig) -> bool:
+def _fill_meta_leftovers(model: torch.nn.Module, config: SamConfig | Sam2Config) -> bool:
     """Give real values to buffers still on the meta device after loading; False if one cannot be derived.
 
     Only non-persistent buffers can be left over (the file held every persistent entry);
@@ -431,7 +448,7 @@ def _fill_meta_leftovers(model: torch.nn.Module, config: SamConfig) -> bool:
     return not any(tensor.is_meta for tensor in list(model.parameters()) + list(model.buffers()))
 
 
-def build_from_state_dict(state_dict: Mapping[str, torch.Tensor], config: SamConfig) -> Sam:
+def build_from_state_dict(state_dict: Mapping[str, torch.Tensor], config: SamConfig | Sam2Config) -> Sam:
     """A :class:`Sam` for ``config`` holding the tensors of ``state_dict`` (float32, on CPU, eval mode).
 
     The caller has checked that keys and shapes fit (:func:`check_config`).
@@ -450,18 +467,16 @@ def build_from_state_dict(state_dict: Mapping[str, torch.Tensor], config: SamCon
         with the tensors, so it is not randomly initialised first (unless a buffer left on
         the meta device cannot be derived from ``config``: then it is built normally and loaded).
     """
-    from napari_sam.model.sam.model import build_sam
-
     # Floating tensors become float32 (fp16/bf16 files exist); index tensors keep their dtype.
     tensors = {
         key: value.float() if value.is_floating_point() else value for key, value in state_dict.items()
     }
     with torch.device("meta"):
-        model = build_sam(config)
+        model = _build(config)
     model.load_state_dict(tensors, strict=True, assign=True)
     if not _fill_meta_leftovers(model, config):
         # A buffer we cannot derive stayed on meta: take the slow, always-correct path.
-        model = build_sam(config)
+        model = _build(config)
         model.load_state_dict(tensors, strict=True)
     return model.eval()
 
@@ -524,7 +539,7 @@ def load_model(
     name_or_path: PathLike,
     device: str | torch.device | None = None,
     *,
-    config: SamConfig | str | None = None,
+    config: SamConfig | Sam2Config | str | None = None,
     progress: bool | Any = True,
     preprocessing: str | None = None,
 ) -> Sam:
@@ -540,7 +555,7 @@ def load_model(
     device
         ``"cuda"``, ``"mps"``, ``"cpu"``, a ``torch.device``, or None for the best available.
     config
-        Force an architecture (a ``SamConfig`` or a name in ``CONFIGS``) instead of
+        Force an architecture (a ``SamConfig``, a ``Sam2Config`` or a name in ``ALL_CONFIGS``) instead of
         detecting it from the tensors; the file must still fit it exactly.
     progress
         Download progress bar, see :func:`napari_sam.model.zoo.fetch_checkpoint`.
@@ -568,7 +583,7 @@ def load_model(
     ArchitectureMismatchError
         The tensors fit no known (or not the requested) architecture.
     CheckpointError
-        The file is not a readable checkpoint, or ``config`` names no config in ``CONFIGS``.
+        The file is not a readable checkpoint, or ``config`` names no config in ``ALL_CONFIGS``.
     DownloadError
         A zoo checkpoint could not be downloaded or failed its sha256 check.
     DeviceError
@@ -586,7 +601,7 @@ def load_model(
         entry = zoo.get_entry(name_or_path)
         preprocessing = preprocessing or entry.preprocessing
         path = zoo.fetch_checkpoint(name_or_path, progress=progress)
-        expected = forced or CONFIGS[entry.config_name]
+        expected = forced or ALL_CONFIGS[entry.config_name]
         source = f"zoo model {entry.name!r} ({path})"
     else:
         path = _checkpoint_file(name_or_path)
@@ -599,7 +614,8 @@ def load_model(
         check_config(state_dict, expected, source=source)
     _warn_if_non_finite(state_dict, source)
     model = build_from_state_dict(state_dict, expected)
-    model.preprocessing = preprocessing or zoo.PREPROCESS_SAM
+    # a SAM 2 model brings its own input transform ("sam2"); SAM's default is "sam"
+    model.preprocessing = preprocessing or getattr(model, "preprocessing", None) or zoo.PREPROCESS_SAM
     return model.to(target_device).eval()
 
 

@@ -135,3 +135,143 @@ TINY_TRAINED = SamConfig(
     iou_head_hidden_dim=64,
 )
 CONFIGS[TINY_TRAINED.name] = TINY_TRAINED
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# SAM 2.1: Hiera image encoder with an FPN neck, SAM-style heads with high-resolution features, and the memory
+# (encoder + attention) used to carry objects from frame to frame. Layout of the official sam2.1_hiera_*.pt files.
+
+
+@dataclass(frozen=True)
+class HieraEncoderConfig:
+    """SAM 2's hierarchical Hiera trunk: a conv patch stem, then stages of (windowed) attention blocks.
+
+    Each stage after the first halves the grid (max-pooled queries in its first block) and
+    multiplies width by ``dim_mul`` and heads by ``head_mul``. ``window_spec`` gives each
+    stage's attention window (in tokens); blocks in ``global_att_blocks`` attend globally.
+    """
+
+    embed_dim: int
+    num_heads: int
+    stages: tuple[int, ...]
+    global_att_blocks: tuple[int, ...]
+    window_spec: tuple[int, ...] = (8, 4, 14, 7)
+    window_pos_embed_bkg_spatial_size: tuple[int, int] = (14, 14)
+    q_pool: int = 3  # how many stage transitions pool the queries (downsample)
+    q_stride: int = 2
+    dim_mul: float = 2.0
+    head_mul: float = 2.0
+    mlp_ratio: float = 4.0
+    patch_kernel_size: int = 7
+    patch_stride: int = 4
+    patch_padding: int = 3
+    kind: str = field(default="hiera", init=False)
+
+    @property
+    def stage_dims(self) -> tuple[int, ...]:
+        """Width of every stage's output, highest resolution first."""
+        return tuple(int(self.embed_dim * self.dim_mul**stage) for stage in range(len(self.stages)))
+
+
+@dataclass(frozen=True)
+class Sam2Config:
+    """A whole SAM 2.1 model: Hiera + FPN neck, prompt encoder, mask decoder, memory encoder and attention.
+
+    ``img_size`` is the square input side (the whole image is resized to it, aspect not kept);
+    the image embedding is ``(prompt_embed_dim, E, E)`` with ``E = img_size // backbone_stride``,
+    and the decoder also reads two higher-resolution FPN levels (4E and 2E).
+    """
+
+    name: str
+    encoder: HieraEncoderConfig
+    img_size: int = 1024
+    prompt_embed_dim: int = 256  # FPN width == decoder width == memory attention width
+    fpn_top_down_levels: tuple[int, ...] = (2, 3)  # FPN levels that receive the coarser level, upsampled
+    scalp: int = 1  # coarsest FPN levels dropped from the outputs
+    mask_in_chans: int = 16
+    decoder_depth: int = 2
+    decoder_num_heads: int = 8
+    decoder_mlp_dim: int = 2048
+    num_multimask_outputs: int = 3
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
+    # single-mask output falls back to the best multimask output when its stability is below this
+    dynamic_multimask_stability_delta: float = 0.05
+    dynamic_multimask_stability_thresh: float = 0.98
+    # memory
+    memory_dim: int = 64
+    num_maskmem: int = 7
+    memory_attention_layers: int = 4
+    memory_attention_heads: int = 1
+    memory_attention_mlp_dim: int = 2048
+    rope_theta: float = 10000.0
+    memory_fuser_layers: int = 2
+    memory_fuser_kernel_size: int = 7
+    mask_downsampler_kernel_size: int = 3
+    mask_downsampler_stride: int = 2
+    mask_downsampler_total_stride: int = 16
+    sigmoid_scale_for_mem_enc: float = 20.0
+    sigmoid_bias_for_mem_enc: float = -10.0
+    max_obj_ptrs_in_encoder: int = 16
+    pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
+    pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    kind: str = field(default="sam2", init=False)
+
+    @property
+    def backbone_stride(self) -> int:
+        """Input pixels per image-embedding pixel (patch stem, then one halving per kept FPN level)."""
+        levels_kept = len(self.encoder.stages) - self.scalp
+        return self.encoder.patch_stride * self.encoder.q_stride ** (levels_kept - 1)
+
+    @property
+    def embedding_size(self) -> int:
+        """Side of the (square) image embedding grid."""
+        return self.img_size // self.backbone_stride
+
+    @property
+    def low_res_mask_size(self) -> int:
+        """Side of the decoder's low-resolution mask logits (4x the embedding)."""
+        return 4 * self.embedding_size
+
+    @property
+    def high_res_shapes(self) -> tuple[tuple[int, int, int], ...]:
+        """``(channels, side, side)`` of the two high-resolution decoder features (4E and 2E)."""
+        dim, side = self.prompt_embed_dim, self.embedding_size
+        return ((dim // 8, 4 * side, 4 * side), (dim // 4, 2 * side, 2 * side))
+
+
+SAM2_HIERA_T = Sam2Config(
+    "sam2.1_hiera_tiny", HieraEncoderConfig(96, 1, (1, 2, 7, 2), (5, 7, 9), window_pos_embed_bkg_spatial_size=(7, 7))
+)
+SAM2_HIERA_S = Sam2Config(
+    "sam2.1_hiera_small",
+    HieraEncoderConfig(96, 1, (1, 2, 11, 2), (7, 10, 13), window_pos_embed_bkg_spatial_size=(7, 7)),
+)
+SAM2_HIERA_B_PLUS = Sam2Config("sam2.1_hiera_base_plus", HieraEncoderConfig(112, 2, (2, 3, 16, 3), (12, 16, 20)))
+SAM2_HIERA_L = Sam2Config(
+    "sam2.1_hiera_large",
+    HieraEncoderConfig(
+        144, 2, (2, 6, 36, 4), (23, 33, 43), window_spec=(8, 4, 16, 8), window_pos_embed_bkg_spatial_size=(7, 7)
+    ),
+)
+# A tiny SAM 2 for tests: the same code paths at a 256 input (16x16 embedding), narrow everywhere.
+TINY_SAM2 = Sam2Config(
+    "tiny_sam2_test",
+    HieraEncoderConfig(
+        embed_dim=8, num_heads=1, stages=(1, 2, 2, 1), global_att_blocks=(4,), window_spec=(8, 4, 4, 2),
+        window_pos_embed_bkg_spatial_size=(4, 4),
+    ),
+    img_size=256,
+    prompt_embed_dim=32,
+    decoder_mlp_dim=64,
+    iou_head_hidden_dim=32,
+    memory_dim=16,
+    memory_attention_layers=2,
+    memory_attention_mlp_dim=64,
+)
+SAM2_CONFIGS: dict[str, Sam2Config] = {
+    c.name: c for c in (SAM2_HIERA_T, SAM2_HIERA_S, SAM2_HIERA_B_PLUS, SAM2_HIERA_L, TINY_SAM2)
+}
+
+# Every architecture a checkpoint may be recognised as (SAM and SAM 2); CONFIGS stays SAM's own.
+ALL_CONFIGS: dict[str, SamConfig | Sam2Config] = {**CONFIGS, **SAM2_CONFIGS}

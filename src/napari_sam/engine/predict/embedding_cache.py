@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB: ~250 ViT embeddings (256 x 64 x 64 float32 = 4 MiB each)
 _FORMAT = "napari-sam-embeddings"
 _FORMAT_VERSION = 1
+_HIGH_RES_GROUP = "high_res"  # SAM 2's finer decoder features, one array per plane and level
 
 
 def embedding_nbytes(embedding: ImageEmbedding) -> int:
@@ -47,10 +48,10 @@ def embedding_nbytes(embedding: ImageEmbedding) -> int:
     Returns
     -------
     int
-        Bytes of ``embedding.features`` (element size times number of elements).
+        Bytes of ``embedding.features`` and of SAM 2's ``high_res_features`` (element size times count).
     """
-    features = embedding.features
-    return int(features.element_size() * features.nelement())
+    tensors = (embedding.features, *getattr(embedding, "high_res_features", ()))
+    return sum(int(tensor.element_size() * tensor.nelement()) for tensor in tensors)
 
 
 def _store_name(key: tuple[int, ...]) -> str:
@@ -350,10 +351,19 @@ class EmbeddingCache:
         name = _store_name(key)  # type: ignore[arg-type]
         create = getattr(self._store, "create_array", None) or self._store.create_dataset
         array = create(name, data=features, chunks=features.shape)
+        levels = [arrays[f"high_res_{level}"] for level in range(len(embedding.high_res_features))]
+        if levels:  # SAM 2: beside the plane, in a group that the listing of planes skips
+            group = self._store.require_group(_HIGH_RES_GROUP)
+            create_in = getattr(group, "create_array", None) or group.create_dataset
+            for level, feature in enumerate(levels):
+                data = feature.astype(np.float32, copy=False)
+                create_in(f"{name}_{level}", data=data, chunks=data.shape)
+        # attributes last: an entry whose high-res levels were not all written reads as corrupt, not as SAM's
         array.attrs.update(
             {
                 "original_size": [int(v) for v in arrays["original_size"]],
                 "input_size": [int(v) for v in arrays["input_size"]],
+                "high_res_levels": len(levels),
             }
         )
 
@@ -371,6 +381,9 @@ class EmbeddingCache:
                 "original_size": np.asarray(array.attrs["original_size"]),
                 "input_size": np.asarray(array.attrs["input_size"]),
             }
-        if not np.isfinite(arrays["features"]).all():
+            for level in range(int(array.attrs.get("high_res_levels", 0))):
+                arrays[f"high_res_{level}"] = np.asarray(self._store[_HIGH_RES_GROUP][f"{name}_{level}"][...])
+        tensors = [value for key, value in arrays.items() if key not in ("original_size", "input_size")]
+        if not all(np.isfinite(value).all() for value in tensors):
             raise _corrupt_store_error(self.store_path, name, "it holds NaN or infinite values")
         return ImageEmbedding.from_numpy(arrays, device=device or "cpu")

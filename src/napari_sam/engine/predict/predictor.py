@@ -32,20 +32,26 @@ class ImageEmbedding:
 
     ``features``: (1, C, E, E) float32 on the predictor's device;
     ``original_size``: (H, W) of the image; ``input_size``: (h, w) after resizing
-    the longest side to the model's input size (before padding).
+    the longest side to the model's input size (before padding; SAM 2: the whole
+    ``(S, S)``); ``high_res_features``: SAM 2's two finer decoder features
+    ((1, C/8, 4E, 4E), (1, C/4, 2E, 2E)), empty for SAM.
     """
 
     features: torch.Tensor
     original_size: tuple[int, int]
     input_size: tuple[int, int]
+    high_res_features: tuple[torch.Tensor, ...] = ()
 
     def to_numpy(self) -> dict[str, np.ndarray]:
-        """Plain arrays for caching on disk."""
-        return {
+        """Plain arrays for caching on disk (``high_res_0``, ``high_res_1``, ... for SAM 2)."""
+        arrays = {
             "features": self.features.float().cpu().numpy(),
             "original_size": np.asarray(self.original_size),
             "input_size": np.asarray(self.input_size),
         }
+        for level, feature in enumerate(self.high_res_features):
+            arrays[f"high_res_{level}"] = feature.float().cpu().numpy()
+        return arrays
 
     @classmethod
     def from_numpy(cls, arrays: dict[str, np.ndarray], device: torch.device | str = "cpu") -> ImageEmbedding:
@@ -54,7 +60,8 @@ class ImageEmbedding:
         Parameters
         ----------
         arrays
-            ``features`` (1, C, E, E), ``original_size`` (2,) and ``input_size`` (2,).
+            ``features`` (1, C, E, E), ``original_size`` (2,) and ``input_size`` (2,);
+            SAM 2 also ``high_res_0``, ``high_res_1``.
         device
             Where the features tensor is placed.
 
@@ -63,10 +70,15 @@ class ImageEmbedding:
         ImageEmbedding
             float32 features on ``device``; sizes as tuples of int.
         """
+        high_res = []
+        while f"high_res_{len(high_res)}" in arrays:
+            feature = np.asarray(arrays[f"high_res_{len(high_res)}"])
+            high_res.append(torch.as_tensor(feature, dtype=torch.float32, device=device))
         return cls(
             torch.as_tensor(np.asarray(arrays["features"]), dtype=torch.float32, device=device),
             tuple(int(v) for v in arrays["original_size"]),
             tuple(int(v) for v in arrays["input_size"]),
+            tuple(high_res),
         )
 
 
@@ -98,6 +110,8 @@ class Predictor:
         self.preprocessing = getattr(model, "preprocessing", "sam")
         self._embedding: ImageEmbedding | None = None
         self._encoder_fingerprint: str | None = None
+        # SAM 2 models bring their own input transform and encoder entry point (high-res features too)
+        self._sam2 = callable(getattr(model, "encode_image", None))
 
     def encoder_fingerprint(self) -> str:
         """Digest of the image encoder's weights and input settings (computed once, then memoised).
@@ -139,6 +153,13 @@ class Predictor:
             The image cannot be used (see :func:`~napari_sam.engine.predict.preprocessing.to_uint8_rgb`).
         """
         rgb = to_uint8_rgb(image, intensity_range)
+        if self._sam2:
+            x = self.model.normalize_input(torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None])
+            with self.autocast():
+                features, high_res = self.model.encode_image(x)
+            size = self.config.img_size
+            high_res = tuple(feature.float() for feature in high_res)
+            return ImageEmbedding(features.float(), tuple(rgb.shape[:2]), (size, size), high_res)
         x = image_to_model_input(rgb, self.config, self.device, self.preprocessing)
         with self.autocast():
             features = self.model.image_encoder(x)
@@ -165,8 +186,18 @@ class Predictor:
                 f"This embedding has shape {tuple(embedding.features.shape)}, but the model '{self.config.name}' "
                 f"makes (1, {expected[0]}, {expected[1]}, {expected[2]}): it was computed with another model."
             )
+        high_res_shapes = tuple(getattr(self.config, "high_res_shapes", ()))
+        got = tuple(tuple(feature.shape[1:]) for feature in embedding.high_res_features)
+        if got != high_res_shapes:
+            raise InputError(
+                f"This embedding's high-resolution features have shapes {list(got)}, but the model "
+                f"'{self.config.name}' uses {list(high_res_shapes)}: it was computed with another model."
+            )
         self._embedding = ImageEmbedding(
-            embedding.features.to(self.device), embedding.original_size, embedding.input_size
+            embedding.features.to(self.device),
+            embedding.original_size,
+            embedding.input_size,
+            tuple(feature.to(self.device) for feature in embedding.high_res_features),
         )
 
     def set_image(self, image: Any, intensity_range: tuple | None = None) -> None:
@@ -291,6 +322,7 @@ class Predictor:
     @torch.inference_mode()
     def _decode(self, emb: ImageEmbedding, points, boxes, masks, multimask: bool):
         """Run prompt encoder + decoder; return low-res logits (B, K, L, L) and scores (B, K) in fp32."""
+        extra = {"high_res_features": emb.high_res_features} if emb.high_res_features else {}
         with self.autocast():
             sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
             low_res, iou = self.model.mask_decoder(
@@ -299,8 +331,16 @@ class Predictor:
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask,
-            )
+                **extra,
+            )[:2]  # SAM 2 also returns its object-pointer tokens and object score
         return low_res.float(), iou.float()
+
+    def _returned_logits(self, low_res: torch.Tensor) -> np.ndarray:
+        """Low-res logits as returned to the caller (SAM 2 clamps them, as its predictor does, for feedback)."""
+        limit = getattr(self.model, "low_res_logit_limit", None)
+        if limit is not None:
+            low_res = low_res.clamp(-limit, limit)
+        return low_res.cpu().numpy()
 
     def upscale_logits(self, low_res: torch.Tensor, emb: ImageEmbedding | None = None) -> torch.Tensor:
         """(B, K, L, L) low-res logits -> (B, K, H, W) logits at the original image size.
@@ -326,6 +366,8 @@ class Predictor:
             ``emb`` is None and no image is set.
         """
         emb = emb or self._require_embedding()
+        if self._sam2:  # SAM 2 squashes the whole image into its input: one resize back, no padding to crop
+            return F.interpolate(low_res, size=emb.original_size, mode="bilinear", align_corners=False)
         s = self.config.img_size
         h, w = emb.input_size
         x = F.interpolate(low_res, size=(s, s), mode="bilinear", align_corners=False)[..., :h, :w]
@@ -391,7 +433,7 @@ class Predictor:
         low_res, iou = self._decode(emb, pts, boxes, masks_in, multimask)
         with torch.inference_mode():
             masks = self.upscale_logits(low_res, emb) > 0.0
-        return masks[0].cpu().numpy(), iou[0].cpu().numpy(), low_res[0].cpu().numpy()
+        return masks[0].cpu().numpy(), iou[0].cpu().numpy(), self._returned_logits(low_res[0])
 
     def predict_batch(
         self,
@@ -441,4 +483,4 @@ class Predictor:
         low_res, iou = self._decode(emb, pts, box_t, masks_in, multimask)
         with torch.inference_mode():
             masks = self.upscale_logits(low_res, emb) > 0.0
-        return masks.cpu().numpy(), iou.cpu().numpy(), low_res.cpu().numpy()
+        return masks.cpu().numpy(), iou.cpu().numpy(), self._returned_logits(low_res)

@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from napari_sam.model.config import (
     CONFIGS,
+    SAM2_CONFIGS,
+    HieraEncoderConfig,
+    Sam2Config,
     SamConfig,
     TinyViTEncoderConfig,
     ViTEncoderConfig,
@@ -20,8 +23,20 @@ if TYPE_CHECKING:
     import torch
 
     from napari_sam.model.sam.model import Sam
+    from napari_sam.model.sam2.model import Sam2
 
-__all__ = ["CONFIGS", "SamConfig", "TinyViTEncoderConfig", "ViTEncoderConfig", "build_sam", "load_model"]
+__all__ = [
+    "CONFIGS",
+    "SAM2_CONFIGS",
+    "HieraEncoderConfig",
+    "Sam2Config",
+    "SamConfig",
+    "TinyViTEncoderConfig",
+    "ViTEncoderConfig",
+    "build_sam",
+    "build_sam2",
+    "load_model",
+]
 
 
 def build_sam(config: SamConfig | str) -> Sam:
@@ -47,8 +62,31 @@ def build_sam(config: SamConfig | str) -> Sam:
     return _build(config)
 
 
-def load_model(name_or_path: str | os.PathLike, device: str | torch.device | None = None, **kwargs: Any) -> Sam:
-    """Load a SAM model from a zoo name or a local checkpoint file (eval mode, on ``device``).
+def build_sam2(config: Sam2Config | str) -> Sam2:
+    """Build a randomly initialised SAM 2.1 model (``torch.nn.Module``) from a config or config name.
+
+    Parameters
+    ----------
+    config
+        A :class:`Sam2Config`, or the name of one in ``SAM2_CONFIGS`` (e.g. ``"sam2.1_hiera_tiny"``).
+
+    Returns
+    -------
+    Sam2
+        The model in eval mode, on the current default torch device.
+
+    Raises
+    ------
+    KeyError
+        ``config`` is a name that is not in ``SAM2_CONFIGS``.
+    """
+    from napari_sam.model.sam2.model import build_sam2 as _build
+
+    return _build(config)
+
+
+def load_model(name_or_path: str | os.PathLike, device: str | torch.device | None = None, **kwargs: Any) -> Sam | Sam2:
+    """Load a SAM or SAM 2 model from a zoo name or a local checkpoint file (eval mode, on ``device``).
 
     Keyword arguments (``config=``, ``progress=``) go to :func:`napari_sam.model.checkpoint.load_model`.
 
@@ -65,8 +103,9 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device | Non
 
     Returns
     -------
-    Sam
-        The model with the checkpoint's weights, in eval mode, on ``device``.
+    Sam or Sam2
+        The model with the checkpoint's weights, in eval mode, on ``device`` (the architecture
+        is recognised from the tensors' names and shapes).
 
     Raises
     ------

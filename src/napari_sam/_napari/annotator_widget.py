@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
 
 from napari_sam._napari import keys
 from napari_sam._napari import planes as plane_ops
+from napari_sam._napari.class_picker import ClassPicker
 from napari_sam._napari.controller import (
     GESTURES,
     ROLE,
@@ -92,10 +93,12 @@ class AnnotatorWidget(QWidget):
         self._embed_worker = None
         self._embed_progress: progress | None = None
         self.object_list = ObjectListWidget(self.controller)
+        self.class_picker = ClassPicker(self.controller)  # the class committed objects get
         self._lay_out(
             self._setup_section(),
             self._embeddings_section(),
             self._annotate_section(),
+            _section("Class", self.class_picker),
             _section("Objects", self.object_list),
             self._keys_section(),
         )

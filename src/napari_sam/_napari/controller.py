@@ -713,6 +713,7 @@ class AnnotatorController:
     OBJECT_COLUMNS = ("index", "area", "score", "class", "plane")
     objects_changed = Signal(object)  # the new features table (DataFrame), or None: pixels changed, refresh
     resegment_id: int | None = None  # set by start_resegment: the next commit replaces this object
+    object_class = ""  # the class a committed object without one gets (set by the class picker)
     _watched_labels = None  # the labels layer whose edits emit objects_changed
 
     def _object_scores(self, prediction: _Prediction) -> list[float]:
@@ -728,7 +729,7 @@ class AnnotatorController:
                 labels.data_setitem(plane.full_index(rows, cols, labels.ndim), values.astype(labels.data.dtype))
         records = self._object_records(labels)
         for label_id, score in scores.items():
-            kept_class = records.get(label_id, {}).get("class", "")
+            kept_class = records.get(label_id, {}).get("class", "") or self.object_class
             records[label_id] = {"score": score, "class": kept_class, "plane": self.describe(plane)}
         self.refresh_objects()
 

@@ -124,7 +124,7 @@ def test_click_propagate_commit_one_id_in_several_planes_one_undo_step(stack, st
     assert iou(data == 8, stack.labels == truth_id) > MIN_IOU
     assert PREVIEW_NAME not in viewer.layers and len(controller.points_layer.data) == 0
     record = labels.metadata[controller.OBJECTS_METADATA][8]
-    assert record["plane"].startswith("slice") and np.isfinite(record["score"])
+    assert record["plane"] == f"slice {found[0]} to {found[-1]} (axis -3)" and np.isfinite(record["score"])
 
     labels.undo()
     np.testing.assert_array_equal(labels.data, before)  # ONE undo removes every plane
@@ -217,3 +217,55 @@ def test_the_axis_is_the_slider_the_arrow_keys_move_and_a_4d_image_keeps_its_tim
     plane = controller.current_plane()
     volume, axis = stack_view(layer, plane, 2)
     assert volume.shape == (5, 16, 20) and axis == 1
+
+
+def test_re_segment_of_a_propagated_object_corrects_it_and_keeps_its_id(stack, stack_embeddings, trained_model):
+    viewer = ViewerModel()
+    controller, image = start(viewer, stack.image, trained_model, stack_embeddings)
+    _, z, center = tall_object(stack.labels)
+    go_to(viewer, image, 0, z)
+    controller.add_point([z, *center])
+    propagation = propagation_of(controller)
+    propagation.start()
+    label_id = propagation.commit()
+    found = list(np.flatnonzero((controller.labels_layer.data == label_id).any(axis=(1, 2))))
+    committed = propagation.result_of(label_id)
+    assert committed is not None
+    # the object list's Re-segment, then a box on the last slice: a correction of the committed object
+    controller.start_resegment(label_id)
+    last = found[-1] if found[-1] != z else found[0]
+    go_to(viewer, image, 0, last)
+    rows, cols = np.nonzero(controller.labels_layer.data[last] == label_id)
+    controller.boxes_layer.add_rectangles(rectangle(last, rows.min(), cols.min(), rows.max(), cols.max()))
+    assert propagation.make_request().previous is committed
+    propagation.start()
+    shown = np.asarray(viewer.layers[PREVIEW_NAME].data) > 0
+    assert propagation.commit() == label_id
+    data = np.asarray(controller.labels_layer.data)
+    np.testing.assert_array_equal(data == label_id, shown)  # replaced everywhere, same id
+    assert set(np.unique(data)) == {0, label_id}
+    controller.labels_layer.undo()  # one undo brings the first propagation back
+    assert sorted(np.flatnonzero((controller.labels_layer.data == label_id).any(axis=(1, 2)))) == found
+
+
+def test_a_4d_movie_of_stacks_propagates_through_z_at_the_time_point_shown(stack, trained_model):
+    _, z, center = tall_object(stack.labels)
+    first = min(max(z - 2, 0), len(stack.image) - 5)
+    movie = np.zeros((2, 5, *stack.image.shape[1:]), np.float32)  # (t, z, y, x): the stack at t = 1 only
+    movie[1] = stack.image[first : first + 5]
+    viewer = ViewerModel()
+    controller, image = start(viewer, movie, trained_model)
+    viewer.dims.set_point(0, 1)
+    viewer.dims.set_point(1, z - first)
+    viewer.dims.last_used = 1  # the z slider
+    controller.add_point([1, z - first, *center])
+    propagation = propagation_of(controller)
+    propagation.start()
+    assert propagation.request.axis == 1
+    preview = viewer.layers[PREVIEW_NAME]
+    assert preview.data.shape == (1, *movie.shape[1:])  # one time point's stack, not the movie
+    label_id = propagation.commit()
+    data = np.asarray(controller.labels_layer.data)
+    assert data[0].max() == 0  # nothing written at the other time point
+    planes = sorted(np.flatnonzero((data[1] == label_id).any(axis=(1, 2))))
+    assert z - first in planes and len(planes) >= 3

@@ -44,6 +44,7 @@ from napari_sam._napari.dock_layout import (
 )
 from napari_sam._napari.model_picker import USER_ERRORS, LoadedModel, ModelPicker
 from napari_sam._napari.object_list import ObjectListWidget
+from napari_sam._napari.window_picker import WindowPicker, connect_annotator, prompt_mode
 from napari_sam._napari.propagation import commit_shown
 from napari_sam._napari.propagation_widget import PropagationPanel
 from napari_sam._napari.workers import guarded, original_error
@@ -105,6 +106,7 @@ class AnnotatorWidget(QWidget):
         self._connect_controls()
         self._connect_controller()
         self._connect_viewer()
+        connect_annotator(self.window_picker, self)
         if self.image_choice.value is not None:
             self._on_image_chosen(self.image_choice.value)
 
@@ -124,7 +126,8 @@ class AnnotatorWidget(QWidget):
             text=LOAD_TEXT, tooltip="Load the chosen model (a zoo model is downloaded on first use); click again to cancel"
         )
         form = widgets.Container(widgets=[self.image_choice, *self.model_picker.widgets])
-        return _section("Setup", form, self.model_info, self.load_button, self.model_status)
+        self.window_picker = WindowPicker()  # intensity window (CT presets, percentiles) for every slice
+        return _section("Setup", form, self.window_picker, self.model_info, self.load_button, self.model_status)
 
     def _embeddings_section(self) -> QGroupBox:
         """Embedding the slice shown, every slice, cancelling; saving and loading them on disk."""
@@ -341,6 +344,9 @@ class AnnotatorWidget(QWidget):
         """Use an engine Predictor (e.g. built from a model in memory) for annotation."""
         self.cancel_embeddings()
         self.controller.set_predictor(predictor, model_id)
+        if prompt_mode(model_id) != self.controller.prompt_mode:  # box-first models (MedSAM) start with boxes
+            self.controller.prompt_mode = prompt_mode(model_id)
+            self.controller.activate_points()
         precision = "fp32" if predictor.autocast_dtype is None else str(predictor.autocast_dtype).replace("torch.", "")
         self.model_status.setText(
             f"Model <b>{html.escape(Path(str(self.controller.model_id)).name)}</b> ({predictor.config.name}) on "

@@ -30,6 +30,7 @@ from psygnal import Signal
 
 from napari_sam._napari import keys
 from napari_sam._napari import planes as plane_ops
+from napari_sam._napari.medical_io import labels_metadata
 from napari_sam._napari.planes import Plane
 from napari_sam.engine import labels as label_ops
 from napari_sam.engine.errors import InputError
@@ -315,6 +316,14 @@ class AnnotatorController:
             self._intensity_ranges[layer_id] = plane_ops.layer_intensity_range(layer)
         return self._intensity_ranges[layer_id]
 
+    def set_intensity_range(self, value) -> None:
+        """Scale every plane of the image with ``value`` = (low, high), e.g. a CT window (None: estimate it)."""
+        self._intensity_ranges.pop(self._layer_id(), None)  # None: estimated again when next needed
+        if value is not None:
+            self._intensity_ranges[self._layer_id()] = value
+        self._forget_embeddings()
+        self.update_preview()
+
     def cache_fingerprint(self) -> dict:
         """What a saved embedding cache must match: the image's pixels, the encoder's weights,
         the model name, the intensity range (see ``engine.predict.fingerprint``)."""
@@ -590,9 +599,14 @@ class AnnotatorController:
         self.activate_points()
         return written
 
+    prompt_mode = "points"  # "box" for a box-first model (MedSAM, see model.zoo): start and resume with boxes
+
     def activate_points(self) -> None:
-        """Select the prompt points layer in add mode (a click then adds a point, not a box)."""
-        if self.points_layer is not None and self.points_layer in self.viewer.layers:
+        """Select the prompt points layer in add mode (the boxes layer in rectangle mode for a box-first model)."""
+        if self.prompt_mode == "box" and self.boxes_layer is not None and self.boxes_layer in self.viewer.layers:
+            self.viewer.layers.selection.active = self.boxes_layer
+            self.boxes_layer.mode = "add_rectangle"
+        elif self.points_layer is not None and self.points_layer in self.viewer.layers:
             self.viewer.layers.selection.active = self.points_layer
             self.points_layer.mode = "add"
 
@@ -604,6 +618,7 @@ class AnnotatorController:
             self.labels_layer = self.viewer.add_labels(
                 np.zeros(plane_ops.spatial_shape(image), dtype=np.uint32),
                 name="SAM labels",
+                metadata=labels_metadata(image),  # a scan's geometry: File > Save Layers writes NIfTI in it
                 **plane_ops.transform_kwargs(image),
             )
             # keep the prompt layers on top and the points layer active

@@ -235,6 +235,10 @@ class PropagationController:
         """Whether a propagation is shown (computed or in progress) and not yet committed or discarded."""
         return self._stack is not None
 
+    def result_of(self, label_id: int) -> PropagationResult | None:
+        """The propagation committed as object ``label_id`` here (what Re-segment on it corrects)."""
+        return self._results.get(label_id)
+
     def planes_found(self) -> list[int]:
         """Indices (on the propagation axis) of the planes where the preview shows the object."""
         if self._stack is None:
@@ -372,7 +376,7 @@ class PropagationController:
         """
         import copy
 
-        from napari_sam.engine.volume.propagate import iter_propagation  # TODO: napari_sam.engine once exported
+        from napari_sam.engine import iter_propagation
 
         predictor = copy.copy(self.annotator.predictor)  # its own current embedding, the same model
         # a 3D image: planes embedded for clicks serve the propagation, and the other way round
@@ -471,8 +475,14 @@ class PropagationController:
     def _span_text(self, found: list[int]) -> str:
         request = self.request
         first = self.annotator.describe(plane_at(request.plane, request.axis, found[0]))
-        last = self.annotator.describe(plane_at(request.plane, request.axis, found[-1]))
-        return first if len(found) == 1 else f"{first} to {last.removeprefix('slice ')}"
+        last = self.annotator.describe(plane_at(request.plane, request.axis, found[-1])).removeprefix("slice ")
+        if len(found) == 1:
+            return first
+        # 'slice 3 (axis -3)' .. '9 (axis -3)' read 'slice 3 to 9 (axis -3)'; 'slice z=3 to z=9' as is
+        suffix = last[last.find(" (") :] if " (" in last else ""
+        if suffix and first.endswith(suffix):
+            first = first.removesuffix(suffix)
+        return f"{first} to {last}"
 
     # =========================================================== preview
     def _ensure_preview_layer(self, request: PropagationRequest) -> None:

@@ -23,6 +23,7 @@ from napari_sam._napari.propagation import (
     PropagationRequest,
 )
 from napari_sam._napari.workers import guarded, original_error
+from napari_sam._napari.wrapping import WrappingLabel
 from napari_sam.engine.errors import InputError
 
 PROPAGATE_ACTION = "napari-sam:propagate"
@@ -73,8 +74,12 @@ class PropagationPanel(QWidget):
         self.discard_button = widgets.PushButton(
             text="Discard", enabled=False, tooltip="Drop the propagation preview; nothing is written"
         )
+        self.heading = WrappingLabel(
+            "<b>Through the stack:</b> follow the object in yellow to the next slices (or frames)", rich=True
+        )
         layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setContentsMargins(0, 6, 0, 0)
+        layout.addWidget(self.heading)
         for item in (
             widgets.Container(widgets=[self.direction]),
             _row(self.propagate_button, self.cancel_button),

@@ -53,6 +53,7 @@ from napari_sam._napari.dock_layout import (
     scrolling_column,
 )
 from napari_sam._napari.model_picker import USER_ERRORS, LoadedModel, ModelPicker
+from napari_sam._napari.window_picker import WindowPicker, connect_segment_everything
 from napari_sam._napari.workers import guarded, original_error
 from napari_sam.engine.automatic.diagnostics import FilterReport
 from napari_sam.engine.automatic.params import AutomaticParams
@@ -278,6 +279,7 @@ class SegmentEverythingWidget(QWidget):
         self.image_choice.changed.connect(self._update_stack_choice)
         self.model_picker.busy_changed.connect(self._update_buttons)
         self._connect_viewer()
+        connect_segment_everything(self.window_picker, self)
 
     def _build_fields(self) -> None:
         defaults, docs = AutomaticParams(), field_docs(AutomaticParams)
@@ -339,6 +341,7 @@ class SegmentEverythingWidget(QWidget):
                 self.stability_thresh, self.roi_choice,
             ]
         )
+        self.window_picker = WindowPicker()  # the intensity window every tile and plane is scaled with
         advanced = QCollapsible("Advanced")
         advanced.addWidget(widgets.Container(widgets=[self.tile_size, self.halo, self.min_area, self.nested_thresh]).native)
         advanced.collapse(animate=False)
@@ -354,7 +357,8 @@ class SegmentEverythingWidget(QWidget):
         outer = QVBoxLayout(self)
         outer.setContentsMargins(4, 0, 8, 4)
         outer.addWidget(
-            scrolling_column(form.native, advanced, self.all_planes.native, self.model_picker.info, self.model_picker.status)
+            scrolling_column(form.native, self.window_picker, advanced, self.all_planes.native, self.model_picker.info,
+                             self.model_picker.status)
         )
         outer.addLayout(buttons)
         for widget in (self.status.native, self.report, self.apply_button.native):
@@ -496,10 +500,11 @@ class SegmentEverythingWidget(QWidget):
         report = FilterReport()
         target = job.target
         if job.preview:  # the whole plane (not read) goes to the engine: the preview encodes a tile around the box
-            plane = plane_ops.plane_region(target.image, target.plane)
+            plane = self.window_picker.windowed(target.image, plane_ops.plane_region(target.image, target.plane))
             args = (preview_job, plane, loaded, target.box, job.tile_shape, job.params, report)
         else:
-            args = (segment_job, target.pixels(), loaded, job.tile_shape, job.halo, job.params, report)
+            pixels = self.window_picker.windowed(target.image, target.pixels())
+            args = (segment_job, pixels, loaded, job.tile_shape, job.halo, job.params, report)
         worker = create_worker(
             guarded(args[0]),  # any error, RuntimeErrors included, reaches errored (and finished follows)
             *args[1:],

@@ -55,6 +55,7 @@ class ZooEntry:
     hash_source: str
     preprocessing: str = PREPROCESS_SAM
     notes: str = ""
+    prompt_mode: str = "points"  # "box": trained on box prompts only (MedSAM); the annotator starts with boxes
 
 
 _SAM_CITATION = "Kirillov et al., Segment Anything, ICCV 2023 (arXiv:2304.02643)"
@@ -191,6 +192,7 @@ _ENTRIES: tuple[ZooEntry, ...] = (
         citation="Ma et al., Segment Anything in Medical Images, Nature Communications 15, 654 (2024)",
         hash_source="Git-LFS pointer of the pinned Hugging Face copy + independent public records of the official file",
         preprocessing=PREPROCESS_MEDSAM,
+        prompt_mode="box",
         notes=(
             "Trained with box prompts on images resized to 1024x1024 without keeping the aspect ratio and min-max "
             "scaled to [0, 1] (no pixel mean/std normalisation); official download: Google Drive folder linked in "

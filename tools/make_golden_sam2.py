@@ -126,7 +126,7 @@ def build_reference_sam2(config, video: bool = False) -> torch.nn.Module:
             "dynamic_multimask_stability_thresh": config.dynamic_multimask_stability_thresh,
         },
     )
-    image_encoder = ImageEncoder(trunk=trunk, neck=neck, scalp=config.scalp)
+    image_encoder = ImageEncoder(trunk=trunk, neck=neck, scalp=config.encoder.scalp)
     if video:
         from sam2.sam2_video_predictor import SAM2VideoPredictor
 

@@ -165,12 +165,18 @@ class HieraEncoderConfig:
     patch_kernel_size: int = 7
     patch_stride: int = 4
     patch_padding: int = 3
+    scalp: int = 1  # coarsest FPN levels (stages) dropped from the encoder's outputs
     kind: str = field(default="hiera", init=False)
 
     @property
     def stage_dims(self) -> tuple[int, ...]:
         """Width of every stage's output, highest resolution first."""
         return tuple(int(self.embed_dim * self.dim_mul**stage) for stage in range(len(self.stages)))
+
+    @property
+    def stride(self) -> int:
+        """Input pixels per image-embedding pixel: the stem, then one halving per kept stage after the first."""
+        return self.patch_stride * self.q_stride ** (len(self.stages) - self.scalp - 1)
 
 
 @dataclass(frozen=True)
@@ -187,7 +193,6 @@ class Sam2Config:
     img_size: int = 1024
     prompt_embed_dim: int = 256  # FPN width == decoder width == memory attention width
     fpn_top_down_levels: tuple[int, ...] = (2, 3)  # FPN levels that receive the coarser level, upsampled
-    scalp: int = 1  # coarsest FPN levels dropped from the outputs
     mask_in_chans: int = 16
     decoder_depth: int = 2
     decoder_num_heads: int = 8
@@ -219,9 +224,8 @@ class Sam2Config:
 
     @property
     def backbone_stride(self) -> int:
-        """Input pixels per image-embedding pixel (patch stem, then one halving per kept FPN level)."""
-        levels_kept = len(self.encoder.stages) - self.scalp
-        return self.encoder.patch_stride * self.encoder.q_stride ** (levels_kept - 1)
+        """Input pixels per image-embedding pixel (see :attr:`HieraEncoderConfig.stride`)."""
+        return self.encoder.stride
 
     @property
     def embedding_size(self) -> int:

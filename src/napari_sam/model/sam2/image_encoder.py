@@ -114,7 +114,7 @@ class Sam2ImageEncoder(nn.Module):
         super().__init__()
         self.trunk = Hiera(config.encoder)
         self.neck = FpnNeck(config)
-        self.scalp = config.scalp
+        self.scalp = config.encoder.scalp
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Encode a batch of normalised images.

@@ -60,12 +60,20 @@ def cache(tmp_path, monkeypatch):
     return folder
 
 
-def _register(monkeypatch, url: str, content: bytes, config_name: str = "tiny_vit_test") -> zoo.ZooEntry:
+def _register(
+    monkeypatch, url: str, content: bytes, config_name: str = "tiny_vit_test", algorithm: str = "sha256"
+) -> zoo.ZooEntry:
+    """A zoo entry for ``url`` whose published hash (``algorithm``: sha256, or xxh128 as micro-sam
+    publishes) is that of ``content``."""
+    import xxhash
+
+    xxh128 = xxhash.xxh3_128_hexdigest(content) if algorithm == "xxh128" else ""
     entry = zoo.ZooEntry(
         name=MODEL_NAME,
         config_name=config_name,
         url=url,
-        sha256=hashlib.sha256(content).hexdigest(),
+        sha256="" if xxh128 else hashlib.sha256(content).hexdigest(),
+        xxh128=xxh128,
         filename="local_test_model.pth",
         description="test entry",
         license="test",
@@ -219,3 +227,65 @@ def test_manual_install_hint_for_a_real_entry(cache):
     hint = zoo.manual_install_hint("vit_t")
     entry = zoo.get_entry("vit_t")
     assert entry.url in hint and str(Path(cache) / "mobile_sam.pt") in hint
+
+
+# ----------------------------------------------------------------------------- xxh128 (micro-sam's published hashes)
+
+
+def test_xxh128_entry_downloads_verifies_and_is_not_repeated(file_server, cache, monkeypatch):
+    import xxhash
+
+    base_url, served, requests_seen = file_server
+    content = b"weights published with an xxh128 hash " * 3000
+    (served / FILE_NAME).write_bytes(content)
+    entry = _register(monkeypatch, f"{base_url}/{FILE_NAME}", content, algorithm="xxh128")
+    assert entry.known_hash == f"xxh128:{xxhash.xxh3_128_hexdigest(content)}" and entry.sha256 == ""
+
+    path = zoo.fetch_checkpoint(MODEL_NAME, progress=False)
+
+    assert path == cache / entry.filename and path.read_bytes() == content
+    assert requests_seen == [f"/{FILE_NAME}"]
+    assert zoo.fetch_checkpoint(MODEL_NAME, progress=False) == path and len(requests_seen) == 1
+    # a file placed by hand with the same content is hashed with xxh128 too (no marker, no network)
+    for marker in cache.glob("*.verified.json"):
+        marker.unlink()
+    assert zoo.fetch_checkpoint(MODEL_NAME, progress=False) == path and len(requests_seen) == 1
+
+
+def test_xxh128_mismatch_is_rejected_and_not_cached(file_server, cache, monkeypatch):
+    base_url, served, requests_seen = file_server
+    (served / FILE_NAME).write_bytes(b"a different file than the one published")
+    entry = _register(monkeypatch, f"{base_url}/{FILE_NAME}", b"the published file", algorithm="xxh128")
+
+    with pytest.raises(ChecksumMismatchError) as info:
+        zoo.fetch_checkpoint(MODEL_NAME, progress=False)
+
+    message = str(info.value)
+    assert f"xxh128 {entry.xxh128}" in message and "deleted and not cached" in message
+    assert f"xxh128 must be {entry.xxh128}" in message  # the manual-install hint names the right hash
+    assert requests_seen == [f"/{FILE_NAME}"]
+    leftovers = [p for p in cache.rglob("*") if p.is_file()] if cache.exists() else []
+    assert leftovers == []
+
+
+def test_xxh128_unreachable_server_explains_manual_placement(cache, monkeypatch):
+    url = f"http://127.0.0.1:{_closed_port()}/weights.pth"
+    entry = _register(monkeypatch, url, b"anything", algorithm="xxh128")
+
+    with pytest.raises(DownloadError) as info:
+        zoo.fetch_checkpoint(MODEL_NAME, progress=False)
+
+    assert not isinstance(info.value, ChecksumMismatchError)
+    message = str(info.value)
+    assert url in message and str(cache / entry.filename) in message
+    assert f"xxh128 must be {entry.xxh128}" in message
+
+
+def test_xxh128_entry_without_xxhash_says_what_to_install(cache, monkeypatch):
+    import sys
+
+    entry = _register(monkeypatch, f"http://127.0.0.1:{_closed_port()}/w.pth", b"anything", algorithm="xxh128")
+    monkeypatch.setitem(sys.modules, "xxhash", None)  # import xxhash now raises ImportError
+    with pytest.raises(DownloadError, match="pip install xxhash"):
+        zoo.fetch_checkpoint(MODEL_NAME, progress=False)
+    assert not (cache / entry.filename).exists()

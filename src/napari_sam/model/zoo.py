@@ -56,6 +56,13 @@ class ZooEntry:
     preprocessing: str = PREPROCESS_SAM
     notes: str = ""
     prompt_mode: str = "points"  # "box": trained on box prompts only (MedSAM); the annotator starts with boxes
+    xxh128: str = ""
+    """The file's xxh128 (hex) where that is what its publisher gives (micro-sam v2+); then ``sha256`` may be ""."""
+
+    @property
+    def known_hash(self) -> str:
+        """The hash a download must match, as pooch takes it: ``"sha256:<hex>"`` or ``"xxh128:<hex>"``."""
+        return f"xxh128:{self.xxh128}" if self.xxh128 else f"sha256:{self.sha256}"
 
 
 _SAM_CITATION = "Kirillov et al., Segment Anything, ICCV 2023 (arXiv:2304.02643)"
@@ -311,22 +318,28 @@ def manual_install_hint(name: str) -> str:
     return (
         f"To install it by hand, download {entry.url} on a computer with internet access and copy it to\n"
         f"    {target}\n"
-        f"(folder {target.parent}, file name {entry.filename!r}; its sha256 must be {entry.sha256}), "
+        f"(folder {target.parent}, file name {entry.filename!r}; its {_hash_words(entry)}), "
         f"or set {CACHE_ENV_VAR} to a folder holding a file of that name, "
         f"or pass the file's path instead of the model name."
     )
+
+
+def _hash_words(entry: ZooEntry) -> str:
+    """"sha256 must be <hex>" or "xxh128 must be <hex>": the hash a file of ``entry`` is checked against."""
+    algorithm, digest = entry.known_hash.split(":", 1)
+    return f"{algorithm} must be {digest}"
 
 
 def _verified_marker(path: Path) -> Path:
     return path.with_name(path.name + ".verified.json")
 
 
-def _file_signature(path: Path, sha256: str) -> dict[str, Any]:
+def _file_signature(path: Path, known_hash: str) -> dict[str, Any]:
     stat = path.stat()
-    return {"sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {"hash": known_hash, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def _already_verified(path: Path, sha256: str) -> bool:
+def _already_verified(path: Path, known_hash: str) -> bool:
     """True if ``path`` was hash-checked before and has not changed since (same size and mtime).
 
     Hashing a 2.5 GB checkpoint takes seconds; doing it once per file instead of on every
@@ -335,14 +348,14 @@ def _already_verified(path: Path, sha256: str) -> bool:
     marker = _verified_marker(path)
     try:
         recorded = json.loads(marker.read_text())
-        return path.is_file() and recorded == _file_signature(path, sha256)
+        return path.is_file() and recorded == _file_signature(path, known_hash)
     except (OSError, ValueError):
         return False
 
 
-def _record_verified(path: Path, sha256: str) -> None:
+def _record_verified(path: Path, known_hash: str) -> None:
     try:
-        _verified_marker(path).write_text(json.dumps(_file_signature(path, sha256)))
+        _verified_marker(path).write_text(json.dumps(_file_signature(path, known_hash)))
     except OSError:
         pass  # a read-only cache only costs a re-hash next time
 
@@ -359,7 +372,8 @@ def fetch_checkpoint(name: str, progress: bool | Any = True) -> Path:
     """Path of the verified checkpoint of zoo model ``name``, downloading it first if needed.
 
     The download goes to a temporary file in the cache folder and is moved into place only
-    after its sha256 matched; a mismatching file is deleted (:class:`ChecksumMismatchError`).
+    after its published hash (sha256, or xxh128 where that is what is published) matched; a
+    mismatching file is deleted (:class:`ChecksumMismatchError`).
     A server that cannot be reached raises :class:`DownloadError` with the URL and
     instructions for placing the file by hand.
 
@@ -382,7 +396,7 @@ def fetch_checkpoint(name: str, progress: bool | Any = True) -> Path:
     UnknownModelError
         ``name`` is not in the zoo.
     ChecksumMismatchError
-        The downloaded file does not have the published sha256 (it was deleted).
+        The downloaded file does not have the published hash (it was deleted).
     DownloadError
         The server could not be reached or answered with an error, or the file could not be
         written to the cache folder.
@@ -390,12 +404,20 @@ def fetch_checkpoint(name: str, progress: bool | Any = True) -> Path:
     entry = get_entry(name)
     target_dir = cache_dir()
     target = target_dir / entry.filename
-    if _already_verified(target, entry.sha256):
+    if _already_verified(target, entry.known_hash):
         return target
 
     import pooch
     import requests
 
+    if entry.xxh128:
+        try:
+            import xxhash  # noqa: F401  (pooch hashes xxh128 with it)
+        except ImportError as error:
+            raise DownloadError(
+                f"Model {name!r} is published with an xxh128 hash, which needs the 'xxhash' package to check: "
+                "pip install xxhash"
+            ) from error
     if progress is True and not _progress_bar_available():
         progress = False
     downloader = pooch.HTTPDownloader(progressbar=progress) if entry.url.startswith(("http://", "https://")) else None
@@ -403,7 +425,7 @@ def fetch_checkpoint(name: str, progress: bool | Any = True) -> Path:
     try:
         fetched = pooch.retrieve(
             entry.url,
-            known_hash=f"sha256:{entry.sha256}",
+            known_hash=entry.known_hash,
             fname=entry.filename,
             path=target_dir,
             downloader=downloader,
@@ -414,17 +436,17 @@ def fetch_checkpoint(name: str, progress: bool | Any = True) -> Path:
         if "hash" not in str(error).lower():
             raise DownloadError(f"Could not download model {name!r} from {entry.url}: {error}") from error
         raise ChecksumMismatchError(
-            f"The file downloaded for model {name!r} from {entry.url} does not have the published sha256 "
-            f"{entry.sha256}; it was deleted and not cached (pooch: {error}). The server may serve a different or "
-            f"truncated file.\n{manual_install_hint(name)}"
+            f"The file downloaded for model {name!r} from {entry.url} does not have the published "
+            f"{entry.known_hash.replace(':', ' ')}; it was deleted and not cached (pooch: {error}). The server may "
+            f"serve a different or truncated file.\n{manual_install_hint(name)}"
         ) from error
     except (requests.exceptions.RequestException, OSError) as error:
         stale = (
-            f"A file {target} exists but its sha256 does not match, so it was not used.\n" if existed_before else ""
+            f"A file {target} exists but its hash does not match, so it was not used.\n" if existed_before else ""
         )
         raise DownloadError(
             f"Could not download model {name!r} from {entry.url}: {error}\n{stale}{manual_install_hint(name)}"
         ) from error
     path = Path(fetched)
-    _record_verified(path, entry.sha256)
+    _record_verified(path, entry.known_hash)
     return path

@@ -66,3 +66,32 @@ def test_objects_of_two_classes_saved_as_coco_and_yolo(make_napari_viewer, qtbot
     yaml_names = (tmp_path / "data.yaml").read_text()
     assert "0: cell\n  1: debris\n  2: nucleus" in yaml_names
     assert [line.split()[0] for line in lines] == ["2", "0", "1"]  # nucleus, cell, debris by class index
+
+
+def test_rectangles_of_a_shapes_layer_become_objects_of_their_classes(make_napari_viewer, qtbot, trained_model):
+    sample = synthetic_image((256, 256), seed=13)
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(sample.image, name="cells")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-sam", "Segment Anything annotator")
+    widget.set_model(trained_model, "trained", device="cpu", precision="fp32")
+    controller, picker = widget.controller, widget.class_picker
+    qtbot.waitUntil(lambda: controller.has_embedding() and not widget.is_embedding(), timeout=EMBED_TIMEOUT_MS)
+    targets = biggest_objects(sample.labels, 3)
+    rectangles = []
+    for target in targets:
+        rows, cols = np.nonzero(sample.labels == target)
+        rectangles.append(np.array([[rows.min() - 2, cols.min() - 2], [rows.max() + 2, cols.max() + 2]], float))
+    # boxes from elsewhere (a detector's output opened in napari), with a class feature
+    viewer.add_shapes(rectangles, shape_type="rectangle", name="detections",
+                      features={"class": ["mitosis", "nucleus", "mitosis"]})
+    picker.shapes_choice.refresh()
+    assert [picker.shapes_choice.itemText(i) for i in range(picker.shapes_choice.count())] == ["detections"]
+    picker.segment_button.click()
+    labels = controller.labels_layer
+    assert list(labels.features["class"]) == ["mitosis", "mitosis", "nucleus"]  # committed class by class
+    for label_id, target in zip((1, 3, 2), targets, strict=True):
+        found, truth = labels.data == label_id, sample.labels == target
+        assert (found & truth).sum() / (found | truth).sum() > 0.6
+    assert len(controller.boxes_layer.data) == 0 and "Segmented 3 of 3 box(es)" in picker.status.text()
+    labels.undo()  # one undo step per class: the nucleus goes, the mitoses stay
+    assert set(np.unique(labels.data)) == {0, 1, 2}

@@ -269,3 +269,21 @@ def test_a_4d_movie_of_stacks_propagates_through_z_at_the_time_point_shown(stack
     assert data[0].max() == 0  # nothing written at the other time point
     planes = sorted(np.flatnonzero((data[1] == label_id).any(axis=(1, 2))))
     assert z - first in planes and len(planes) >= 3
+
+
+def test_nan_in_a_slice_reached_is_a_clear_error_and_writes_nothing(stack, stack_embeddings, trained_model):
+    _, z, center = tall_object(stack.labels)
+    broken = stack.image.copy()
+    neighbour = z + 1 if z + 1 < len(broken) else z - 1
+    broken[neighbour, :3, :3] = np.nan
+    viewer = ViewerModel()
+    controller, image = start(viewer, broken, trained_model, {k: v for k, v in stack_embeddings.items() if k[-1] == z})
+    labels = viewer.add_labels(np.zeros(broken.shape, np.uint16), name="mine")
+    controller.set_labels_layer(labels)
+    go_to(viewer, image, 0, z)
+    controller.add_point([z, *center])
+    propagation = propagation_of(controller)
+    with pytest.raises(InputError, match="NaN"):
+        propagation.start()
+    assert not propagation.running
+    assert labels.data.max() == 0

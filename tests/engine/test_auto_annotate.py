@@ -141,19 +141,19 @@ def test_unsupported_format_and_bad_folders(tmp_path, tiny_model):
 
 
 def test_resume_skips_done_images_and_an_existing_output_needs_overwrite(tmp_path, tiny_model):
-    images, boxes, _ = make_dataset(tmp_path, count=3, shape=(64, 64))
+    images, boxes, _ = make_dataset(tmp_path, count=2, shape=(64, 64))
     out = tmp_path / "yolo"
     first = annotate_dataset(images, boxes, out, tiny_model, "yolo", device="cpu", precision="fp32")
-    assert (first.annotated, first.skipped) == (3, 0)
+    assert (first.annotated, first.skipped) == (2, 0)
     names = sorted(p.name for p in (out / "labels" / "train").iterdir())
-    assert names == ["img0.txt", "img1.txt", "img2.txt"]
+    assert names == ["img0.txt", "img1.txt"]
     # an interrupted run: one image's labels missing -> only it is annotated again
     (out / "labels" / "train" / "img1.txt").unlink()
     kept = (out / "labels" / "train" / "img0.txt").stat().st_mtime_ns
     calls = []
     again = annotate_dataset(images, boxes, out, tiny_model, "yolo", device="cpu", precision="fp32",
                              progress=lambda done, total: calls.append((done, total)))
-    assert (again.annotated, again.skipped) == (1, 2) and calls == [(2, 3), (3, 3)]
+    assert (again.annotated, again.skipped) == (1, 1) and calls == [(1, 2), (2, 2)]
     assert (out / "labels" / "train" / "img0.txt").stat().st_mtime_ns == kept
     # other settings on the same folder: refused, nothing changed
     with pytest.raises(InputError, match="holds a yolo dataset made with other settings .*format was 'yolo', "
@@ -162,7 +162,7 @@ def test_resume_skips_done_images_and_an_existing_output_needs_overwrite(tmp_pat
     assert not (out / "annotations.json").exists()
     # with overwrite: a complete new dataset replaces it
     replaced = annotate_dataset(images, boxes, out, tiny_model, "coco", overwrite=True, device="cpu", precision="fp32")
-    assert replaced.annotated == 3 and (out / "annotations.json").exists() and not (out / "labels").exists()
+    assert replaced.annotated == 2 and (out / "annotations.json").exists() and not (out / "labels").exists()
     assert [p.name for p in tmp_path.iterdir() if "napari-sam-tmp" in p.name] == []
 
 
@@ -218,14 +218,41 @@ def test_a_detector_callable_supplies_the_boxes(tmp_path, tiny_model):
 
 
 def test_dask_threads_write_the_same_dataset(tmp_path, tiny_model):
-    images, boxes, _ = make_dataset(tmp_path, count=3, shape=(64, 64))
+    images, boxes, _ = make_dataset(tmp_path, count=2, shape=(64, 64))
     annotate_dataset(images, boxes, tmp_path / "here", tiny_model, "coco", device="cpu", precision="fp32")
     done = []
     annotate_dataset(images, boxes, tmp_path / "dask", tiny_model, "coco", device="cpu", precision="fp32",
                      scheduler="threads", progress=lambda d, n: done.append(d))
     here = read_coco(tmp_path / "here" / "annotations.json")
     there = read_coco(tmp_path / "dask" / "annotations.json")
-    assert done[-1] == 3
+    assert done[-1] == 2
     for a, b in zip(here, there, strict=True):
         assert a.file_name == b.file_name and a.classes == b.classes
         np.testing.assert_array_equal(a.labels, b.labels)
+
+
+def test_boxes_past_the_edges_are_clipped_to_the_image():
+    from napari_sam.engine.datasets.boxes import clip_boxes
+
+    boxes = boxes_from_xyxy([[-5, 10, 30, 200], [90, -3, 140, 8]], source="b.csv")  # x = column
+    clipped = clip_boxes(boxes, (100, 120))  # H 100, W 120
+    np.testing.assert_array_equal(clipped.boxes, [[10, 0, 100, 30], [0, 90, 8, 120]])
+    with pytest.raises(InputError, match="Box 2 of b.csv"):
+        clip_boxes(boxes_from_xyxy([[0, 0, 5, 5], [0, 130, 5, 140]], source="b.csv"), (100, 120))
+
+
+def test_an_interrupted_replacement_leaves_the_old_dataset(tmp_path, tiny_model):
+    images, boxes, _ = make_dataset(tmp_path, count=2, shape=(64, 64))
+    out = tmp_path / "out"
+    annotate_dataset(images, boxes, out, tiny_model, "tiff", device="cpu", precision="fp32")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+    def interrupt(done, total):
+        if done == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        annotate_dataset(images, boxes, out, tiny_model, "coco", overwrite=True, device="cpu", precision="fp32",
+                         progress=interrupt)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert [p.name for p in tmp_path.iterdir() if "napari-sam-tmp" in p.name] == []

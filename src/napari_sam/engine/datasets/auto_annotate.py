@@ -259,14 +259,38 @@ def annotate_dataset(
     settings = {"model": _describe_model(model), "boxes": "detector" if detector else str(resolved(boxes)),
                 "images": str(resolved(images_dir)), "segmentation": segmentation if format == "coco" else None}
     work, swap = _prepare_out(target, format, settings, overwrite)
-    folder = DatasetFolder(work, format, settings, (read_manifest(work) or {}).get("classes", []) + known,
-                           segmentation)
+    try:
+        folder = DatasetFolder(work, format, settings, (read_manifest(work) or {}).get("classes", []) + known,
+                               segmentation)
+        summary = DatasetSummary(target, format, images=len(images))
+        objects = _fill(folder, images, per_image, detector, model, summary, progress or (lambda done, total: None),
+                        device=device, precision=precision, batch_size=batch_size, min_score=min_score,
+                        scheduler=scheduler)
+        summary.objects = objects
+        summary.files = folder.finish(images)
+        summary.classes = list(folder.classes)
+    except BaseException:
+        if swap:  # the replacement was not finished: the old dataset stays as it was
+            from napari_sam.engine.io.safe_write import remove_path
+
+            remove_path(work)
+        raise
+    if swap:
+        from napari_sam.engine.io.safe_write import move_into_place
+
+        move_into_place(work, target)
+        summary.files = [target / f.relative_to(work) for f in summary.files]
+    return summary
+
+
+def _fill(folder: DatasetFolder, images: list, per_image: dict, detector, model, summary: DatasetSummary,
+          report: Callable[[int, int], None], *, device, precision, batch_size: int, min_score, scheduler) -> int:
+    """Annotate the images not done yet into ``folder``; counts them in ``summary``; returns the objects written."""
     folder.save_manifest(complete=False)
-    summary = DatasetSummary(target, format, images=len(images))
     todo = [image for image in images if not folder.is_done(image)]
     summary.skipped = len(images) - len(todo)
-    report = progress or (lambda done, total: None)
     report(summary.skipped, len(images))
+    objects = 0
     if scheduler is None:
         from napari_sam.engine.predict.predictor import Predictor
 
@@ -277,22 +301,14 @@ def annotate_dataset(
             annotation = annotate_image(predictor, image, found, batch_size)
             folder.write(image_path, image, annotation)
             summary.annotated += 1
-            summary.objects += len(annotation.classes)
+            objects += len(annotation.classes)
             report(summary.skipped + summary.annotated, len(images))
-    else:
-        for objects in _run_on_dask(todo, per_image, folder, model, scheduler, device, precision, batch_size,
-                                   min_score):
-            summary.annotated += 1
-            summary.objects += objects
-            report(summary.skipped + summary.annotated, len(images))
-    summary.files = folder.finish(images)
-    summary.classes = list(folder.classes)
-    if swap:
-        from napari_sam.engine.io.safe_write import move_into_place
-
-        move_into_place(work, target)
-        summary.files = [target / f.relative_to(work) for f in summary.files]
-    return summary
+        return objects
+    for count in _run_on_dask(todo, per_image, folder, model, scheduler, device, precision, batch_size, min_score):
+        summary.annotated += 1
+        objects += count
+        report(summary.skipped + summary.annotated, len(images))
+    return objects
 
 
 def _filter(boxes: Boxes, min_score: float | None) -> Boxes:

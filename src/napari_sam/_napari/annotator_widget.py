@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
 
 from napari_sam._napari import keys
 from napari_sam._napari import planes as plane_ops
+from napari_sam._napari.box_range import BoxRangeSection
 from napari_sam._napari.class_picker import ClassPicker
 from napari_sam._napari.controller import (
     GESTURES,
@@ -44,9 +45,13 @@ from napari_sam._napari.dock_layout import (
 )
 from napari_sam._napari.model_picker import USER_ERRORS, LoadedModel, ModelPicker
 from napari_sam._napari.object_list import ObjectListWidget
-from napari_sam._napari.window_picker import WindowPicker, connect_annotator, prompt_mode
 from napari_sam._napari.propagation import commit_shown
 from napari_sam._napari.propagation_widget import PropagationPanel
+from napari_sam._napari.window_picker import (
+    WindowPicker,
+    connect_annotator,
+    prompt_mode,
+)
 from napari_sam._napari.workers import guarded, original_error
 from napari_sam._napari.wrapping import WrappingLabel
 from napari_sam.engine.errors import InputError
@@ -99,6 +104,7 @@ class AnnotatorWidget(QWidget):
             self._setup_section(),
             self._embeddings_section(),
             self._annotate_section(),
+            _section("3D box (MedSAM: box + slices)", BoxRangeSection(self.controller)),
             _section("Class", self.class_picker),
             _section("Objects", self.object_list),
             self._keys_section(),

@@ -47,7 +47,7 @@ def test_open_window_box_commit_save(make_napari_viewer, qtbot, trained_model, s
     assert tuple(image.contrast_limits) == (-15.0, 135.0)  # the screen shows what SAM sees
     assert tuple(controller.intensity_range()) == (-15.0, 135.0)
     assert image.metadata[WINDOW_KEY] == "liver"
-    assert "Black at -15, white at 135" in widget.window_picker.summary.text()
+    assert "Black at -15 HU, white at 135 HU" in widget.window_picker.summary.value
 
     label = 1
     z = int(np.argmax((ct.lesions == label).sum(axis=(1, 2))))
@@ -111,6 +111,6 @@ def test_segment_everything_uses_the_window(make_napari_viewer, qtbot, scan, not
     shown = tuple(image.contrast_limits)
     assert picker.low.value == 0.5 and shown[0] < -900 and shown[1] > 100
     picker.low.value = 99.9
-    assert "0 <= low < high <= 100" in picker.summary.text() and tuple(image.contrast_limits) == shown
+    assert "0 <= low < high <= 100" in picker.summary.value and tuple(image.contrast_limits) == shown
     qtbot.keyClick(widget.window_picker.choice.native, Qt.Key.Key_Home)  # back to Automatic from the keyboard
     assert widget.window_picker.choice.value == "auto"

@@ -131,9 +131,9 @@ class AnnotatorWidget(QWidget):
         self.load_button = widgets.PushButton(
             text=LOAD_TEXT, tooltip="Load the chosen model (a zoo model is downloaded on first use); click again to cancel"
         )
-        form = widgets.Container(widgets=[self.image_choice, *self.model_picker.widgets])
         self.window_picker = WindowPicker()  # intensity window (CT presets, percentiles) for every slice
-        return _section("Setup", form, self.window_picker, self.model_info, self.load_button, self.model_status)
+        form = widgets.Container(widgets=[self.image_choice, *self.window_picker.widgets, *self.model_picker.widgets])
+        return _section("Setup", form, self.model_info, self.load_button, self.model_status)
 
     def _embeddings_section(self) -> QGroupBox:
         """Embedding the slice shown, every slice, cancelling; saving and loading them on disk."""

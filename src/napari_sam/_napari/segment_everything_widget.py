@@ -282,6 +282,7 @@ class SegmentEverythingWidget(QWidget):
         connect_segment_everything(self.window_picker, self)
 
     def _build_fields(self) -> None:
+        self.window_picker = WindowPicker()  # the intensity window every tile and plane is scaled with
         defaults, docs = AutomaticParams(), field_docs(AutomaticParams)
         self.image_choice = widgets.ComboBox(
             label="Image", choices=self._image_layers, tooltip="The image layer to segment"
@@ -337,11 +338,10 @@ class SegmentEverythingWidget(QWidget):
     def _build_layout(self) -> None:
         form = widgets.Container(
             widgets=[
-                self.image_choice, *self.model_picker.widgets, self.points_per_side, self.pred_iou_thresh,
-                self.stability_thresh, self.roi_choice,
+                self.image_choice, *self.window_picker.widgets, *self.model_picker.widgets, self.points_per_side,
+                self.pred_iou_thresh, self.stability_thresh, self.roi_choice,
             ]
         )
-        self.window_picker = WindowPicker()  # the intensity window every tile and plane is scaled with
         advanced = QCollapsible("Advanced")
         advanced.addWidget(widgets.Container(widgets=[self.tile_size, self.halo, self.min_area, self.nested_thresh]).native)
         advanced.collapse(animate=False)
@@ -357,8 +357,7 @@ class SegmentEverythingWidget(QWidget):
         outer = QVBoxLayout(self)
         outer.setContentsMargins(4, 0, 8, 4)
         outer.addWidget(
-            scrolling_column(form.native, self.window_picker, advanced, self.all_planes.native, self.model_picker.info,
-                             self.model_picker.status)
+            scrolling_column(form.native, advanced, self.all_planes.native, self.model_picker.info, self.model_picker.status)
         )
         outer.addLayout(buttons)
         for widget in (self.status.native, self.report, self.apply_button.native):

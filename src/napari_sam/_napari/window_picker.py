@@ -14,10 +14,9 @@ import numpy as np
 from magicgui import widgets
 from napari.utils.notifications import show_error
 from psygnal import Signal
-from qtpy.QtWidgets import QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox
 
 from napari_sam._napari import planes as plane_ops
-from napari_sam._napari.wrapping import WrappingLabel
 from napari_sam.engine.errors import InputError
 from napari_sam.engine.predict.windows import (
     AUTO,
@@ -51,20 +50,24 @@ def _windowable(layer) -> bool:
     return layer is not None and not getattr(layer, "rgb", False) and np.dtype(layer.dtype).kind in "biuf"
 
 
-class WindowPicker(QWidget):
-    """Window choice + the fields of the chosen kind + one line saying what black and white are.
+class WindowPicker:
+    """Window choice, the fields of the chosen kind, and one line saying what black and white are.
 
-    ``window_changed`` is emitted with the :class:`Window` when the user changes it.
+    ``fields`` (magicgui widgets) go into the dock's form, so they align with its other fields;
+    ``summary`` (a label) goes under it. ``window_changed`` is emitted with the :class:`Window`
+    when the user changes it.
     """
 
     window_changed = Signal(object)
 
-    def __init__(self, parent: QWidget | None = None):
-        super().__init__(parent)
+    def __init__(self):
         self.choice = widgets.ComboBox(
             label="Window", choices=_choices(), value=AUTO,
             tooltip="Which intensities SAM sees as black and white, the same on every slice (and on screen)",
         )
+        # long preset names must not widen the dock: the list opens wide enough, the box stays narrow
+        self.choice.native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.choice.native.setMinimumContentsLength(12)
         self.width = widgets.FloatSpinBox(label="Width (HU)", value=400.0, min=1.0, max=10000.0, step=10.0,
                                           tooltip="Window width W: the span shown from black to white")
         self.level = widgets.FloatSpinBox(label="Level (HU)", value=40.0, min=-3000.0, max=5000.0, step=10.0,
@@ -73,17 +76,23 @@ class WindowPicker(QWidget):
                                         tooltip="Values below this percentile of the whole volume are black")
         self.high = widgets.FloatSpinBox(label="High percentile", value=MR_PERCENTILES[1], min=0.0, max=100.0,
                                          step=0.5, tooltip="Values above this percentile of the whole volume are white")
-        self.form = widgets.Container(widgets=[self.choice, self.width, self.level, self.low, self.high])
-        self.form.margins = (0, 0, 0, 0)
-        self.summary = WrappingLabel("")
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.form.native)
-        layout.addWidget(self.summary)
+        self.fields = [self.choice, self.width, self.level, self.low, self.high]
+        self.summary = widgets.Label(value="", label="")  # under the choice, in the form's value column
+        self.summary.native.setWordWrap(True)
+        self.widgets = [*self.fields, self.summary]  # what a dock puts in its form
         self._quiet = False
         self._show_fields()
-        for field in (self.choice, self.width, self.level, self.low, self.high):
+        for field in self.fields:
             field.changed.connect(self._on_edit)
+
+    def setEnabled(self, enabled: bool) -> None:  # noqa: N802 (as Qt names it)
+        """Enable or disable every field (disabled for RGB images and without an image)."""
+        for field in self.fields:
+            field.enabled = enabled
+
+    def _say(self, text: str) -> None:
+        self.summary.value = text
+        self.summary.visible = bool(text)
 
     # ------------------------------------------------------------ state
     def window(self) -> Window:
@@ -126,7 +135,7 @@ class WindowPicker(QWidget):
         try:
             window = self.window()
         except InputError as err:
-            self.summary.setText(str(err))
+            self._say(str(err))
             return
         self.window_changed.emit(window)
 
@@ -139,7 +148,7 @@ class WindowPicker(QWidget):
             self.set_window(spec)
         except InputError:
             self.set_window(AUTO)
-        self.summary.setText("" if layer is None else self._describe(layer))
+        self._say("" if layer is None else self._describe(layer))
 
     def apply_to(self, layer) -> tuple[float, float] | None:
         """Set ``layer``'s contrast limits to the chosen window and record it; returns its (low, high).
@@ -154,7 +163,7 @@ class WindowPicker(QWidget):
         layer.metadata = {**layer.metadata, WINDOW_KEY: window.spec(), f"{WINDOW_KEY}_range": [low, high]}
         layer.contrast_limits_range = (min(low, layer.contrast_limits_range[0]), max(high, layer.contrast_limits_range[1]))
         layer.contrast_limits = (low, high)
-        self.summary.setText(self._describe(layer))
+        self._say(self._describe(layer))
         return low, high
 
     def windowed(self, layer, pixels: Any) -> Any:
@@ -179,7 +188,11 @@ class WindowPicker(QWidget):
         if not recorded:
             return "SAM scales this image between its 0.5 and 99.5 percentiles."
         low, high = recorded
-        return f"Black at {low:g}, white at {high:g} (every slice, on screen and for SAM)."
+        spec = layer.metadata.get(WINDOW_KEY, AUTO)
+        ct = spec in CT_PRESETS or "," in spec  # a width/level window is in HU
+        unit = " HU" if ct else ""
+        where = "" if ct else f" ({parse_window(spec).describe().removeprefix('Automatic: ')})"
+        return f"Black at {low:.4g}{unit}, white at {high:.4g}{unit}{where}: every slice, on screen and for SAM."
 
 
 def connect_annotator(picker: WindowPicker, annotator) -> None:
@@ -201,7 +214,7 @@ def connect_annotator(picker: WindowPicker, annotator) -> None:
         try:
             value = picker.apply_to(layer)
         except InputError as err:
-            picker.summary.setText(str(err))
+            picker._say(str(err))
             show_error(str(err))
             return
         annotator.cancel_embeddings()
@@ -235,7 +248,7 @@ def connect_segment_everything(picker: WindowPicker, widget) -> None:
         try:
             picker.apply_to(widget.image_choice.value)
         except InputError as err:
-            picker.summary.setText(str(err))
+            picker._say(str(err))
             show_error(str(err))
 
     picker.window_changed.connect(on_window)

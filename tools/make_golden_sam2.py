@@ -52,7 +52,8 @@ IMAGE_SEED = SAM_GOLDEN.IMAGE_SEED
 # Weight seeds picked so the pipeline masks cover between 5 % and 95 % of the image (a random
 # network often predicts all or nothing, which makes IoU meaningless); strides keep files small.
 PLAN = {
-    "tiny_sam2_test": {"weight_seed": 1, "image_shape": (300, 400), "channel_stride": 1, "logit_stride": 1},
+    "tiny_sam2_test": {"weight_seed": 1, "image_shape": (300, 400), "channel_stride": 1, "logit_stride": 1,
+                       "memory_weight_seed": 7},
     "sam2.1_hiera_tiny": {"weight_seed": 4, "image_shape": (600, 800), "channel_stride": 16, "logit_stride": 4},
 }
 
@@ -130,8 +131,9 @@ def build_reference_sam2(config, video: bool = False) -> torch.nn.Module:
     if video:
         from sam2.sam2_video_predictor import SAM2VideoPredictor
 
-        model = SAM2VideoPredictor(image_encoder, memory_attention, memory_encoder,
-                                   binarize_mask_from_pts_for_mem_enc=True, fill_hole_area=0, **settings)
+        model = SAM2VideoPredictor(image_encoder=image_encoder, memory_attention=memory_attention,
+                                   memory_encoder=memory_encoder, binarize_mask_from_pts_for_mem_enc=True,
+                                   fill_hole_area=0, **settings)
     else:
         model = SAM2Base(image_encoder, memory_attention, memory_encoder, **settings)
     # SAM2Base fixes the heads' widths of the released models; rebuild them with the config's (same for those).
@@ -235,6 +237,63 @@ def record_pipeline(model, config, plan) -> tuple[dict, dict]:
     return arrays, meta
 
 
+MEMORY_FRAME_SEEDS = (31, 32, 33, 34, 35, 36)
+
+
+def memory_plan(config) -> dict:
+    """A short tracking run in the INPUT frame (x, y): a click on frame 0, tracking frames 1..5, then a
+    correction (one positive, one negative click) on frame 3 and frames 4, 5 tracked again after it."""
+    size = config.img_size
+    return {
+        "frame_seeds": list(MEMORY_FRAME_SEEDS),
+        "seed_frame": 0, "seed_points": [[0.45 * size, 0.40 * size]], "seed_labels": [1],
+        "correction_frame": 3, "correction_points": [[0.50 * size, 0.45 * size], [0.20 * size, 0.80 * size]],
+        "correction_labels": [1, 0],
+        # (frame, kind) in order: "seed", "track" (no prompt), "correct" (points + the frame's previous logits)
+        "steps": [[0, "seed"], [1, "track"], [2, "track"], [3, "track"], [4, "track"], [5, "track"], [3, "correct"],
+                  [4, "track"], [5, "track"]],
+    }
+
+
+@torch.inference_mode()
+def record_memory(model, config) -> tuple[dict, dict]:
+    """Meta's ``track_step`` (SAM2VideoPredictor settings) through ``memory_plan``: per step the chosen
+    low-res mask logits, object pointer, object score logit and memory features."""
+    plan = memory_plan(config)
+    frames = []
+    for seed in plan["frame_seeds"]:
+        x = W.standard_normal((1, 3, config.img_size, config.img_size), seed)
+        _, feats, pos, sizes = model._prepare_backbone_features(model.forward_image(x))
+        frames.append((feats, pos, sizes))
+    output = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+    arrays, num_frames = {}, len(frames)
+
+    def points(coords, labels):
+        return {"point_coords": torch.tensor([coords], dtype=torch.float32),
+                "point_labels": torch.tensor([labels], dtype=torch.int32)}
+
+    for index, (frame, kind) in enumerate(plan["steps"]):
+        feats, pos, sizes = frames[frame]
+        prompt, previous = None, None
+        if kind == "seed":
+            prompt = points(plan["seed_points"], plan["seed_labels"])
+        elif kind == "correct":
+            prompt = points(plan["correction_points"], plan["correction_labels"])
+            previous = output["non_cond_frame_outputs"].pop(frame)["pred_masks"].clamp(-32.0, 32.0)
+        out = model.track_step(
+            frame_idx=frame, is_init_cond_frame=kind == "seed", current_vision_feats=feats,
+            current_vision_pos_embeds=pos, feat_sizes=sizes, point_inputs=prompt, mask_inputs=None,
+            output_dict=output, num_frames=num_frames, track_in_reverse=False, run_mem_encoder=True,
+            prev_sam_mask_logits=previous,
+        )
+        # the video predictor's default (add_all_frames_to_correct_as_cond=False): only the first prompted
+        # frame conditions; a corrected frame stays among the tracked ones, with its clicks
+        output["cond_frame_outputs" if kind == "seed" else "non_cond_frame_outputs"][frame] = out
+        for key in ("pred_masks", "obj_ptr", "object_score_logits", "maskmem_features"):
+            arrays[f"memory/{index}/{key}"] = out[key].float().numpy()
+    return arrays, {"memory": plan}
+
+
 def make_golden(name: str) -> dict:
     from napari_sam.model.config import SAM2_CONFIGS
 
@@ -243,6 +302,12 @@ def make_golden(name: str) -> dict:
     model = W.load_deterministic_weights(build_reference_sam2(config), plan["weight_seed"])
     model_arrays, model_meta = record_model_level(model, config, plan)
     pipe_arrays, pipe_meta = record_pipeline(model, config, plan)
+    memory_arrays, memory_meta = {}, {}
+    if "memory_weight_seed" in plan:
+        # its own seed: one whose object is present on some frames and absent on others (occlusion decisions)
+        video_model = W.load_deterministic_weights(build_reference_sam2(config, video=True), plan["memory_weight_seed"])
+        memory_arrays, memory_meta = record_memory(video_model, config)
+        memory_meta["memory"]["weight_seed"] = plan["memory_weight_seed"]
     meta = {
         "format_version": FORMAT_VERSION,
         "model": name,
@@ -260,9 +325,10 @@ def make_golden(name: str) -> dict:
         },
         **model_meta,
         **pipe_meta,
+        **memory_meta,
     }
     GOLDEN_DIR.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(GOLDEN_DIR / f"sam2_{name}.npz", **model_arrays, **pipe_arrays)
+    np.savez_compressed(GOLDEN_DIR / f"sam2_{name}.npz", **model_arrays, **pipe_arrays, **memory_arrays)
     (GOLDEN_DIR / f"sam2_{name}.json").write_text(json.dumps(meta, indent=1) + "\n")
     return meta
 

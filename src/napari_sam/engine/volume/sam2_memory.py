@@ -1,0 +1,284 @@
+"""SAM 2's memory, frame by frame: one object carried through the planes of a stack or the frames of a movie.
+
+:class:`Sam2MemoryTracker` keeps, per frame, what SAM 2 remembers of the object there (the
+encoded memory of the frame with its mask, the object pointer, the object score) in two
+banks: *conditioning* frames (prompted by the user) and *tracked* frames (predicted). A new
+frame is segmented from its own features conditioned, by the memory attention, on every
+conditioning frame plus the ``num_maskmem - 1`` tracked frames just before it (just after it
+when tracking backward), and on the object pointers of the conditioning frames on the near
+side and of up to ``max_obj_ptrs_in_encoder - 1`` tracked frames before it. This follows
+Meta's ``SAM2Base.track_step`` with the released sam2.1 video settings, and
+``tests/engine/test_sam2_memory.py`` checks it against Meta's outputs.
+
+Memory stays bounded for long stacks: tracked frames outside the window the next frame can
+use are dropped (:meth:`Sam2MemoryTracker.forget_outside`), and ``storage_device`` (e.g.
+``"cpu"``) keeps the banks off the GPU.
+
+Frames are integers (plane indices); prompts are SAM's INPUT frame ``(x, y)`` pixels of the
+``img_size`` square, as the model takes them. Features come from
+:meth:`napari_sam.model.sam2.Sam2.encode_frame` (not :meth:`~napari_sam.model.sam2.Sam2.encode_image`,
+which adds the no-memory embedding of single images).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from napari_sam.model.sam2.image_encoder import sine_position_encoding
+
+_ABSENT_LOGIT = -1024.0  # mask logit where the object score says the object is absent
+_LOGIT_LIMIT = 32.0  # a frame's previous logits, fed back with a correction, are clamped to this
+# the memory encoder sees a scaled and shifted mask: binary masks from clicks, sigmoid of predicted ones
+_MASK_INPUT_AS_OUTPUT_SCALE, _MASK_INPUT_AS_OUTPUT_BIAS = 20.0, -10.0
+
+
+@dataclass
+class FrameState:
+    """What the tracker keeps for one frame (batch B = objects tracked together).
+
+    ``low_res_logits`` (B, 1, L, L): the chosen mask's logits; ``iou`` (B,): its predicted IoU;
+    ``object_pointer`` (B, C); ``object_score`` (B, 1) logit, > 0 when the object is present;
+    ``memory`` / ``memory_pos`` (B, memory_dim, E, E): the encoded memory and its positions.
+    """
+
+    low_res_logits: torch.Tensor
+    iou: torch.Tensor
+    object_pointer: torch.Tensor
+    object_score: torch.Tensor
+    memory: torch.Tensor
+    memory_pos: torch.Tensor
+
+    @property
+    def present(self) -> torch.Tensor:
+        """(B,) bool: the object score says the object is in this frame."""
+        return self.object_score[:, 0] > 0
+
+
+def sine_time_encoding(positions: torch.Tensor, dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """``(N,)`` relative times -> ``(N, dim)``: sines of a geometric ladder of frequencies, then cosines.
+
+    Parameters
+    ----------
+    positions
+        Relative times (already normalised by the caller).
+    dim
+        Output width (even).
+    temperature
+        Base of the frequency ladder.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N, dim)`` float32.
+    """
+    half = dim // 2
+    steps = torch.arange(half, dtype=torch.float32, device=positions.device)
+    phase = positions.float()[:, None] / temperature ** (2 * (steps // 2) / half)
+    return torch.cat([phase.sin(), phase.cos()], dim=-1)
+
+
+class Sam2MemoryTracker:
+    """Segments one object (or B objects) frame by frame with SAM 2's memory.
+
+    Parameters
+    ----------
+    model
+        A :class:`~napari_sam.model.sam2.Sam2` in eval mode.
+    num_frames
+        Frames (planes) in the sequence: bounds the object-pointer window.
+    storage_device
+        Where the banks are kept (default: the model's device); ``"cpu"`` saves GPU memory.
+    """
+
+    def __init__(self, model: torch.nn.Module, num_frames: int, storage_device: str | torch.device | None = None):
+        self.model = model
+        self.config = model.config
+        self.num_frames = int(num_frames)
+        self.storage_device = torch.device(storage_device) if storage_device is not None else None
+        self.conditioning: dict[int, FrameState] = {}
+        self.tracked: dict[int, FrameState] = {}
+
+    # ------------------------------------------------------------------ public
+    @torch.inference_mode()
+    def prompt(
+        self,
+        frame: int,
+        features: torch.Tensor,
+        high_res: tuple[torch.Tensor, torch.Tensor],
+        coords: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> FrameState:
+        """Segment ``frame`` from clicks.
+
+        A frame not segmented before is an initial frame: no memory is used and it becomes a
+        conditioning frame. A frame already segmented is corrected: its previous logits are fed
+        back with the clicks, the memory of the other frames is used, and it stays among the
+        tracked frames (Meta's video predictor does the same by default).
+
+        Parameters
+        ----------
+        frame
+            The frame's index.
+        features
+            ``(B, C, E, E)`` from :meth:`~napari_sam.model.sam2.Sam2.encode_frame`.
+        high_res
+            The two high-resolution features from the same call.
+        coords
+            ``(B, N, 2)`` clicks, ``(x, y)`` in the model's input frame.
+        labels
+            ``(B, N)`` 1 positive, 0 negative.
+
+        Returns
+        -------
+        FrameState
+            The frame's result (also stored).
+        """
+        initial = frame not in self.tracked  # a conditioning frame prompted again still uses no memory
+        bank = self.conditioning if initial else self.tracked
+        previous = bank.pop(frame, None)
+        feedback = None if previous is None else previous.low_res_logits.clamp(-_LOGIT_LIMIT, _LOGIT_LIMIT)
+        state = self._step(frame, features, high_res, (coords, labels), feedback, initial, reverse=False)
+        bank[frame] = self._stored(state)
+        return state
+
+    @torch.inference_mode()
+    def track(
+        self, frame: int, features: torch.Tensor, high_res: tuple[torch.Tensor, torch.Tensor], reverse: bool = False
+    ) -> FrameState:
+        """Segment ``frame`` from memory alone and keep it as a tracked frame.
+
+        Parameters
+        ----------
+        frame
+            The frame's index.
+        features, high_res
+            From :meth:`~napari_sam.model.sam2.Sam2.encode_frame`.
+        reverse
+            Tracking toward lower indices: the memory window and pointer times look the other way.
+
+        Returns
+        -------
+        FrameState
+            The frame's result (also stored).
+        """
+        state = self._step(frame, features, high_res, None, None, initial=False, reverse=reverse)
+        self.tracked[frame] = self._stored(state)
+        return state
+
+    def forget_outside(self, frame: int, reverse: bool = False) -> None:
+        """Drop tracked frames the frame after ``frame`` can no longer use (bounded memory for long stacks).
+
+        Parameters
+        ----------
+        frame
+            The frame just tracked.
+        reverse
+            Tracking toward lower indices.
+        """
+        reach = max(self.config.num_maskmem - 1, min(self.num_frames, self.config.max_obj_ptrs_in_encoder) - 1)
+        sign = -1 if reverse else 1
+        for old in list(self.tracked):
+            if sign * (frame + sign - old) > reach:
+                del self.tracked[old]
+
+    # --------------------------------------------------------------- internals
+    def _stored(self, state: FrameState) -> FrameState:
+        if self.storage_device is None:
+            return state
+        return FrameState(*(tensor.to(self.storage_device) for tensor in vars(state).values()))
+
+    def _step(self, frame, features, high_res, points, feedback, initial: bool, reverse: bool) -> FrameState:
+        model = self.model
+        conditioned = self._conditioned_features(frame, features, initial, reverse)
+        low_res, iou, pointer, score = self._decode(conditioned, high_res, points, feedback, initial)
+        size = self.config.img_size
+        high = F.interpolate(low_res, size=(size, size), mode="bilinear", align_corners=False)
+        # memory of this frame: clicked masks enter binary, predicted ones as probabilities
+        mask = (high > 0).float() if points is not None else torch.sigmoid(high)
+        mask = mask * _MASK_INPUT_AS_OUTPUT_SCALE + _MASK_INPUT_AS_OUTPUT_BIAS
+        memory, memory_pos = model.memory_encoder(features, mask)
+        absent = 1.0 - (score > 0).float()
+        memory = memory + absent[..., None, None] * model.no_obj_embed_spatial[..., None, None]
+        return FrameState(low_res, iou, pointer, score, memory, memory_pos)
+
+    def _decode(self, features, high_res, points, feedback, initial: bool):
+        """SAM heads on memory-conditioned features: (logits (B,1,L,L), iou (B,), pointer (B,C), score (B,1))."""
+        model = self.model
+        batch = features.shape[0]
+        if points is None:  # no click: one padding point, as the model was trained
+            coords = features.new_zeros(batch, 1, 2)
+            labels = torch.full((batch, 1), -1, dtype=torch.int64, device=features.device)
+            clicks = 0
+        else:
+            coords, labels = points
+            clicks = labels.shape[1]
+        # sam2.1 video settings: several candidates for 0 or 1 click, on initial and tracked frames alike
+        multimask = clicks <= 1
+        sparse, dense = model.prompt_encoder(points=(coords, labels), boxes=None, masks=feedback)
+        masks, ious, tokens, score = model.mask_decoder(
+            features, model.prompt_encoder.get_dense_pe(), sparse, dense, multimask, high_res_features=high_res
+        )
+        present = score > 0
+        masks = torch.where(present[:, None, None], masks, _ABSENT_LOGIT).float()
+        rows = torch.arange(batch, device=masks.device)
+        best = ious.argmax(dim=-1) if multimask else torch.zeros(batch, dtype=torch.long, device=masks.device)
+        pointer = model.obj_ptr_proj(tokens[rows, best if tokens.shape[1] > 1 else 0])
+        weight = present.float()
+        pointer = weight * pointer + (1 - weight) * model.no_obj_ptr
+        return masks[rows, best][:, None], ious[rows, best], pointer, score
+
+    def _conditioned_features(self, frame: int, features: torch.Tensor, initial: bool, reverse: bool) -> torch.Tensor:
+        """The frame's features after the memory attention (initial frames: plus the no-memory embedding)."""
+        model, config = self.model, self.config
+        if initial:
+            return features + model.no_mem_embed.reshape(1, -1, 1, 1)
+        batch, channels, height, width = features.shape
+        device = features.device
+        sign = -1 if reverse else 1
+        slots = config.num_maskmem
+        memories, positions = [], []
+
+        def add_memory(state: FrameState, slot: int) -> None:
+            memories.append(state.memory.to(device).flatten(2).transpose(1, 2))
+            positions.append(state.memory_pos.to(device).flatten(2).transpose(1, 2) + model.maskmem_tpos_enc[slot].reshape(1, 1, -1))
+
+        for state in self.conditioning.values():
+            add_memory(state, slots - 1)
+        for t_pos in range(1, slots):  # the slots - 1 frames just before (after, in reverse) this one
+            previous = self.tracked.get(frame - sign * (slots - t_pos))
+            if previous is not None:
+                add_memory(previous, slots - t_pos - 1)
+
+        max_pointers = min(self.num_frames, config.max_obj_ptrs_in_encoder)
+        pointers = [
+            (sign * (frame - t), state.object_pointer)
+            for t, state in self.conditioning.items()
+            if sign * (frame - t) >= 0  # only conditioning frames on the side already passed
+        ]
+        for distance in range(1, max_pointers):
+            t = frame - sign * distance
+            if t < 0 or t >= self.num_frames:
+                break
+            if t in self.tracked:
+                pointers.append((distance, self.tracked[t].object_pointer))
+        num_pointer_tokens = 0
+        if pointers:
+            times = torch.tensor([p[0] for p in pointers], dtype=torch.float32, device=device)
+            pointer_pos = model.obj_ptr_tpos_proj(sine_time_encoding(times / (max_pointers - 1), channels))
+            vectors = torch.stack([p[1].to(device) for p in pointers], dim=1)  # (B, P, C)
+            memory_dim = pointer_pos.shape[-1]
+            split = channels // memory_dim  # each pointer becomes `split` tokens of the memory width
+            memories.append(vectors.reshape(batch, len(pointers) * split, memory_dim))
+            positions.append(pointer_pos.repeat_interleave(split, dim=0)[None].expand(batch, -1, -1))
+            num_pointer_tokens = len(pointers) * split
+
+        current = features.flatten(2).transpose(1, 2)
+        current_pos = sine_position_encoding(channels, (height, width), device).flatten(1).t()[None]
+        conditioned = model.memory_attention(
+            current, current_pos.expand(batch, -1, -1), torch.cat(memories, 1), torch.cat(positions, 1),
+            num_pointer_tokens,
+        )
+        return conditioned.transpose(1, 2).reshape(batch, channels, height, width)

@@ -43,6 +43,8 @@ _LAZY = {
     "PropagationResult": "napari_sam.engine.volume.propagate",
     "PropagationOptions": "napari_sam.engine.volume.recipe",
     "StackEmbeddings": "napari_sam.engine.volume.stack_embeddings",
+    "segment_volume": "napari_sam.engine.volume.segment",
+    "segment_volume_steps": "napari_sam.engine.volume.segment",
 }
 
 __all__ = ["InputError", *_LAZY]

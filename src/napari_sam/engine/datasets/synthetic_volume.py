@@ -43,8 +43,13 @@ STACK_STYLE = SyntheticStyle(
 """Objects of a z-stack: radius 9-16 in-plane pixels (the trained model's 2D objects are 8-22),
 moderately dense so neighbours touch now and then."""
 
-MOVIE_STYLE = SyntheticStyle(radius_range=(10.0, 16.0), aspect_range=(1.0, 1.6), coverage=0.15, max_overlap=0.1)
+MOVIE_STYLE = SyntheticStyle(radius_range=(10.0, 16.0), aspect_range=(1.0, 1.6), coverage=0.08, max_overlap=0.0)
 """Objects of a time series: fewer, so that they rarely collide as they move."""
+
+
+SMALL_MOVIE_STYLE = SyntheticStyle(radius_range=(6.0, 9.0), aspect_range=(1.0, 1.5), coverage=0.1, max_overlap=0.0)
+"""Objects of a small (128 x 128) time series: planes smaller than the model's input are enlarged to
+it, so objects of radius 6-9 look to the model as the 2D synthetic images' objects do."""
 
 
 def _check_dtype(dtype: npt.DTypeLike) -> np.dtype:

@@ -111,12 +111,12 @@ class Sam2MemoryTracker:
         coords: torch.Tensor,
         labels: torch.Tensor,
     ) -> FrameState:
-        """Segment ``frame`` from clicks.
+        """Segment ``frame`` from clicks and keep it as a conditioning frame.
 
-        A frame not segmented before is an initial frame: no memory is used and it becomes a
-        conditioning frame. A frame already segmented is corrected: its previous logits are fed
-        back with the clicks, the memory of the other frames is used, and it stays among the
-        tracked frames (Meta's video predictor does the same by default).
+        A frame not segmented before is an initial frame: no memory is used. A frame already
+        segmented is corrected: its previous logits are fed back with the clicks and the memory
+        of the other frames is used (Meta's video predictor with ``add_all_frames_to_correct_as_cond``,
+        so that a correction is kept when propagating again).
 
         Parameters
         ----------
@@ -136,12 +136,11 @@ class Sam2MemoryTracker:
         FrameState
             The frame's result (also stored).
         """
-        initial = frame not in self.tracked  # a conditioning frame prompted again still uses no memory
-        bank = self.conditioning if initial else self.tracked
-        previous = bank.pop(frame, None)
-        feedback = None if previous is None else previous.low_res_logits.clamp(-_LOGIT_LIMIT, _LOGIT_LIMIT)
+        previous = self.tracked.pop(frame, None) or self.conditioning.pop(frame, None)
+        initial = previous is None
+        feedback = None if initial else previous.low_res_logits.clamp(-_LOGIT_LIMIT, _LOGIT_LIMIT)
         state = self._step(frame, features, high_res, (coords, labels), feedback, initial, reverse=False)
-        bank[frame] = self._stored(state)
+        self.conditioning[frame] = self._stored(state)
         return state
 
     @torch.inference_mode()
@@ -169,7 +168,11 @@ class Sam2MemoryTracker:
         return state
 
     def forget_outside(self, frame: int, reverse: bool = False) -> None:
-        """Drop tracked frames the frame after ``frame`` can no longer use (bounded memory for long stacks).
+        """Drop tracked frames that no later step can use (bounded memory for long stacks).
+
+        Kept: frames within reach (memory window or pointer window) of the frame after
+        ``frame``, and of any conditioning frame (a pass in the other direction, or a
+        correction, starts from those).
 
         Parameters
         ----------
@@ -181,14 +184,19 @@ class Sam2MemoryTracker:
         reach = max(self.config.num_maskmem - 1, min(self.num_frames, self.config.max_obj_ptrs_in_encoder) - 1)
         sign = -1 if reverse else 1
         for old in list(self.tracked):
-            if sign * (frame + sign - old) > reach:
+            behind = sign * (frame + sign - old)
+            if behind > reach and all(abs(old - start) > reach for start in self.conditioning):
                 del self.tracked[old]
 
     # --------------------------------------------------------------- internals
     def _stored(self, state: FrameState) -> FrameState:
-        if self.storage_device is None:
-            return state
-        return FrameState(*(tensor.to(self.storage_device) for tensor in vars(state).values()))
+        """The copy the banks keep: memory features in bf16 (half the memory; Meta's video predictor
+        keeps them so too), everything on ``storage_device``."""
+        kept = FrameState(**vars(state))
+        kept.memory = kept.memory.to(torch.bfloat16)
+        if self.storage_device is not None:
+            kept = FrameState(*(tensor.to(self.storage_device) for tensor in vars(kept).values()))
+        return kept
 
     def _step(self, frame, features, high_res, points, feedback, initial: bool, reverse: bool) -> FrameState:
         model = self.model
@@ -242,7 +250,7 @@ class Sam2MemoryTracker:
         memories, positions = [], []
 
         def add_memory(state: FrameState, slot: int) -> None:
-            memories.append(state.memory.to(device).flatten(2).transpose(1, 2))
+            memories.append(state.memory.to(device).float().flatten(2).transpose(1, 2))
             positions.append(state.memory_pos.to(device).flatten(2).transpose(1, 2) + model.maskmem_tpos_enc[slot].reshape(1, 1, -1))
 
         for state in self.conditioning.values():
@@ -282,3 +290,139 @@ class Sam2MemoryTracker:
             num_pointer_tokens,
         )
         return conditioned.transpose(1, 2).reshape(batch, channels, height, width)
+
+
+def uses_memory(predictor: object) -> bool:
+    """Whether ``predictor``'s model has SAM 2's memory (then propagation uses it).
+
+    Parameters
+    ----------
+    predictor
+        A :class:`~napari_sam.engine.Predictor` or anything with a ``model``.
+
+    Returns
+    -------
+    bool
+        True for a :class:`~napari_sam.model.sam2.Sam2` model.
+    """
+    model = getattr(predictor, "model", None)
+    return callable(getattr(model, "encode_frame", None)) and hasattr(model, "memory_attention")
+
+
+def _frame_inputs(predictor, embeddings, plane: int):
+    """(features without the no-memory embedding, high-res features, the plane's ImageEmbedding) on the device."""
+    embedding = embeddings.get(plane)
+    device = predictor.device
+    no_memory = predictor.model.no_mem_embed.reshape(1, -1, 1, 1)
+    features = embedding.features.to(device) - no_memory  # encode_image added it for single images
+    return features, tuple(f.to(device) for f in embedding.high_res_features), embedding
+
+
+def _prompt_tensors(points, labels, box, embedding, size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clicks (row, col) and a box (min_row, min_col, max_row, max_col) -> (1, N, 2) (x, y) input frame + labels.
+
+    The box becomes two corner points (labels 2, 3) placed first, as SAM 2 takes boxes.
+    """
+    import numpy as np
+
+    height, width = embedding.original_size
+    scale = np.array([size / width, size / height])
+    coords, kinds = [], []
+    if box is not None:
+        r0, c0, r1, c1 = np.asarray(box, dtype=np.float64).ravel()
+        r0, r1 = np.clip([r0, r1], 0, height - 1)
+        c0, c1 = np.clip([c0, c1], 0, width - 1)
+        coords += [np.array([c0, r0]) * scale, np.array([c1, r1]) * scale]
+        kinds += [2, 3]
+    if points is not None and len(points):
+        for (row, col), label in zip(np.asarray(points, dtype=np.float64), np.asarray(labels).ravel()):
+            coords.append(np.array([col, row]) * scale)
+            kinds.append(int(label))
+    xy = torch.as_tensor(np.stack(coords)[None], dtype=torch.float32, device=device)
+    return xy, torch.as_tensor([kinds], dtype=torch.int64, device=device)
+
+
+def iter_memory_propagation(
+    predictor,
+    embeddings,
+    num_planes: int,
+    seed_plane: int,
+    points=None,
+    labels=None,
+    box=None,
+    steps: tuple[int, ...] = (1, -1),
+    bounds: tuple[int, int] | None = None,
+    tracker: Sam2MemoryTracker | None = None,
+):
+    """Propagate one object with SAM 2's memory, as Meta's video predictor does; yields each plane.
+
+    The prompts segment ``seed_plane`` (a first prompt, or a correction when ``tracker`` has
+    tracked it), then each direction in ``steps`` runs from the first conditioning plane to its
+    bound, as ``SAM2VideoPredictor.propagate_in_video`` does: conditioning planes are given
+    back as segmented, the others tracked from memory (a correction also re-tracks the planes
+    between the first prompt and itself, since they can now remember it).
+
+    Parameters
+    ----------
+    predictor
+        A :class:`~napari_sam.engine.Predictor` holding a SAM 2 model.
+    embeddings
+        Per-plane embeddings (``get(plane)`` -> ImageEmbedding), as the volume engine keeps them.
+    num_planes
+        Planes in the volume.
+    seed_plane
+        The plane the prompts belong to.
+    points, labels, box
+        Prompts on ``seed_plane`` in its (row, col) pixels, as for ``Predictor.predict``.
+    steps
+        Directions: +1 (increasing index), -1, or both in that order.
+    bounds
+        (first, last) planes, inclusive (default the whole volume).
+    tracker
+        The tracker of an earlier propagation of this object, to correct it; None starts anew.
+
+    Yields
+    ------
+    PlaneResult
+        The seed plane first, then each plane computed (``score`` NaN where the object is absent).
+
+    Returns
+    -------
+    Sam2MemoryTracker
+        The tracker, holding the memory (pass it back to correct the result).
+    """
+    import numpy as np
+
+    from napari_sam.engine.volume.propagate import PlaneResult
+
+    first, last = bounds if bounds is not None else (0, num_planes - 1)
+    size = predictor.config.img_size
+    tracker = tracker or Sam2MemoryTracker(predictor.model, num_planes)
+
+    def result(plane: int, state: FrameState, embedding) -> PlaneResult:
+        if not bool(state.present[0]):
+            return PlaneResult(plane, np.zeros(embedding.original_size, dtype=bool), float("nan"))
+        with torch.inference_mode():
+            mask = predictor.upscale_logits(state.low_res_logits.float(), embedding)[0, 0] > 0
+        return PlaneResult(plane, mask.cpu().numpy(), float(state.iou[0]))
+
+    features, high_res, embedding = _frame_inputs(predictor, embeddings, seed_plane)
+    coords, kinds = _prompt_tensors(points, labels, box, embedding, size, predictor.device)
+    with predictor.autocast():
+        state = tracker.prompt(seed_plane, features, high_res, coords, kinds)
+    yield result(seed_plane, state, embedding)
+    start = min(tracker.conditioning)
+    for step in steps:
+        end = last if step > 0 else first
+        for plane in range(start, end + step, step):
+            if plane == seed_plane:
+                continue  # already given back
+            features, high_res, embedding = _frame_inputs(predictor, embeddings, plane)
+            if plane in tracker.conditioning:
+                state = tracker.conditioning[plane]
+            else:
+                with predictor.autocast():
+                    state = tracker.track(plane, features, high_res, reverse=step < 0)
+                tracker.forget_outside(plane, reverse=step < 0)
+            yield result(plane, state, embedding)
+    return tracker

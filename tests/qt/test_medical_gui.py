@@ -83,6 +83,14 @@ def test_box_first_model_starts_and_resumes_in_box_mode(make_napari_viewer, qtbo
     controller = widget.controller
     assert viewer.layers.selection.active is controller.boxes_layer or viewer.layers.selection.active == controller.boxes_layer
     assert controller.boxes_layer.mode == "add_rectangle"
+    z = controller.current_plane().index_map[0]
+    controller.boxes_layer.add_rectangles(np.array([[z, 20, 20], [z, 20, 60], [z, 60, 60], [z, 60, 20]]))
+    qtbot.waitUntil(lambda: controller.preview_mask().any(), timeout=EMBED_TIMEOUT_MS)
+    viewer.layers.selection.active = controller.labels_layer or controller.points_layer
+    widget.commit()
+    assert controller.labels_layer.data[z].any()
+    assert viewer.layers.selection.active == controller.boxes_layer  # back to drawing the next box
+    assert controller.boxes_layer.mode == "add_rectangle"
     widget.set_model(tiny_model, "vit_b", device="cpu", precision="fp32")
     assert controller.points_layer.mode == "add"
 

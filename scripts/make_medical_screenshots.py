@@ -4,7 +4,8 @@
 
 A synthetic CT saved as NIfTI (0.7 x 0.7 x 2.5 mm, flipped axis) is opened through the plugin's
 reader, the annotator gets the tiny model trained here, the liver window is chosen and a lesion
-is boxed; the whole window at 1366 x 768 is saved, and the window picker alone (Qt grab).
+is boxed; the whole window at 1366 x 768 is saved, and the Setup section with a custom
+width/level (Qt grab).
 """
 
 from __future__ import annotations
@@ -80,7 +81,6 @@ def main() -> None:
     form = picker.choice.native
     while not isinstance(form, QGroupBox):  # the Setup section the picker's fields sit in
         form = form.parentWidget()
-    form.grab().save(str(args.out / "medical_window_picker.png"))
     picker.choice.value = "custom"
     _wait(app, lambda: True)
     form.grab().save(str(args.out / "medical_window_picker_custom.png"))

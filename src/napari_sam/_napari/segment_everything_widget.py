@@ -47,6 +47,7 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible
 
 from napari_sam._napari import planes as plane_ops
+from napari_sam._napari import volume_segmentation
 from napari_sam._napari.dock_layout import (
     DOCK_MAX_WIDTH,
     DOCK_MIN_WIDTH,
@@ -117,6 +118,7 @@ class Job:
     tile_shape: int | None
     halo: int | None
     preview: bool = False
+    link_planes: bool = False  # Segment volume: the planes' masks linked into 3D objects
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -267,6 +269,7 @@ class SegmentEverythingWidget(QWidget):
         self._worker = None
         self._progress: progress | None = None
         self._step = (0, 0)  # the last (tiles done, tiles total) of the running job
+        self._unit = "tile"  # what a step is: a tile, or a slice when linking planes
         self._started = 0.0
         self._suggestion: dict[str, float] = {}
         self._viewer_connected = False
@@ -322,6 +325,7 @@ class SegmentEverythingWidget(QWidget):
             text="All planes", value=False, enabled=False,
             tooltip="Segment every plane of a 3D stack (ids unique across planes), not only the plane on screen",
         )
+        self.link_planes = volume_segmentation.link_planes_checkbox(self.all_planes)
         self.preview_button = widgets.PushButton(text="Preview")
         self.preview_button.tooltip = (
             f"Segment a {PREVIEW_SIZE}-pixel region at the centre of the view (or of the region of interest) "
@@ -357,7 +361,10 @@ class SegmentEverythingWidget(QWidget):
         outer = QVBoxLayout(self)
         outer.setContentsMargins(4, 0, 8, 4)
         outer.addWidget(
-            scrolling_column(form.native, advanced, self.all_planes.native, self.model_picker.info, self.model_picker.status)
+            scrolling_column(
+                form.native, advanced, self.all_planes.native, self.link_planes.native, self.model_picker.info,
+                self.model_picker.status,
+            )
         )
         outer.addLayout(buttons)
         for widget in (self.status.native, self.report, self.apply_button.native):
@@ -389,7 +396,7 @@ class SegmentEverythingWidget(QWidget):
         """"All planes" only for a 3D image (one axis besides the two shown)."""
         image = self.image_choice.value
         stack = image is not None and len(plane_ops.spatial_shape(image)) == 3
-        self.all_planes.enabled = stack
+        self.all_planes.enabled = self.link_planes.enabled = stack
         if not stack:
             self.all_planes.value = False
 
@@ -451,7 +458,7 @@ class SegmentEverythingWidget(QWidget):
         if self._worker is not None:
             self._worker.quit()
             done, total = self._step
-            self.status.value = f"Cancelled after {done} of {total} tiles." if total else "Cancelled."
+            self.status.value = f"Cancelled after {done} of {total} {self._unit}s." if total else "Cancelled."
         elif self.model_picker.cancel():
             self.status.value = "Cancelled while loading the model."
 
@@ -462,7 +469,8 @@ class SegmentEverythingWidget(QWidget):
         elif self.all_planes.value:
             stack_axis = next(axis for axis in range(3) if axis not in target.plane.axes)
             target = Target(target.image, target.plane, target.box, stack_axis)
-        return Job(target, params, self.tile_size.value or None, self.halo.value or None, preview)
+        link = target.stack_axis is not None and self.link_planes.value
+        return Job(target, params, self.tile_size.value or None, self.halo.value or None, preview, link)
 
     def _target(self) -> Target:
         image = self.image_choice.value
@@ -501,6 +509,10 @@ class SegmentEverythingWidget(QWidget):
         if job.preview:  # the whole plane (not read) goes to the engine: the preview encodes a tile around the box
             plane = self.window_picker.windowed(target.image, plane_ops.plane_region(target.image, target.plane))
             args = (preview_job, plane, loaded, target.box, job.tile_shape, job.params, report)
+        elif job.link_planes:
+            spacing = volume_segmentation.stack_spacing(target.image, target.stack_axis, target.plane.axes)
+            pixels = self.window_picker.windowed(target.image, target.pixels())
+            args = (volume_segmentation.volume_job, pixels, loaded, job.tile_shape, job.halo, job.params, spacing)
         else:
             pixels = self.window_picker.windowed(target.image, target.pixels())
             args = (segment_job, pixels, loaded, job.tile_shape, job.halo, job.params, report)
@@ -514,6 +526,7 @@ class SegmentEverythingWidget(QWidget):
         worker.returned.connect(lambda result: self._on_result(result, job, report))
         worker.finished.connect(self._on_finished)
         self._worker, self._step, self._started = worker, (0, 0), time.perf_counter()
+        self._unit = "slice" if job.link_planes else "tile"
         self._progress = progress(total=0, desc="Segment everything" + (" (preview)" if job.preview else ""))
         where = "all planes" if target.stack_axis is not None else plane_ops.describe_plane(
             self.viewer, target.image, target.plane
@@ -536,7 +549,7 @@ class SegmentEverythingWidget(QWidget):
             self._progress.total = total
             self._progress.n = done
             self._progress.refresh()
-        self.status.value = f"tile {done} / {total}"
+        self.status.value = f"{self._unit} {done} / {total}"
 
     def _on_error(self, err: Exception) -> None:
         err = original_error(err)
@@ -563,12 +576,20 @@ class SegmentEverythingWidget(QWidget):
             target = Target(job.target.image, job.target.plane, region)
             self._show_labels(labels, target, f"{target.image.name} preview", replace=True)
             what = f"Preview: {int(labels.max())} objects in {region[1] - region[0]} x {region[3] - region[2]} pixels"
+        elif job.link_planes:
+            labels = np.asarray(result)
+            self._show_labels(labels, job.target, f"{job.target.image.name} {volume_segmentation.LAYER_SUFFIX}")
+            what = volume_segmentation.describe_volume(labels)
         else:
             labels = np.asarray(result)
             self._show_labels(labels, job.target, f"{job.target.image.name} everything")
             what = f"{int(labels.max()) if labels.size else 0} objects"
         self.status.value = f"{what} ({seconds:.1f} s)."
-        self.show_report(report)
+        if job.link_planes:  # segment_volume_steps counts no filter rejections: no report to show
+            self.report.setText("")
+            self.apply_button.visible = False
+        else:
+            self.show_report(report)
         show_info(f"Segment everything: {what}.")
 
     def show_report(self, report: FilterReport) -> None:

@@ -30,7 +30,7 @@ from qtpy.QtWidgets import (
 
 from napari_sam._napari import keys
 from napari_sam._napari import planes as plane_ops
-from napari_sam._napari.box_range import BoxRangeSection
+from napari_sam._napari.box_range import BoxRangeSection, prompt_mode
 from napari_sam._napari.class_picker import ClassPicker
 from napari_sam._napari.controller import (
     GESTURES,
@@ -47,11 +47,7 @@ from napari_sam._napari.model_picker import USER_ERRORS, LoadedModel, ModelPicke
 from napari_sam._napari.object_list import ObjectListWidget
 from napari_sam._napari.propagation import commit_shown
 from napari_sam._napari.propagation_widget import PropagationPanel
-from napari_sam._napari.window_picker import (
-    WindowPicker,
-    connect_annotator,
-    prompt_mode,
-)
+from napari_sam._napari.window_picker import WindowPicker, connect_annotator
 from napari_sam._napari.workers import guarded, original_error
 from napari_sam._napari.wrapping import WrappingLabel
 from napari_sam.engine.errors import InputError

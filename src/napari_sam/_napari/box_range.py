@@ -20,6 +20,25 @@ from napari_sam._napari.wrapping import WrappingLabel
 from napari_sam.engine.errors import InputError
 
 
+def prompt_mode(model_id: str | None) -> str:
+    """"box" when ``model_id`` names a box-first zoo model (MedSAM), else "points".
+
+    Parameters
+    ----------
+    model_id
+        A zoo name or a checkpoint path (a file says nothing: "points").
+
+    Returns
+    -------
+    str
+        The zoo entry's ``prompt_mode``.
+    """
+    from napari_sam.model.zoo import REGISTRY
+
+    entry = REGISTRY.get(str(model_id)) if model_id is not None else None
+    return entry.prompt_mode if entry is not None else "points"
+
+
 def box_slices(annotator: AnnotatorController, axis: int) -> list[int]:
     """The slice indices along ``axis`` that hold a box (sorted, distinct).
 

@@ -255,21 +255,3 @@ def connect_segment_everything(picker: WindowPicker, widget) -> None:
     widget.image_choice.changed.connect(picker.show_layer)
     picker.show_layer(widget.image_choice.value)
 
-
-def prompt_mode(model_id: str | None) -> str:
-    """"box" when ``model_id`` names a box-first zoo model (MedSAM), else "points".
-
-    Parameters
-    ----------
-    model_id
-        A zoo name or a checkpoint path (a file says nothing: "points").
-
-    Returns
-    -------
-    str
-        The zoo entry's ``prompt_mode``.
-    """
-    from napari_sam.model.zoo import REGISTRY
-
-    entry = REGISTRY.get(str(model_id)) if model_id is not None else None
-    return entry.prompt_mode if entry is not None else "points"

@@ -64,6 +64,17 @@ def test_link_planes_gives_a_new_labels_layer_of_3d_objects_with_one_id_through_
     assert widget.status.value.startswith(describe_volume(data))
 
 
+def test_cancel_stops_between_slices_and_adds_no_layer(make_napari_viewer, qtbot, stack):
+    viewer, widget, _ = stack_widget(make_napari_viewer, stack)
+    widget.link_planes.value = True
+    widget.run_button.native.click()
+    qtbot.waitUntil(lambda: widget.status.value.startswith("slice 1 / 5"), timeout=RUN_TIMEOUT_MS)
+    widget.cancel_button.native.click()
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=RUN_TIMEOUT_MS)
+    assert widget.status.value.startswith("Cancelled after") and widget.status.value.endswith("of 5 slices.")
+    assert not [layer for layer in viewer.layers if isinstance(layer, Labels)]
+
+
 def test_link_planes_is_offered_for_stacks_only_and_unticking_all_planes_unticks_it(make_napari_viewer, stack):
     viewer, widget, _ = stack_widget(make_napari_viewer, stack)
     widget.link_planes.value = True

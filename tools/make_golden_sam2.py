@@ -286,12 +286,77 @@ def record_memory(model, config) -> tuple[dict, dict]:
             output_dict=output, num_frames=num_frames, track_in_reverse=False, run_mem_encoder=True,
             prev_sam_mask_logits=previous,
         )
-        # the video predictor's default (add_all_frames_to_correct_as_cond=False): only the first prompted
-        # frame conditions; a corrected frame stays among the tracked ones, with its clicks
-        output["cond_frame_outputs" if kind == "seed" else "non_cond_frame_outputs"][frame] = out
         for key in ("pred_masks", "obj_ptr", "object_score_logits", "maskmem_features"):
             arrays[f"memory/{index}/{key}"] = out[key].float().numpy()
+        # as the video predictor keeps them: memory features in bf16; every prompted frame conditions
+        # (add_all_frames_to_correct_as_cond=True: a correction is kept when propagating again)
+        out["maskmem_features"] = out["maskmem_features"].to(torch.bfloat16)
+        output["cond_frame_outputs" if kind != "track" else "non_cond_frame_outputs"][frame] = out
     return arrays, {"memory": plan}
+
+
+VIDEO_SEED = 41
+
+
+def video_frames(n_frames: int = 6, height: int = 96, width: int = 128) -> np.ndarray:
+    """(T, H, W, 3) uint8: a window moving across one synthetic cells image (frames of a short movie)."""
+    big = W.synthetic_cells_image(height + 3 * n_frames, width + 4 * n_frames, VIDEO_SEED)
+    return np.stack([big[3 * t : 3 * t + height, 4 * t : 4 * t + width] for t in range(n_frames)])
+
+
+def video_plan() -> dict:
+    """Propagation through ``video_frames``: one click on frame 2, forward then backward, then a correction
+    (one positive, one negative click) on frame 4 and forward again. Points are (x, y) pixels of a frame."""
+    return {"seed_frame": 2, "seed_points": [[60.0, 45.0]], "seed_labels": [1],
+            "correction_frame": 4, "correction_points": [[66.0, 50.0], [20.0, 80.0]], "correction_labels": [1, 0],
+            "frames_digest": W.array_digest(video_frames())}
+
+
+@torch.inference_mode()
+def record_video(model, config) -> tuple[dict, dict]:
+    """Meta's ``SAM2VideoPredictor`` through ``video_plan``: per pass and frame the mask at frame size
+    (bit-packed), the object pointer and the object score logit."""
+    import tempfile
+
+    from PIL import Image
+
+    frames = video_frames()
+    plan = video_plan()
+    with tempfile.TemporaryDirectory() as folder:
+        for t, frame in enumerate(frames):  # init_state reads a folder of JPEGs ...
+            Image.fromarray(frame).save(Path(folder) / f"{t:05d}.jpg")
+        state = model.init_state(folder)
+    # ... but every frame goes in as the same uint8 pixels, through the image predictor's own transform
+    # (torchvision Resize + Normalize, not JPEG + PIL resize), as our Predictor prepares planes
+    from sam2.utils.transforms import SAM2Transforms
+
+    transform = SAM2Transforms(resolution=config.img_size, mask_threshold=0.0)
+    state["images"] = torch.stack([transform(frame) for frame in frames])
+    state["cached_features"] = {}
+    arrays: dict[str, np.ndarray] = {}
+
+    def record(pass_name: str, outputs) -> list[int]:
+        order = []
+        for frame, _, masks in outputs:
+            out = state["output_dict_per_obj"][0]
+            stored = out["cond_frame_outputs"].get(frame) or out["non_cond_frame_outputs"][frame]
+            arrays[f"video/{pass_name}/{frame}/mask_packed"] = np.packbits((masks[0, 0] > 0).numpy().ravel())
+            arrays[f"video/{pass_name}/{frame}/obj_ptr"] = stored["obj_ptr"].float().numpy()
+            arrays[f"video/{pass_name}/{frame}/object_score_logits"] = stored["object_score_logits"].float().numpy()
+            order.append(int(frame))
+        return order
+
+    model.add_new_points_or_box(state, frame_idx=plan["seed_frame"], obj_id=1,
+                                points=np.array(plan["seed_points"], np.float32), labels=np.array(plan["seed_labels"]))
+    passes = {"forward": record("forward", model.propagate_in_video(state))}
+    passes["backward"] = record("backward", model.propagate_in_video(state, reverse=True))
+    model.add_new_points_or_box(state, frame_idx=plan["correction_frame"], obj_id=1,
+                                points=np.array(plan["correction_points"], np.float32),
+                                labels=np.array(plan["correction_labels"]))
+    passes["corrected"] = record("corrected", model.propagate_in_video(state))
+    plan["passes"] = passes
+    plan["frame_shape"] = list(frames.shape[1:3])
+    return arrays, {"video": plan}
 
 
 def make_golden(name: str) -> dict:
@@ -308,6 +373,10 @@ def make_golden(name: str) -> dict:
         video_model = W.load_deterministic_weights(build_reference_sam2(config, video=True), plan["memory_weight_seed"])
         memory_arrays, memory_meta = record_memory(video_model, config)
         memory_meta["memory"]["weight_seed"] = plan["memory_weight_seed"]
+        video_model.add_all_frames_to_correct_as_cond = True  # a corrected frame conditions (kept on re-propagation)
+        video_arrays, video_meta = record_video(video_model, config)
+        memory_arrays.update(video_arrays)
+        memory_meta.update(video_meta)
     meta = {
         "format_version": FORMAT_VERSION,
         "model": name,

@@ -94,3 +94,70 @@ def test_the_sequence_exercises_presence_absence_and_the_correction(golden, repl
     before, after = replay[4].low_res_logits, replay[7].low_res_logits  # frame 4 before and after the correction
     assert not torch.allclose(before, after) or presence[4] != presence[7]
     assert not torch.allclose(replay[4].memory, replay[7].memory)
+
+
+# ------------------------------------------------------------------ propagation through a stack
+
+
+def _video_frames(meta) -> np.ndarray:
+    spec = importlib.util.spec_from_file_location("_golden_sam2_tool", Path(__file__).parents[2] / "tools" / "make_golden_sam2.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    frames = tool.video_frames()
+    assert W.array_digest(frames) == meta["video"]["frames_digest"], "the frames no longer regenerate bit-identically"
+    return frames
+
+
+@pytest.fixture(scope="module")
+def video(golden):
+    """Our propagate_object on the golden's frames: the first run (both ways) and its correction."""
+    from napari_sam.engine import Predictor, propagate_object
+
+    meta, _ = golden
+    plan = meta["video"]
+    model = W.load_deterministic_weights(build_sam2("tiny_sam2_test"), meta["memory"]["weight_seed"])
+    predictor = Predictor(model, device="cpu", precision="fp32")
+    frames = _video_frames(meta)
+    rc = lambda xy: [[y, x] for x, y in xy]  # noqa: E731  (x, y) pixels -> napari (row, col)
+    first = propagate_object(predictor, frames, plan["seed_frame"], points=rc(plan["seed_points"]),
+                             labels=plan["seed_labels"], direction="both")
+    corrected = propagate_object(predictor, frames, plan["correction_frame"], points=rc(plan["correction_points"]),
+                                 labels=plan["correction_labels"], previous=first)
+    return first, corrected
+
+
+def _expected_mask(arrays, meta, pass_name: str, frame: int) -> np.ndarray:
+    shape = tuple(meta["video"]["frame_shape"])
+    bits = np.unpackbits(arrays[f"video/{pass_name}/{frame}/mask_packed"], count=shape[0] * shape[1])
+    return bits.reshape(shape).astype(bool)
+
+
+def test_propagation_matches_metas_video_predictor_frame_by_frame(golden, video):
+    meta, _ = golden
+    with np.load(GOLDEN.with_suffix(".npz")) as data:
+        arrays = {key: data[key] for key in data.files if key.startswith("video/")}
+    first, corrected = video
+    passes = meta["video"]["passes"]
+    checks = [(first, "forward", f) for f in passes["forward"]] + [(first, "backward", f) for f in passes["backward"]]
+    checks += [(corrected, "corrected", f) for f in passes["corrected"]]
+    checks += [(corrected, "backward", f) for f in passes["backward"] if f < meta["video"]["seed_frame"]]  # kept
+    for result, pass_name, frame in checks:
+        expected = _expected_mask(arrays, meta, pass_name, frame)
+        ours = result.plane_mask(frame)
+        union = np.logical_or(ours, expected).sum()
+        iou = 1.0 if union == 0 else np.logical_and(ours, expected).sum() / union
+        assert iou >= 0.99, f"{pass_name} frame {frame}: IoU {iou:.4f}"
+        present = arrays[f"video/{pass_name}/{frame}/object_score_logits"][0, 0] > 0
+        assert np.isfinite(result.scores[frame]) == present, f"{pass_name} frame {frame}: occlusion decision"
+
+
+def test_object_pointers_match_metas_after_the_correction(golden, video):
+    meta, _ = golden
+    with np.load(GOLDEN.with_suffix(".npz")) as data:
+        arrays = {key: data[key] for key in data.files if key.startswith("video/corrected/")}
+    _, corrected = video
+    tracker = corrected.extras["sam2_memory"]
+    for frame in meta["video"]["passes"]["corrected"]:
+        state = tracker.conditioning.get(frame) or tracker.tracked[frame]
+        _close(state.object_pointer, arrays[f"video/corrected/{frame}/obj_ptr"], f"frame {frame} object pointer")
+    assert sorted(tracker.conditioning) == [meta["video"]["seed_frame"], meta["video"]["correction_frame"]]

@@ -66,7 +66,9 @@ class PropagationResult:
     """The object in every plane it reaches.
 
     ``mask``: the volume's spatial shape, bool; ``scores``: (n_planes,) float, NaN where the
-    object is absent; ``seed_plane`` and ``axis`` as propagated.
+    object is absent; ``seed_plane`` and ``axis`` as propagated; ``extras``: ``spacing``, the
+    ``recipe`` used and the ``embeddings`` (a ``StackEmbeddings``: pass it as ``cache=`` to a
+    re-propagation so no plane is encoded again).
     """
 
     mask: np.ndarray
@@ -158,8 +160,9 @@ def iter_propagation(
         (low, high) mapped to 0-255 in every plane (e.g. a CT window); default one range
         sampled from the whole volume.
     spacing
-        Physical size of a voxel along the three spatial axes (default isotropic): recorded
-        in the result, and scales ``min_area`` from the seed plane to the others.
+        Physical size of a voxel along the three spatial axes (default 1, 1, 1), recorded in
+        the result's ``extras`` for measuring the object; the recipe's rules compare a plane
+        with the previous one in pixels, so they need no spacing.
     cache
         Embeddings: None (computed for this call), a
         :class:`~napari_sam.engine.volume.stack_embeddings.StackEmbeddings`, an
@@ -204,6 +207,22 @@ def iter_propagation(
     result = PropagationResult(mask, scores, seed_plane, view.axis,
                                {"spacing": spacing, "recipe": recipe, "embeddings": embeddings})
 
+    if seed_mask is None and hasattr(getattr(predictor, "model", None), "memory_attention"):  # SAM 2: its memory
+        from napari_sam.engine.volume.sam2_memory import (
+            Sam2MemoryTracker,
+            iter_memory_propagation,
+        )
+
+        tracker = previous.extras.get("sam2_memory") if previous is not None else None
+        result.extras["sam2_memory"] = tracker = tracker or Sam2MemoryTracker(predictor.model, view.n_planes)
+        steps = tuple(directions)
+        for plane_result in iter_memory_propagation(
+            predictor, embeddings, view.n_planes, seed_plane, points, labels, box, steps, (first, last), tracker
+        ):
+            _store(result, view, plane_result)
+            yield plane_result
+        return result
+
     seed = _segment_seed(predictor, embeddings, seed_plane, seed_mask, points, labels, box)
     seed_result = PlaneResult(seed.plane, seed.mask, seed.score)
     _store(result, view, seed_result)
@@ -223,7 +242,24 @@ def iter_propagation(
     return result
 
 
-def propagate_object(predictor: Any, volume: Any, seed_plane: int, **kwargs: Any) -> PropagationResult:
+def propagate_object(
+    predictor: Any,
+    volume: Any,
+    seed_plane: int,
+    *,
+    points: Any = None,
+    labels: Any = None,
+    box: Any = None,
+    seed_mask: Any = None,
+    axis: int = 0,
+    direction: str = "both",
+    z_range: tuple[int, int] | None = None,
+    previous: PropagationResult | None = None,
+    intensity_range: tuple | None = None,
+    spacing: Any = None,
+    cache: Any = None,
+    **options: Any,
+) -> PropagationResult:
     """Propagate one object from ``seed_plane`` through the volume; see :func:`iter_propagation`.
 
     Parameters
@@ -234,10 +270,10 @@ def propagate_object(predictor: Any, volume: Any, seed_plane: int, **kwargs: Any
         (Z, Y, X) or (Z, Y, X, C<=4) array-like.
     seed_plane
         Index along ``axis`` of the plane the prompts belong to.
-    **kwargs
-        ``points``, ``labels``, ``box``, ``seed_mask``, ``axis``, ``direction``, ``z_range``,
-        ``previous``, ``intensity_range``, ``spacing``, ``cache`` and recipe options, as in
-        :func:`iter_propagation`.
+    points, labels, box, seed_mask, axis, direction, z_range, previous, intensity_range, spacing, cache
+        As in :func:`iter_propagation`.
+    **options
+        Recipe settings (:class:`~napari_sam.engine.volume.recipe.PropagationOptions`).
 
     Returns
     -------
@@ -249,7 +285,11 @@ def propagate_object(predictor: Any, volume: Any, seed_plane: int, **kwargs: Any
     InputError
         As :func:`iter_propagation`.
     """
-    steps = iter_propagation(predictor, volume, seed_plane, **kwargs)
+    steps = iter_propagation(
+        predictor, volume, seed_plane, points=points, labels=labels, box=box, seed_mask=seed_mask, axis=axis,
+        direction=direction, z_range=z_range, previous=previous, intensity_range=intensity_range,
+        spacing=spacing, cache=cache, **options,
+    )
     while True:
         try:
             next(steps)
@@ -317,7 +357,7 @@ def _directions(direction: str, previous: PropagationResult | None, seed_plane: 
     if previous is None or seed_plane == previous.seed_plane:
         return wanted
     away = 1 if seed_plane > previous.seed_plane else -1
-    return [away]
+    return [away] if away in wanted else []
 
 
 def _keep_previous(previous: PropagationResult, mask, scores, view: VolumeView, seed_plane: int) -> None:

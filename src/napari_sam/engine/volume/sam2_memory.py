@@ -22,6 +22,7 @@ which adds the no-memory embedding of single images).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -292,23 +293,6 @@ class Sam2MemoryTracker:
         return conditioned.transpose(1, 2).reshape(batch, channels, height, width)
 
 
-def uses_memory(predictor: object) -> bool:
-    """Whether ``predictor``'s model has SAM 2's memory (then propagation uses it).
-
-    Parameters
-    ----------
-    predictor
-        A :class:`~napari_sam.engine.Predictor` or anything with a ``model``.
-
-    Returns
-    -------
-    bool
-        True for a :class:`~napari_sam.model.sam2.Sam2` model.
-    """
-    model = getattr(predictor, "model", None)
-    return callable(getattr(model, "encode_frame", None)) and hasattr(model, "memory_attention")
-
-
 def _frame_inputs(predictor, embeddings, plane: int):
     """(features without the no-memory embedding, high-res features, the plane's ImageEmbedding) on the device."""
     embedding = embeddings.get(plane)
@@ -353,7 +337,7 @@ def iter_memory_propagation(
     steps: tuple[int, ...] = (1, -1),
     bounds: tuple[int, int] | None = None,
     tracker: Sam2MemoryTracker | None = None,
-):
+) -> Iterator:
     """Propagate one object with SAM 2's memory, as Meta's video predictor does; yields each plane.
 
     The prompts segment ``seed_plane`` (a first prompt, or a correction when ``tracker`` has
@@ -385,11 +369,6 @@ def iter_memory_propagation(
     ------
     PlaneResult
         The seed plane first, then each plane computed (``score`` NaN where the object is absent).
-
-    Returns
-    -------
-    Sam2MemoryTracker
-        The tracker, holding the memory (pass it back to correct the result).
     """
     import numpy as np
 
@@ -425,4 +404,3 @@ def iter_memory_propagation(
                     state = tracker.track(plane, features, high_res, reverse=step < 0)
                 tracker.forget_outside(plane, reverse=step < 0)
             yield result(plane, state, embedding)
-    return tracker

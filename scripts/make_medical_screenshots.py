@@ -12,25 +12,15 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from make_screenshots import (  # this script's folder is on the path when it runs
+    LAPTOP,
+    _wait,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-LAPTOP = (1366, 768)
-
-
-def _wait(app, condition, timeout=120.0):
-    start = time.time()
-    while not condition():
-        app.processEvents()
-        time.sleep(0.02)
-        if time.time() - start > timeout:
-            raise TimeoutError("the work did not finish")
-    for _ in range(20):
-        app.processEvents()
-        time.sleep(0.01)
 
 
 def main() -> None:

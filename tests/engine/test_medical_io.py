@@ -157,3 +157,25 @@ def test_rescale_dtypes():
     assert rescaled(raw, 2.0, -40000.0).dtype == np.int32
     assert rescaled(raw, 0.5, 0.0).dtype == np.float32
     assert rescaled(raw, None, None) is raw
+
+
+def test_dicom_uneven_slices_per_slice_rescale_and_duplicates(ct, tmp_path):
+    import pydicom
+
+    paths = write_dicom_series(ct.image[:4], tmp_path, spacing=SPACING, slope=1.0, intercept=-1024.0)
+    # slice 3 moved 1 mm further, and stored with its own rescale (some scanners do that)
+    ds = pydicom.dcmread(paths[3])
+    ds.ImagePositionPatient = [*ds.ImagePositionPatient[:2], float(ds.ImagePositionPatient[2]) + 1.0]
+    hu = ct.image[3].astype(np.float64)
+    ds.RescaleSlope, ds.RescaleIntercept = 2.0, -2048.0
+    ds.PixelData = np.rint((hu + 2048.0) / 2.0).astype(np.uint16).tobytes()
+    ds.save_as(paths[3])
+    with pytest.warns(UserWarning, match="unevenly spaced"):
+        volume = read_dicom_series(tmp_path)
+    assert volume.data.dtype == np.float32  # per-slice rescales: one float volume
+    np.testing.assert_allclose(volume.data[:3], ct.image[:3])
+    np.testing.assert_allclose(volume.data[3], np.rint((hu + 2048.0) / 2.0) * 2.0 - 2048.0)
+    # a copy of a slice under another name: two slices at one position
+    (tmp_path / "copy.dcm").write_bytes(paths[1].read_bytes())
+    with pytest.raises(InputError, match="same position"):
+        read_dicom_series(tmp_path)

@@ -103,3 +103,15 @@ def test_reader_declines_other_files(tmp_path):
 
     assert get_reader(str(tmp_path / "notes.txt")) is None
     assert get_reader(str(tmp_path)) is None  # a folder without DICOM files
+
+
+def test_dicom_folder_through_npe2(tmp_path):
+    from napari_sam.engine.datasets.synthetic_ct import write_dicom_series
+
+    ct = synthetic_ct(shape=(5, 64, 64), n_lesions=1, seed=1)
+    write_dicom_series(ct.image, tmp_path, spacing=(3.0, 0.8, 0.8), file_names=[f"{k}" for k in (3, 1, 4, 0, 2)])
+    [(data, kwargs, kind)] = npe2.read([str(tmp_path)], stack=False, plugin_name="napari-sam")
+    assert kind == "image"
+    np.testing.assert_array_equal(data, ct.image)
+    np.testing.assert_allclose(kwargs["scale"], (3.0, 0.8, 0.8))
+    assert kwargs["metadata"][GEOMETRY_KEY]["modality"] == "CT"

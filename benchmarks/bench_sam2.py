@@ -4,9 +4,15 @@ All three run through our ``Predictor`` at the same precision (``auto`` by defau
 CPUs with native bf16, else fp32), on the same 1024-input image, with random deterministic
 weights (``tests/_weights.py``; speed does not depend on the values). Times are medians of
 ``--repeats`` runs after one warm-up; ratios are against ViT-B measured in the same run, so
-they hold on a machine shared with other work even when absolute times do not::
+they hold on a machine shared with other work even when absolute times do not.
 
-    python benchmarks/bench_sam2.py [--precision auto] [--repeats 3] [--threads 2]
+Then propagation through a stack of ``--planes`` planes with Hiera-T, embeddings computed
+beforehand (both runs use the same cache): seconds per plane with SAM 2's memory
+(``propagate_object`` with a click) against slice-by-slice prompting from the previous plane's
+mask (the same call given the seed plane's mask, which takes the recipe of
+``engine/volume/recipe.py``)::
+
+    python benchmarks/bench_sam2.py [--precision auto] [--repeats 3] [--threads 2] [--planes 6]
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--size", type=int, default=1024, help="side of the square test image")
+    parser.add_argument("--planes", type=int, default=6, help="planes of the propagation stack (0: skip)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -79,6 +86,44 @@ def main(argv: list[str] | None = None) -> None:
           f"ratios: {MODELS[0]} time / model time (higher is faster)")
     for name, (set_image, predict, _) in results.items():
         print(f"{name:<20} set_image x{base_set / set_image:5.2f}   predict x{base_predict / predict:5.2f}")
+    if args.planes:
+        bench_propagation(build(MODELS[-1], weights), weights, args)
+
+
+def bench_propagation(model: torch.nn.Module, weights, args) -> None:
+    """Seconds per plane: SAM 2's memory vs slice-by-slice prompting, the same embeddings cached for both."""
+    from napari_sam.engine import Predictor
+    from napari_sam.engine.volume.propagate import iter_propagation
+
+    predictor = Predictor(model, device="cpu", precision=args.precision)
+    big = weights.synthetic_cells_image(256 + 4 * args.planes, 256 + 4 * args.planes, seed=11)
+    stack = np.stack([big[4 * t : 4 * t + 256, 4 * t : 4 * t + 256] for t in range(args.planes)])
+    seed, click = args.planes // 2, {"points": [[128.0, 128.0]], "labels": [1]}
+
+    def run(**prompt) -> tuple[float, int, object]:
+        start = time.perf_counter()
+        steps = iter_propagation(predictor, stack, seed, cache=cache, **prompt)
+        planes = 0
+        while True:
+            try:
+                next(steps)
+                planes += 1
+            except StopIteration as stop:
+                return time.perf_counter() - start, planes, stop.value
+
+    cache = None
+    encode, _, first = run(**click)  # encodes every plane once
+    cache = first.extras["embeddings"]
+    memory, memory_planes, result = run(**click)
+    seed_mask = result.plane_mask(seed)
+    if not seed_mask.any():  # a random network may find nothing: slice-by-slice then starts from a disk
+        rows, cols = np.ogrid[:256, :256]
+        seed_mask = (rows - 128) ** 2 + (cols - 128) ** 2 < 40**2
+    recipe, recipe_planes, _ = run(seed_mask=seed_mask)
+    print(f"\npropagation, {args.planes} planes of 256x256 (first run with encoding: {encode:.1f} s)")
+    print(f"with memory      {memory / memory_planes:6.3f} s/plane ({memory_planes} planes)")
+    print(f"slice-by-slice   {recipe / recipe_planes:6.3f} s/plane ({recipe_planes} planes)")
+    print(f"ratio slice-by-slice / memory per plane: x{(recipe / recipe_planes) / (memory / memory_planes):.2f}")
 
 
 if __name__ == "__main__":

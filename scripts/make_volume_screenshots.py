@@ -70,7 +70,7 @@ def _segment_volume(app, out: Path, model: str) -> None:
     from napari_sam._napari.segment_everything_widget import SegmentEverythingWidget
     from napari_sam.engine.datasets.synthetic import synthetic_volume
 
-    volume = synthetic_volume((8, 160, 160), seed=5, z_spacing=2.0)
+    volume = synthetic_volume((6, 160, 160), seed=5, z_spacing=2.0)
     viewer = napari.Viewer(title="napari-sam")
     viewer.window.resize(*LAPTOP)
     viewer.add_image(volume.image, name="nuclei stack", scale=(2.0, 1.0, 1.0), colormap="gray")

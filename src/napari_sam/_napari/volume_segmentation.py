@@ -80,7 +80,7 @@ def volume_job(
     spacing
         (z, row, col) physical sizes (the layer's scale), for rules in physical units.
     """
-    from napari_sam.engine.volume.segment import segment_volume_steps
+    from napari_sam.engine import segment_volume_steps
 
     labels = yield from segment_volume_steps(
         loaded.model,

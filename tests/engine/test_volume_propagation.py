@@ -169,3 +169,19 @@ def test_nan_in_the_volume_is_an_input_error(stack, predictor):
     later[middle + 1, 40, 40] = np.nan  # only met when propagation reaches it
     with pytest.raises(InputError, match=f"Plane {middle + 1} along axis 0 contains NaN"):
         propagate_object(predictor, later, middle, box=bounding_box(truth[middle]), intensity_range=(0, 1.5))
+
+
+def test_an_object_lost_on_one_plane_is_bridged(stack, predictor):
+    truth, planes, middle = _inner_object(stack.labels)
+    lost = middle + 2
+    image = stack.image.copy()
+    background = float(np.median(image[lost][stack.labels[lost] == 0]))
+    image[lost][truth[lost]] = background  # the object vanishes on one plane (a thin part, a bad plane)
+    box = bounding_box(truth[middle])
+    bridged = propagate_object(predictor, image, middle, box=box, direction="forward", intensity_range=(0, 1.5))
+    assert bridged.planes.max() > lost  # found again past the gap
+    assert np.isfinite(bridged.scores[lost]) and bridged.mask[lost].any()  # the gap filled from its neighbours
+    assert (bridged.mask[lost] <= (bridged.mask[lost - 1] & bridged.mask[lost + 1])).all()
+    strict = propagate_object(predictor, image, middle, box=box, direction="forward", intensity_range=(0, 1.5),
+                              max_gap=0)
+    assert strict.planes.max() == lost - 1  # without grace it stops there

@@ -179,3 +179,17 @@ def test_dicom_uneven_slices_per_slice_rescale_and_duplicates(ct, tmp_path):
     (tmp_path / "copy.dcm").write_bytes(paths[1].read_bytes())
     with pytest.raises(InputError, match="same position"):
         read_dicom_series(tmp_path)
+
+
+def test_dicom_without_positions_warns_orders_by_instance_and_uses_spacing_1(ct, tmp_path):
+    import pydicom
+
+    paths = write_dicom_series(ct.image[:4], tmp_path, spacing=SPACING, file_names=["d", "b", "a", "c"])
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        del ds.ImagePositionPatient
+        ds.save_as(path)
+    with pytest.warns(UserWarning, match="no ImagePositionPatient.*InstanceNumber"):
+        volume = read_dicom_series(tmp_path)
+    np.testing.assert_array_equal(volume.data, ct.image[:4])
+    np.testing.assert_allclose(volume.spacing, (1.0, 0.7, 0.7))

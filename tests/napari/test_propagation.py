@@ -287,3 +287,13 @@ def test_nan_in_a_slice_reached_is_a_clear_error_and_writes_nothing(stack, stack
         propagation.start()
     assert not propagation.running
     assert labels.data.max() == 0
+
+
+def test_propagate_before_the_slice_is_embedded_says_to_wait(tiny_model):
+    viewer = ViewerModel()
+    controller, image = start(viewer, np.zeros((3, 64, 64), np.float32), tiny_model)
+    controller.embed_in_background = lambda plane: None  # as the dock's worker, still computing
+    z = controller.current_plane().index_map[0]
+    controller.add_point([z, 30, 30])
+    with pytest.raises(InputError, match="still being computed"):
+        propagation_of(controller).make_request()

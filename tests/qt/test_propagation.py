@@ -106,7 +106,8 @@ def test_click_propagate_commit_one_id_on_several_slices_one_undo_redo(make_napa
     assert set(np.unique(data[changed])) == {5}  # one new id, the next free one
     np.testing.assert_array_equal(changed, shown & (before == 0))  # the preview's pixels, nothing else
     assert sorted(np.flatnonzero((data == 5).any(axis=(1, 2)))) == found
-    assert float(((data == 5) & (stack.labels == label_id)).sum() / ((data == 5) | (stack.labels == label_id)).sum()) > MIN_IOU
+    truth = stack.labels == label_id
+    assert ((data == 5) & truth).sum() / ((data == 5) | truth).sum() > MIN_IOU
     assert PREVIEW_NAME not in viewer.layers and not panel.commit_button.enabled
 
     press(qtbot, viewer, Qt.Key.Key_Z, control=True)  # ONE undo removes every slice of it

@@ -296,18 +296,20 @@ class PropagationController:
             raise InputError(
                 f"Propagate carries one object, but this slice has {len(boxes)} boxes: keep one box (or points)."
             )
-        seed_mask = None
-        with contextlib.suppress(InputError):
-            if annotator.preview_info.n_objects == 1 and annotator._preview_plane == plane:
-                seed_mask = annotator.preview_mask() > 0
+        # the preview follows the slice shown (the annotator redraws it on every slider move)
+        seed_mask = annotator.preview_mask() > 0 if annotator.preview_info.n_objects == 1 else None
         if seed_mask is None or not seed_mask.any():
             where = annotator.describe(plane)
-            if len(boxes) or (labels == POSITIVE).any():
-                raise InputError(f"The preview on {where} is empty: add points or draw a box around the object first.")
-            raise InputError(
-                f"Nothing to propagate on {where}: click the object (or draw a box) on this slice, "
-                "then Propagate carries it through the stack."
-            )
+            if not (len(boxes) or (labels == POSITIVE).any()):
+                raise InputError(
+                    f"Nothing to propagate on {where}: click the object (or draw a box) on this slice, "
+                    "then Propagate carries it through the stack."
+                )
+            if not annotator.has_embedding(plane):
+                raise InputError(
+                    f"The embedding of {where} is still being computed: wait for the yellow preview, then Propagate."
+                )
+            raise InputError(f"The preview on {where} is empty: add points or draw a box around the object first.")
         if annotator.preview_info.candidate == 0:
             seed_mask = None  # SAM's best answer to the prompts, which the engine finds again with its logits
         previous = self._previous_for(image, axis, plane)
@@ -433,7 +435,8 @@ class PropagationController:
         self._write_preview_plane(z)
         where = self.annotator.describe(plane_at(self.request.plane, self.request.axis, z))
         found = len(self.planes_found())
-        self._set_status(f"Propagating: {where} done; the object is on {found} slice{'s' if found != 1 else ''} so far.")
+        plural = "s" if found != 1 else ""
+        self._set_status(f"Propagating: {where} done; the object is on {found} slice{plural} so far.")
 
     def finish(self, result: PropagationResult) -> None:
         """The engine's result (main thread): the preview shows exactly it."""

@@ -63,7 +63,9 @@ class PropagationPanel(QWidget):
             "check it (also in the 3D view), correct a slice if needed, then Commit."
         )
         self.cancel_button = widgets.PushButton(
-            text="Cancel", enabled=False, tooltip="Stop after the slice being computed; the slices done stay in the preview"
+            text="Cancel",
+            enabled=False,
+            tooltip="Stop after the slice being computed; the slices done stay in the preview",
         )
         self.commit_button = widgets.PushButton(
             text="Commit 3D object",

@@ -377,10 +377,15 @@ def _decode_points(
     """
     import torch
 
+    from napari_sam.engine.predict.device import autocast
+    from napari_sam.engine.predict.stage_precision import stage_dtype
+
     model = predictor.model
     decoder = model.mask_decoder
     labels = torch.ones((xy.shape[0], 1), dtype=torch.int64, device=xy.device)
-    with predictor.autocast():
+    # decoder batches may run in another precision than the encoder: the rule and its measurements
+    # are in engine/predict/stage_precision.py
+    with autocast(predictor.device, stage_dtype("decoder_batch", predictor.autocast_dtype, predictor.device)):
         sparse, dense = model.prompt_encoder(points=(xy[:, None, :], labels), boxes=None, masks=None)
         # without a mask prompt the dense embedding is the same for every prompt: pass it once,
         # so the transformer's first block projects the image once for the whole batch

@@ -113,3 +113,90 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if device.type == "cpu" and cpu_supports_bf16():
         return torch.bfloat16
     return None
+
+
+def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """A CPU copy of ``model`` whose linear layers run in int8 (dynamic quantisation); ``model`` is not changed.
+
+    Weights are quantised once per output channel group by PyTorch's dynamic
+    quantisation, activations on the fly per batch; convolutions, norms and
+    attention stay fp32. Opt-in: measured speed and mask IoU against fp32 are in
+    ``docs/performance.md`` (``benchmarks/report.py`` prints them). CPU only.
+
+    Parameters
+    ----------
+    model
+        A SAM module on the CPU.
+
+    Returns
+    -------
+    torch.nn.Module
+        The quantised copy, eval mode, with ``config`` and ``preprocessing`` carried over.
+
+    Raises
+    ------
+    InputError
+        ``model`` is not on the CPU, or this PyTorch build cannot quantise.
+    """
+    import copy
+    import warnings
+
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        raise InputError("int8 quantisation runs on the CPU only: move the model with model.to('cpu') first.")
+    try:
+        from torch.ao.quantization import quantize_dynamic
+    except ImportError as err:  # a build without the eager quantisation API
+        raise InputError(f"This PyTorch build cannot quantise to int8 ({err}); use precision 'bf16' or 'fp32'.") from err
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PyTorch points eager quantisation users to torchao
+        quantized = quantize_dynamic(copy.deepcopy(model).eval(), {torch.nn.Linear}, dtype=torch.qint8)
+    return quantized
+
+
+def compile_encoder(model: torch.nn.Module, mode: str | None = None, backend: str = "inductor") -> bool:
+    """Run ``model.image_encoder`` through ``torch.compile`` from now on, falling back to eager on failure.
+
+    Compilation happens on the first call (minutes on a small CPU; Inductor caches
+    the result on disk, so later processes start faster). If compiling or running
+    the compiled encoder raises, a warning is issued once and the eager encoder is
+    used from then on, so a platform without a working compiler only loses speed.
+
+    Parameters
+    ----------
+    model
+        A SAM module with an ``image_encoder``.
+    mode
+        ``torch.compile``'s mode (None, ``"reduce-overhead"``, ``"max-autotune"``).
+    backend
+        ``torch.compile``'s backend.
+
+    Returns
+    -------
+    bool
+        False when this PyTorch has no ``torch.compile`` (nothing changed), else True.
+    """
+    import warnings
+
+    if not hasattr(torch, "compile"):
+        return False
+    encoder = model.image_encoder
+    eager = encoder.forward  # the class's forward bound to this encoder, captured before it is replaced
+    compiled = torch.compile(eager, mode=mode, backend=backend)
+    failed = False
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        nonlocal failed
+        if not failed:
+            try:
+                return compiled(x)
+            except Exception as err:  # any compiler failure: the eager encoder computes the same thing
+                failed = True
+                warnings.warn(
+                    f"torch.compile of the image encoder failed ({type(err).__name__}: {err}); running it eagerly.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        return eager(x)
+
+    encoder.forward = forward
+    return True

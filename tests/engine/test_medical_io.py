@@ -42,6 +42,7 @@ def test_dicom_series_reads_back_hu_and_spacing(ct, tmp_path):
     np.testing.assert_allclose(volume.spacing, SPACING)
     np.testing.assert_allclose(volume.geometry.origin, (40.0, -90.0, -120.0))  # (S, P, L) of the first voxel
     assert volume.geometry.extra["modality"] == "CT"
+    assert volume.geometry.extra["image_position_patient"] == [-120.0, -90.0, 40.0]
 
 
 def test_dicom_integer_rescale_stays_int16_and_one_file_opens_its_series(ct, tmp_path):

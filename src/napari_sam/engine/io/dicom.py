@@ -223,6 +223,8 @@ def _read_series(headers: list, uid: str) -> MedicalVolume:
         series_uid=uid,
         modality=str(first.get("Modality", "")),
         series_description=str(first.get("SeriesDescription", "") or ""),
+        image_orientation_patient=[float(v) for v in orientation],
+        image_position_patient=None if positions is None else [float(v) for v in positions[0]],  # first slice
         source_path=str(Path(first.filename).parent),
     )
     return MedicalVolume(np.ascontiguousarray(geometry.to_array(voxels)), geometry)

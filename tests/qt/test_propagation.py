@@ -26,6 +26,7 @@ from napari_sam.engine.datasets.synthetic import synthetic_volume
 pytestmark = pytest.mark.gui
 RUN_TIMEOUT_MS = 120_000
 MIN_IOU = 0.5  # 3D IoU with the truth (the engine's tests hold the quality bar)
+PROPAGATE = "napari-sam:propagate"
 
 
 @pytest.fixture(scope="module")
@@ -185,3 +186,24 @@ def test_propagate_without_an_object_or_on_a_2d_image_says_why_and_writes_nothin
     assert "is 2D" in widget.status.text()
     assert any("is 2D" in str(n.message) for n in notifications)
     assert (mine.data == 2).all() and PREVIEW_NAME not in viewer.layers
+
+
+def test_the_propagate_key_is_a_napari_shortcut_that_can_be_remapped(make_napari_viewer):
+    from napari._qt.widgets.qt_keyboard_settings import ShortcutEditor
+    from napari.utils.action_manager import action_manager
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((3, 32, 32), np.float32))
+    widget = open_widget(viewer)
+    editor = ShortcutEditor()  # what Preferences > Shortcuts shows
+    assert PROPAGATE in editor.key_bindings_strs[editor.VIEWER_KEYBINDINGS]
+    editor.deleteLater()
+    assert "propagate the object through the slices" in widget.bindings_label.text()
+    previous = action_manager.unbind_shortcut(PROPAGATE)
+    try:
+        action_manager.bind_shortcut(PROPAGATE, "K")  # as Preferences > Shortcuts does
+        assert widget.propagation_panel.propagate_button.text == "Propagate (K)"
+    finally:
+        action_manager.unbind_shortcut(PROPAGATE)
+        for key in previous or ["G"]:
+            action_manager.bind_shortcut(PROPAGATE, key)

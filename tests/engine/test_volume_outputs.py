@@ -17,6 +17,7 @@ from napari_sam.engine import (
 from napari_sam.engine.automatic.params import AutomaticParams
 from napari_sam.engine.datasets.synthetic_volume import synthetic_stack
 from napari_sam.engine.io.outputs import read_output_info
+from napari_sam.engine.metrics import f1_score
 from napari_sam.engine.volume.linking import PlaneLinker, extent_filter
 from napari_sam.engine.volume.volumes import volume_view
 
@@ -65,8 +66,11 @@ def test_stack_embeddings_are_cached_on_disk_cancelled_and_resumed(predictor, st
 
 
 def test_segment_volume_writes_zarr_resumes_and_never_overwrites(predictor, stack, tmp_path):
-    whole = segment_volume(predictor, stack.image, params=FAST)
+    embeddings = StackEmbeddings(predictor, volume_view(stack.image))
+    list(embeddings.embed_steps())
+    whole = segment_volume(predictor, stack.image, params=FAST, cache=embeddings)
     assert whole.shape == stack.labels.shape and whole.max() > 0
+    assert embeddings.computed == 6  # the planes' cached embeddings served the automatic masks
     out = tmp_path / "labels.zarr"
     steps = segment_volume_steps(predictor, stack.image, out=str(out), params=FAST)
     assert [next(steps) for _ in range(3)] == [(1, 6), (2, 6), (3, 6)]
@@ -83,6 +87,18 @@ def test_segment_volume_writes_zarr_resumes_and_never_overwrites(predictor, stac
     assert done == [4, 5, 6]  # only the planes not finished before
     np.testing.assert_array_equal(np.asarray(resumed), whole)
     assert read_output_info(out)["complete"] is True
+
+
+def test_planes_larger_than_one_model_input_are_tiled_with_one_intensity_range(predictor):
+    big = synthetic_stack((3, 300, 300), seed=5, dtype=np.uint16)
+    labels = segment_volume(predictor, big.image, params=FAST, halo=32)
+    assert labels.shape == big.labels.shape
+    assert f1_score(big.labels, labels) > 0.3
+    # a plane dimmed to a tenth: one range for the volume keeps it dim (per-plane scaling would not)
+    dimmed = big.image.copy()
+    dimmed[1] = dimmed[1] // 10
+    weak = segment_volume(predictor, dimmed, params=FAST, halo=32, intensity_range=(100, 2000))
+    assert (weak[1] > 0).sum() < 0.5 * (labels[1] > 0).sum()
 
 
 def test_segment_volume_bad_input(predictor, stack):

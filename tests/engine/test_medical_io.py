@@ -194,3 +194,17 @@ def test_dicom_without_positions_warns_orders_by_instance_and_uses_spacing_1(ct,
         volume = read_dicom_series(tmp_path)
     np.testing.assert_array_equal(volume.data, ct.image[:4])
     np.testing.assert_allclose(volume.spacing, (1.0, 0.7, 0.7))
+
+
+def test_labels_of_a_dicom_scan_are_written_as_nifti_in_its_geometry(ct, tmp_path):
+    folder = tmp_path / "series"
+    folder.mkdir()
+    write_dicom_series(ct.image, folder, spacing=SPACING, origin=(-120.0, -90.0, 40.0))
+    volume = read_dicom_series(folder)
+    out = write_nifti(tmp_path / "seg.nii.gz", ct.lesions, volume.geometry)
+    saved = nib.load(out)
+    labels = np.asarray(saved.dataobj)  # NIfTI voxels (i, j, k) = (column, row, slice)
+    np.testing.assert_array_equal(labels, ct.lesions.transpose(2, 1, 0))
+    # voxel (i, j, k) lies at LPS (x0 + 0.7 i, y0 + 0.7 j, z0 + 2.5 k), i.e. RAS (-x, -y, z)
+    i, j, k = 5, 7, 3
+    np.testing.assert_allclose(saved.affine @ [i, j, k, 1], [120.0 - 0.7 * i, 90.0 - 0.7 * j, 40.0 + 2.5 * k, 1])

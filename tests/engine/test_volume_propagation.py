@@ -185,3 +185,22 @@ def test_an_object_lost_on_one_plane_is_bridged(stack, predictor):
     strict = propagate_object(predictor, image, middle, box=box, direction="forward", intensity_range=(0, 1.5),
                               max_gap=0)
     assert strict.planes.max() == lost - 1  # without grace it stops there
+
+
+def test_channels_dask_and_uint16_volumes(stack, predictor):
+    import dask.array as da
+
+    truth, planes, middle = _inner_object(stack.labels)
+    span = (middle, middle + 3)
+    reference = propagate_object(predictor, stack.image, middle, seed_mask=truth[middle], z_range=span,
+                                 intensity_range=(0, 1.5))
+    lazy = da.from_array(stack.image, chunks=(1, 64, 64))
+    from_dask = propagate_object(predictor, lazy, middle, seed_mask=truth[middle], z_range=span,
+                                 intensity_range=(0, 1.5))
+    np.testing.assert_array_equal(from_dask.mask, reference.mask)
+    two_channels = np.stack([stack.image, 0.5 * stack.image], axis=-1)  # (Z, Y, X, 2)
+    result = propagate_object(predictor, two_channels, middle, seed_mask=truth[middle], z_range=span)
+    assert result.mask.shape == stack.labels.shape and len(result.planes) == 4
+    counts = np.clip(stack.image * 1000, 0, 65535).astype(np.uint16)
+    as_uint16 = propagate_object(predictor, counts, middle, seed_mask=truth[middle], z_range=span)
+    assert mask_iou(as_uint16.mask, reference.mask) > 0.8

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from napari.layers import Labels
 
+from napari_sam._napari.medical_io import WINDOW_KEY
 from napari_sam.engine.datasets.synthetic_ct import synthetic_ct
 from napari_sam.engine.io.geometry import GEOMETRY_KEY
 
@@ -109,9 +110,12 @@ def test_dicom_folder_through_npe2(tmp_path):
     from napari_sam.engine.datasets.synthetic_ct import write_dicom_series
 
     ct = synthetic_ct(shape=(5, 64, 64), n_lesions=1, seed=1)
-    write_dicom_series(ct.image, tmp_path, spacing=(3.0, 0.8, 0.8), file_names=[f"{k}" for k in (3, 1, 4, 0, 2)])
+    write_dicom_series(ct.image, tmp_path, spacing=(3.0, 0.8, 0.8), file_names=[f"{k}" for k in (3, 1, 4, 0, 2)],
+                       window=(400, 40))
     [(data, kwargs, kind)] = npe2.read([str(tmp_path)], stack=False, plugin_name="napari-sam")
     assert kind == "image"
     np.testing.assert_array_equal(data, ct.image)
     np.testing.assert_allclose(kwargs["scale"], (3.0, 0.8, 0.8))
     assert kwargs["metadata"][GEOMETRY_KEY]["modality"] == "CT"
+    # the series' own display window (W 400, L 40) is the abdomen preset: shown, and what SAM will see
+    assert kwargs["metadata"][WINDOW_KEY] == "abdomen" and kwargs["contrast_limits"] == (-160.0, 240.0)

@@ -9,7 +9,7 @@ from qtpy.QtCore import Qt
 
 from napari_sam._napari.annotator_widget import AnnotatorWidget
 from napari_sam._napari.demo import PLUGIN, WIDGET
-from napari_sam._napari.window_picker import WINDOW_KEY
+from napari_sam._napari.medical_io import WINDOW_KEY
 from napari_sam.engine.datasets.synthetic_ct import synthetic_ct
 from napari_sam.engine.metrics import mask_iou
 
@@ -122,3 +122,16 @@ def test_segment_everything_uses_the_window(make_napari_viewer, qtbot, scan, not
     assert "0 <= low < high <= 100" in picker.summary.value and tuple(image.contrast_limits) == shown
     qtbot.keyClick(widget.window_picker.choice.native, Qt.Key.Key_Home)  # back to Automatic from the keyboard
     assert widget.window_picker.choice.value == "auto"
+
+
+def test_a_dicom_series_opens_in_its_own_window(make_napari_viewer, tmp_path):
+    from napari_sam.engine.datasets.synthetic_ct import write_dicom_series
+
+    ct = synthetic_ct(shape=(5, 64, 64), n_lesions=1, seed=1)
+    write_dicom_series(ct.image, tmp_path, window=(150, 60))  # the scanner's display window: the liver preset
+    viewer = make_napari_viewer(show=True)
+    [image] = viewer.open(str(tmp_path), plugin=PLUGIN)  # File > Open Folder
+    widget = open_annotator(viewer)
+    assert widget.window_picker.choice.value == "liver"
+    assert tuple(image.contrast_limits) == (-15.0, 135.0)
+    assert tuple(widget.controller.intensity_range()) == (-15.0, 135.0)  # SAM sees what the screen shows

@@ -18,6 +18,8 @@ from napari_sam.engine.io.geometry import GEOMETRY_KEY
 from napari_sam.engine.io.medical import is_medical_path, read_medical_volume
 
 MAX_LABEL_VALUES = 256  # an integer NIfTI with no negative values and at most this many values is labels
+WINDOW_KEY = "napari_sam_window"  # layer.metadata: the window chosen for the image (parse_window text)
+WINDOW_RANGE_KEY = f"{WINDOW_KEY}_range"  # layer.metadata: that window's (low, high), as SAM sees it
 
 
 def get_reader(path: str | list[str]):
@@ -70,8 +72,9 @@ def read_medical(path: str | list[str]) -> list[tuple]:
     Returns
     -------
     list of tuple
-        ``[(data, kwargs, "image" or "labels")]``; an image's contrast limits are the robust
-        percentiles SAM scales it with by default, so the screen shows what SAM sees.
+        ``[(data, kwargs, "image" or "labels")]``; an image's contrast limits are the window SAM
+        sees: the series' own display window when it has one (recorded as the layer's window),
+        else the robust percentiles SAM scales it with by default.
     """
     if isinstance(path, (list, tuple)):
         path = path[0]
@@ -85,9 +88,28 @@ def read_medical(path: str | list[str]) -> list[tuple]:
         return [(volume.data, kwargs, "labels")]
     from napari_sam.engine.predict.windows import parse_window, window_range
 
-    lo, hi = window_range(parse_window("auto"), volume.data) if volume.data.size else (0.0, 1.0)
+    window = _scan_window(volume.geometry.extra.get("display_window"))
+    if window is not None:  # the series' own window (DICOM WindowWidth/Center): shown, and what SAM sees
+        lo, hi = window_range(window)
+        kwargs["metadata"].update({WINDOW_KEY: window.spec(), WINDOW_RANGE_KEY: [lo, hi]})
+    else:  # the percentiles SAM scales the image with by default
+        lo, hi = window_range(parse_window("auto"), volume.data) if volume.data.size else (0.0, 1.0)
     kwargs.update(colormap="gray", contrast_limits=(lo, hi) if hi > lo else None)
     return [(volume.data, kwargs, "image")]
+
+
+def _scan_window(width_level):
+    """A recorded (width, level) as a window: the CT preset it equals, else a custom one; None if unusable."""
+    from napari_sam.engine.errors import InputError
+    from napari_sam.engine.predict.windows import CT_PRESETS, ct_window
+
+    if not width_level:
+        return None
+    preset = next((name for name, value in CT_PRESETS.items() if tuple(value) == tuple(width_level)), None)
+    try:
+        return ct_window(*width_level, name=preset or "custom")
+    except InputError:
+        return None
 
 
 def geometry_of(data: Any, meta: dict):

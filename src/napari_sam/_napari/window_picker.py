@@ -17,6 +17,7 @@ from psygnal import Signal
 from qtpy.QtWidgets import QComboBox
 
 from napari_sam._napari import planes as plane_ops
+from napari_sam._napari.medical_io import WINDOW_KEY, WINDOW_RANGE_KEY
 from napari_sam.engine.errors import InputError
 from napari_sam.engine.predict.windows import (
     AUTO,
@@ -31,7 +32,6 @@ from napari_sam.engine.predict.windows import (
     window_range,
 )
 
-WINDOW_KEY = "napari_sam_window"  # layer.metadata: the window chosen for this image (parse_window text)
 PERCENTILES, CUSTOM = "percentiles", "custom"
 
 
@@ -160,7 +160,7 @@ class WindowPicker:
             return None
         window = self.window()
         low, high = window_range(window, plane_ops.base_data(layer))
-        layer.metadata = {**layer.metadata, WINDOW_KEY: window.spec(), f"{WINDOW_KEY}_range": [low, high]}
+        layer.metadata = {**layer.metadata, WINDOW_KEY: window.spec(), WINDOW_RANGE_KEY: [low, high]}
         layer.contrast_limits_range = (min(low, layer.contrast_limits_range[0]), max(high, layer.contrast_limits_range[1]))
         layer.contrast_limits = (low, high)
         self._say(self._describe(layer))
@@ -176,13 +176,13 @@ class WindowPicker:
         pixels
             Its region or planes (any array type).
         """
-        recorded = layer.metadata.get(f"{WINDOW_KEY}_range")
+        recorded = layer.metadata.get(WINDOW_RANGE_KEY)
         if not _windowable(layer) or not recorded:
             return pixels  # never chosen: the engine's own percentile estimate
         return WindowedVolume(pixels, tuple(recorded))
 
     def _describe(self, layer) -> str:
-        recorded = layer.metadata.get(f"{WINDOW_KEY}_range")
+        recorded = layer.metadata.get(WINDOW_RANGE_KEY)
         if not _windowable(layer):
             return "RGB image: shown and segmented as it is."
         if not recorded:
@@ -224,7 +224,7 @@ def connect_annotator(picker: WindowPicker, annotator) -> None:
 
     def on_image(layer) -> None:
         picker.show_layer(layer)
-        recorded = layer.metadata.get(f"{WINDOW_KEY}_range") if layer is not None else None
+        recorded = layer.metadata.get(WINDOW_RANGE_KEY) if layer is not None else None
         if recorded and _windowable(layer):
             controller.set_intensity_range(tuple(recorded))  # a window chosen earlier (or in the other dock)
 

@@ -123,6 +123,7 @@ def write_dicom_series(
     description: str = "synthetic CT",
     file_names: list[str] | None = None,
     with_spacing: bool = True,
+    window: tuple[float, float] | None = None,
 ) -> list[Path]:
     """Write a (z, y, x) HU volume as an axial CT DICOM series, one file per plane (needs pydicom).
 
@@ -149,6 +150,8 @@ def write_dicom_series(
         One name per plane (e.g. shuffled); default ``slice_000.dcm``, ...
     with_spacing
         False leaves out PixelSpacing (to test the reader's fallback).
+    window
+        (WindowWidth, WindowCenter) to record as the series' display window, or None.
 
     Returns
     -------
@@ -187,6 +190,8 @@ def write_dicom_series(
         ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
         ds.PixelRepresentation = 1 if signed else 0
         ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        if window is not None:
+            ds.WindowWidth, ds.WindowCenter = window
         ds.PixelData = np.ascontiguousarray(plane).tobytes()
         pydicom.dcmwrite(ds.filename, ds, enforce_file_format=True)
         paths.append(Path(ds.filename))

@@ -224,6 +224,7 @@ def _read_series(headers: list, uid: str) -> MedicalVolume:
         modality=str(first.get("Modality", "")),
         series_description=str(first.get("SeriesDescription", "") or ""),
         image_orientation_patient=[float(v) for v in orientation],
+        display_window=_display_window(first),
         image_position_patient=None if positions is None else [float(v) for v in positions[0]],  # first slice
         source_path=str(Path(first.filename).parent),
     )
@@ -236,3 +237,16 @@ def _number(header, keyword: str, default: float) -> float:
         return float(value) if value is not None and value != "" else default
     except (TypeError, ValueError):
         return default
+
+
+def _display_window(header) -> list[float] | None:
+    """The series' own (WindowWidth, WindowCenter) in HU (the first of several), or None."""
+    values = []
+    for keyword in ("WindowWidth", "WindowCenter"):
+        value = header.get(keyword)
+        value = value[0] if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else value
+        try:
+            values.append(float(value))
+        except (TypeError, ValueError):
+            return None
+    return values if values[0] > 0 and all(np.isfinite(values)) else None

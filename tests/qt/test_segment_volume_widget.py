@@ -2,7 +2,7 @@
 
 The widget is docked through the manifest, the trained tiny model chosen as a checkpoint
 file, the box ticked, Run clicked; the test waits for Run to be enabled again. Under Xvfb:
-    xvfb-run -a -s "-screen 0 1280x1024x24" python -m pytest tests/qt/test_segment_volume.py
+    xvfb-run -a -s "-screen 0 1280x1024x24" python -m pytest tests/qt/test_segment_volume_widget.py
 """
 
 from __future__ import annotations

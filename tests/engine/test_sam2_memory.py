@@ -161,3 +161,32 @@ def test_object_pointers_match_metas_after_the_correction(golden, video):
         state = tracker.conditioning.get(frame) or tracker.tracked[frame]
         _close(state.object_pointer, arrays[f"video/corrected/{frame}/obj_ptr"], f"frame {frame} object pointer")
     assert sorted(tracker.conditioning) == [meta["video"]["seed_frame"], meta["video"]["correction_frame"]]
+
+
+def test_memory_stays_bounded_on_a_long_stack_without_changing_the_result(monkeypatch):
+    from dataclasses import replace
+
+    from napari_sam.engine import Predictor, propagate_object
+    from napari_sam.engine.volume.sam2_memory import Sam2MemoryTracker
+    from napari_sam.model.config import TINY_SAM2
+
+    # short memory and pointer windows, so a 12-plane stack is already "long"
+    config = replace(TINY_SAM2, name="tiny_sam2_short_memory", num_maskmem=3, max_obj_ptrs_in_encoder=4)
+    model = W.load_deterministic_weights(build_sam2(config), seed=7)
+    predictor = Predictor(model, device="cpu", precision="fp32")
+    planes = 12
+    big = W.synthetic_cells_image(64 + planes, 64, seed=9)
+    stack = np.stack([big[t : t + 64] for t in range(planes)])
+    bounded = propagate_object(predictor, stack, 0, points=[[32.0, 32.0]], labels=[1], direction="forward")
+    tracker = bounded.extras["sam2_memory"]
+    reach = max(config.num_maskmem - 1, config.max_obj_ptrs_in_encoder - 1)
+    last = planes - 1
+    assert sorted(tracker.tracked) == [*range(1, reach + 1), *range(last + 1 - reach, last + 1)]  # not all 11
+    assert all(state.memory.dtype == torch.bfloat16 for state in tracker.tracked.values())
+
+    monkeypatch.setattr(Sam2MemoryTracker, "forget_outside", lambda self, frame, reverse=False: None)
+    unbounded = propagate_object(predictor, stack, 0, points=[[32.0, 32.0]], labels=[1], direction="forward",
+                                 cache=bounded.extras["embeddings"])
+    assert len(unbounded.extras["sam2_memory"].tracked) == last
+    np.testing.assert_array_equal(bounded.mask, unbounded.mask)
+    np.testing.assert_array_equal(np.isfinite(bounded.scores), np.isfinite(unbounded.scores))

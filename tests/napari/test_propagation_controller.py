@@ -35,7 +35,7 @@ TRAINED_MODEL = Path(__file__).parents[1] / "data" / "tiny_sam_synthetic.pt"  # 
 
 @pytest.fixture(scope="module")
 def stack():
-    return synthetic_volume((10, 128, 128), seed=5, z_spacing=2.0)
+    return synthetic_volume((8, 128, 128), seed=5, z_spacing=2.0)
 
 
 @pytest.fixture(scope="module")

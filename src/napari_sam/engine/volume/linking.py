@@ -3,7 +3,7 @@
 The rule, plane by plane along the axis:
 
 * An object of plane k continues an object seen on one of the last ``max_gap + 1`` planes when
-  their masks overlap with IoU >= ``min_iou`` (projected onto the plane: the same pixels).
+  their masks overlap with IoU >= ``min_iou`` (default 0.3; the same pixels in both planes).
 * Matching is one-to-one, greedy by IoU (highest first), preferring the most recent plane.
   **Split** (one object above, two below): the piece with the larger IoU keeps the id, the
   other starts a new object. **Merge** (two above, one below): the object below continues the
@@ -38,15 +38,16 @@ class PlaneLinker:
     Parameters
     ----------
     min_iou
-        Least IoU for an object to continue one from a previous plane.
+        Least IoU for an object to continue one from a previous plane (default in
+        ``segment.LinkOptions``, the one source of the linking defaults).
     max_gap
         Planes an object may be missing and still continue.
     next_id
         The first id handed out.
     """
 
-    min_iou: float = 0.3
-    max_gap: int = 1
+    min_iou: float
+    max_gap: int
     next_id: int = 1
     active: dict[int, _Active] = field(default_factory=dict)
 

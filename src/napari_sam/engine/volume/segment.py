@@ -181,17 +181,10 @@ def segment_volume(
         Not a volume, a bad axis or setting, NaN in a plane, or an output that exists (without
         ``overwrite`` / ``resume``), overlaps the input, or holds another run.
     """
-    steps = segment_volume_steps(model_or_predictor, volume, axis, out, **options)
-    try:
-        while True:
-            try:
-                done, total = next(steps)
-            except StopIteration as stop:
-                return stop.value
-            if progress is not None:
-                progress(done, total)
-    finally:
-        steps.close()
+    from napari_sam.engine.automatic.segment import run_steps
+
+    # run_steps drives the generator, reports progress and closes it on any interruption
+    return run_steps(segment_volume_steps(model_or_predictor, volume, axis, out, **options), progress)
 
 
 # ----------------------------------------------------------------------------- pieces

@@ -350,7 +350,13 @@ class PropagationController:
     # =============================================================== run
     def start(self, direction: str | None = None) -> None:
         """Propagate from the plane shown: in the background when the dock set ``run_in_background``."""
-        request = self.make_request(direction)
+        self.run(self.make_request(direction))
+
+    def run(self, request: PropagationRequest) -> None:
+        """Run ``request`` (from :meth:`make_request`, its options adjusted if need be, e.g. ``z_range``).
+
+        In the background when the dock set ``run_in_background``, else here and now.
+        """
         self.begin(request)
         if self.run_in_background is not None:
             self.run_in_background(request)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -327,13 +328,13 @@ def _prompt_tensors(points, labels, box, embedding, size: int, device) -> tuple[
 
 
 def iter_memory_propagation(
-    predictor,
-    embeddings,
+    predictor: Any,
+    embeddings: Any,
     num_planes: int,
     seed_plane: int,
-    points=None,
-    labels=None,
-    box=None,
+    points: Any = None,
+    labels: Any = None,
+    box: Any = None,
     steps: tuple[int, ...] = (1, -1),
     bounds: tuple[int, int] | None = None,
     tracker: Sam2MemoryTracker | None = None,

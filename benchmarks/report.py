@@ -67,11 +67,6 @@ def _golden_tools():
     return _load_by_path("_report_make_golden", REPO / "tools" / "make_golden.py")
 
 
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
-
-
 @dataclass
 class Row:
     stage: str
@@ -172,6 +167,8 @@ def our_predictor(model, device, precision: str):
 
 def bench_set_image_and_predict(name: str, image: np.ndarray, device, args, rows: list[Row]) -> None:
     import torch
+
+    from napari_sam.engine.metrics import mask_iou
 
     why_not = None if args.no_reference else reference_available(name)
     with_reference = not args.no_reference and why_not is None

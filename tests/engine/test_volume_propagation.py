@@ -204,3 +204,45 @@ def test_channels_dask_and_uint16_volumes(stack, predictor):
     counts = np.clip(stack.image * 1000, 0, 65535).astype(np.uint16)
     as_uint16 = propagate_object(predictor, counts, middle, seed_mask=truth[middle], z_range=span)
     assert mask_iou(as_uint16.mask, reference.mask) > 0.8
+
+
+def test_propagation_stops_where_the_object_ends_and_does_not_jump_to_its_neighbour(predictor):
+    from scipy import ndimage
+
+    from napari_sam.engine import StackEmbeddings
+    from napari_sam.engine.datasets.synthetic import synthetic_image
+    from napari_sam.engine.volume.volumes import volume_view
+
+    sample = synthetic_image((256, 256), seed=0)
+    labels = sample.labels
+    volume = np.repeat(sample.image[None], 16, axis=0)
+    background = float(np.median(sample.image[labels == 0]))
+    touching = []
+    for a in range(1, labels.max() + 1):
+        ring = ndimage.binary_dilation(labels == a, iterations=2) & (labels != a) & (labels > 0)
+        if ring.sum() > 10:
+            touching.append((a, int(np.bincount(labels[ring]).argmax())))
+    ends = touching[:3]
+    for a, _ in ends:
+        volume[8:, labels == a] = background  # a ends after plane 7; its neighbour b goes on to plane 15
+    embeddings = StackEmbeddings(predictor, volume_view(volume, intensity_range=(0, 1.5)))
+    for a, b in ends:
+        result = propagate_object(predictor, volume, 4, box=bounding_box(labels == a), cache=embeddings)
+        assert result.planes.min() == 0 and result.planes.max() == 7, (a, result.planes)
+        assert not result.mask[8:].any()  # no jump to the neighbour that continues
+        areas = result.mask.sum(axis=(1, 2))[:8]
+        assert areas.max() <= 1.3 * areas[4]  # no growth toward the end
+
+
+def test_cached_stack_embeddings_bring_their_intensity_range(stack, predictor):
+    from napari_sam.engine import StackEmbeddings
+    from napari_sam.engine.volume.volumes import volume_view
+
+    truth, planes, middle = _inner_object(stack.labels)
+    embeddings = StackEmbeddings(predictor, volume_view(stack.image, intensity_range=(0, 1.5)))
+    result = propagate_object(predictor, stack.image, middle, seed_mask=truth[middle], z_range=(middle, middle + 1),
+                              cache=embeddings)
+    assert result.extras["embeddings"] is embeddings and embeddings.computed == 2
+    with pytest.raises(InputError, match="intensity range"):
+        propagate_object(predictor, stack.image, middle, seed_mask=truth[middle], cache=embeddings,
+                         intensity_range=(0, 3.0))

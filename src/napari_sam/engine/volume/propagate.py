@@ -34,7 +34,7 @@ from napari_sam.engine.volume.recipe import (
     iou,
     largest_component,
 )
-from napari_sam.engine.volume.stack_embeddings import stack_embeddings
+from napari_sam.engine.volume.stack_embeddings import range_of, stack_embeddings
 from napari_sam.engine.volume.volumes import VolumeView, check_plane, volume_view
 
 DIRECTIONS = ("both", "forward", "backward")
@@ -189,7 +189,7 @@ def iter_propagation(
         unknown option; all checked before anything is computed except NaN in a later plane.
     """
     recipe = PropagationOptions.from_options(options)
-    view = volume_view(volume, axis, intensity_range)
+    view = volume_view(volume, axis, range_of(cache, intensity_range))
     seed_plane = check_plane(seed_plane, view.n_planes, view.axis)
     first, last = _checked_range(z_range, view, seed_plane)
     if direction not in DIRECTIONS:

@@ -26,7 +26,11 @@ from napari_sam.engine.automatic.params import AutomaticParams
 from napari_sam.engine.errors import InputError
 from napari_sam.engine.io.outputs import open_output, plan_output
 from napari_sam.engine.volume.linking import PlaneLinker, extent_filter
-from napari_sam.engine.volume.stack_embeddings import StackEmbeddings, stack_embeddings
+from napari_sam.engine.volume.stack_embeddings import (
+    StackEmbeddings,
+    range_of,
+    stack_embeddings,
+)
 from napari_sam.engine.volume.volumes import VolumeView, volume_view
 
 RUN_FORMAT = "napari-sam-volume"
@@ -107,7 +111,7 @@ def segment_volume_steps(
     params.validate()
     links = LinkOptions(min_iou, max_gap, min_extent)
     links.validate()
-    view = volume_view(volume, axis, intensity_range)
+    view = volume_view(volume, axis, range_of(cache, intensity_range))
     spacing = _checked_spacing(spacing)
     plan = plan_output(out, view.shape, image=volume, overwrite=overwrite, resume=resume)
     predictor = _predictor(model_or_predictor, device, precision)

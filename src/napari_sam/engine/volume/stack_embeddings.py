@@ -22,6 +22,8 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from napari_sam.engine.errors import InputError
 from napari_sam.engine.predict.embedding_cache import EmbeddingCache
 from napari_sam.engine.volume.volumes import VolumeView, check_plane
@@ -171,6 +173,37 @@ class StackEmbeddings:
         return encoded
 
 
+def range_of(cache: Any, intensity_range: tuple | None) -> tuple | None:
+    """The intensity range to use with ``cache``: the one given, else a ``StackEmbeddings``' own.
+
+    Parameters
+    ----------
+    cache
+        What the caller passed as ``cache``.
+    intensity_range
+        What the caller passed as ``intensity_range`` (None: not given).
+
+    Returns
+    -------
+    tuple or None
+        ``intensity_range`` if given; the cache's range for a ``StackEmbeddings``; else None
+        (the volume's range is then sampled).
+    """
+    if intensity_range is None and isinstance(cache, StackEmbeddings):
+        return cache.view.intensity_range
+    return intensity_range
+
+
+def _same_range(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return all(np.array_equal(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)) for x, y in zip(a, b))
+
+
+def _describe(value) -> str:
+    return "None (uint8 as is)" if value is None else str(tuple(np.asarray(v).tolist() for v in value))
+
+
 def _embedding_bytes(config: Any) -> int:
     """Bytes of one float32 embedding of a model with ``config``."""
     return 4 * int(config.prompt_embed_dim) * int(config.embedding_size) ** 2
@@ -206,6 +239,12 @@ def stack_embeddings(predictor: Any, view: VolumeView, cache: Any = None) -> Sta
     if isinstance(cache, StackEmbeddings):
         if cache.view.shape != view.shape or cache.view.axis != view.axis or cache.view.data is not view.data:
             raise InputError("The stack embeddings given as cache belong to another volume or axis.")
+        if not _same_range(cache.view.intensity_range, view.intensity_range):
+            raise InputError(
+                f"The stack embeddings given as cache were computed with the intensity range "
+                f"{_describe(cache.view.intensity_range)}, not {_describe(view.intensity_range)}: pass the same "
+                "intensity_range (or none, to use theirs)."
+            )
         return cache
     if isinstance(cache, EmbeddingCache):
         return StackEmbeddings(predictor, view, cache=cache)

@@ -135,3 +135,33 @@ def test_a_dicom_series_opens_in_its_own_window(make_napari_viewer, tmp_path):
     assert widget.window_picker.choice.value == "liver"
     assert tuple(image.contrast_limits) == (-15.0, 135.0)
     assert tuple(widget.controller.intensity_range()) == (-15.0, 135.0)  # SAM sees what the screen shows
+
+
+def test_3d_box_section_segments_the_slices_in_a_worker(make_napari_viewer, qtbot, trained_model, scan):
+    from napari_sam._napari.box_range import BoxRangeSection
+    from napari_sam._napari.propagation import propagation_of
+
+    path, ct = scan
+    viewer = make_napari_viewer(show=True)
+    [image] = viewer.open(str(path), plugin=PLUGIN)
+    widget = open_annotator(viewer)
+    widget.set_model(trained_model, "medsam_vit_b", device="cpu", precision="fp32")  # box-first
+    widget.window_picker.choice.value = "liver"
+    controller = widget.controller
+    planes = np.flatnonzero((ct.lesions == 1).any(axis=(1, 2)))
+    z = int(planes[len(planes) // 2])
+    viewer.dims.set_point(0, image.data_to_world((z, 0, 0))[0])
+    rows, cols = np.nonzero(ct.lesions[z] == 1)
+    r0, c0, r1, c1 = rows.min() - 1, cols.min() - 1, rows.max() + 1, cols.max() + 1
+    controller.boxes_layer.add_rectangles(np.array([[z, r0, c0], [z, r0, c1], [z, r1, c1], [z, r1, c0]]))
+    qtbot.waitUntil(lambda: controller.preview_mask().any(), timeout=EMBED_TIMEOUT_MS)
+    [section] = widget.findChildren(BoxRangeSection)
+    section.first.value, section.last.value = int(planes[0]), int(planes[-1])
+    section.button.clicked.emit()  # as a click on 'Segment 3D box'
+    propagation = propagation_of(controller)
+    qtbot.waitUntil(lambda: not propagation.running and propagation.has_result(), timeout=EMBED_TIMEOUT_MS)
+    widget.commit()  # the commit key's action: the whole 3D box, one object
+    labels = controller.labels_layer.data > 0
+    assert labels[planes[0]: planes[-1] + 1].any(axis=(1, 2)).sum() >= len(planes) - 1
+    assert not labels[: planes[0]].any() and not labels[planes[-1] + 1:].any()
+    assert "Slices" in section.status.text()

@@ -1,9 +1,10 @@
 """MedSAM's 3D box in the annotator: a box on one slice plus a range of slices (or boxes on two slices).
 
-The object boxed on the slice shown is carried through the range by the volume propagation
-engine (``z_range``: it never leaves the range) with the annotator's intensity window and the
-scan's voxel spacing, shown as the propagation preview, and committed as one object in one undo
-step with the commit key, like any propagation (:mod:`.propagation`).
+Every slice of the range is segmented with the box (between two boxed slices, the box
+interpolated), as MedSAM was trained, with the annotator's intensity window and the scan's voxel
+spacing (:mod:`napari_sam.engine.predict.box_range`); the result is shown as the propagation
+preview and committed as one object in one undo step with the commit key, like any propagation
+(:mod:`.propagation`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from napari_sam._napari import planes as plane_ops
 from napari_sam._napari.controller import AnnotatorController
-from napari_sam._napari.propagation import propagation_axis, propagation_of
+from napari_sam._napari.propagation import plane_at, propagation_axis, propagation_of
 from napari_sam._napari.wrapping import WrappingLabel
 from napari_sam.engine.errors import InputError
 
@@ -55,11 +56,14 @@ def box_slices(annotator: AnnotatorController, axis: int) -> list[int]:
     return sorted({int(round(float(np.mean(np.asarray(box)[:, axis])))) for box in layer.data})
 
 
-def start_box_range(annotator: AnnotatorController, first: int | None = None, last: int | None = None) -> tuple[int, int]:
-    """Propagate the object boxed on the slice shown through slices ``first`` to ``last`` (inclusive).
+def start_box_range(annotator: AnnotatorController, first: int | None = None, last: int | None = None):
+    """Segment the object boxed on the slice shown on every slice from ``first`` to ``last`` (inclusive).
 
-    With boxes on exactly two slices and no range given, the range is the slices between them.
-    Runs in the background when the propagation dock set ``run_in_background``, else here.
+    Each slice gets the box (with boxes on two slices, the box interpolated between them) as
+    MedSAM expects (:func:`~napari_sam.engine.predict.box_range.iter_box_range`); the slices are
+    shown as a propagation preview and committed with the commit key. With boxes on exactly two
+    slices and no range given, the range is the slices between them. Runs in a worker when the
+    annotator's dock is there (its propagation has ``run_in_background``), else here.
 
     Parameters
     ----------
@@ -70,47 +74,88 @@ def start_box_range(annotator: AnnotatorController, first: int | None = None, la
 
     Returns
     -------
-    first, last : int
-        The range used.
+    tuple
+        ``(first, last, worker)``: the range used and the started worker (None when run here).
 
     Raises
     ------
     InputError
-        No image or model, no box on the slice shown, a range that does not contain it.
+        No image or model, no box on the slice shown, a range that does not contain the boxes.
     """
     propagation = propagation_of(annotator)
     request = propagation.make_request("both")
     if request.box is None:
         raise InputError("A 3D box starts from a box: draw one around the object on a slice of the range (R, drag).")
+    boxes = {request.seed: request.box}
+    for z in box_slices(annotator, request.axis):
+        if z != request.seed:
+            _, _, other = annotator.prompts_on_plane(plane_at(request.plane, request.axis, z))
+            if len(other) == 1:
+                boxes[z] = other[0]
     if first is None or last is None:
-        slices = box_slices(annotator, request.axis)
-        if len(slices) != 2:
+        if len(boxes) != 2:
             raise InputError(
                 f"Give the range of slices, or draw boxes on two slices (the range between them); found boxes on "
-                f"{len(slices)} slice(s)."
+                f"{len(boxes)} slice(s)."
             )
-        first, last = slices
+        first, last = min(boxes), max(boxes)
     first, last = sorted((int(first), int(last)))
     if not first <= request.seed <= last:
         raise InputError(f"The box is on slice {request.seed}, outside the range {first} to {last}: go to a slice "
                          "inside it, or change the range.")
-    request.options["z_range"] = (first, last)
+    boxes = {z: box for z, box in boxes.items() if first <= z <= last}
+    job = _job(annotator, request, boxes, (first, last))
     propagation.begin(request)
     if propagation.run_in_background is not None:
-        propagation.run_in_background(request)
-        return first, last
-    planes = propagation.job(request)()
+        return first, last, _start_worker(propagation, job)
+    planes = job()
     try:
         while True:
             try:
                 propagation.show_plane(next(planes))
-            except StopIteration as stop:  # the generator's return value is the engine's result
+            except StopIteration as stop:  # the generator's return value is the result
                 propagation.finish(stop.value)
                 break
     except BaseException:
         propagation.stopped()
         raise
-    return first, last
+    return first, last, None
+
+
+def _job(annotator: AnnotatorController, request, boxes: dict, z_range: tuple[int, int]):
+    """The generator function a worker runs: the engine's 3D box, with its own copy of the predictor."""
+    import copy
+
+    from napari_sam.engine.predict.box_range import iter_box_range
+
+    predictor = copy.copy(annotator.predictor)  # its own current embedding, the same model
+    cache = annotator.cache() if request.shares_embeddings() else None  # a 3D image: the annotator's planes
+
+    def run():
+        return (yield from iter_box_range(
+            predictor, request.volume, boxes, z_range, axis=request.volume_axis, seed_plane=request.seed,
+            intensity_range=request.options.get("intensity_range"), spacing=request.options.get("spacing"),
+            cache=cache,
+        ))
+
+    return run
+
+
+def _start_worker(propagation, job):
+    """Run ``job`` in a napari worker: each slice to the preview, the result to it at the end."""
+    from napari.qt.threading import create_worker
+
+    from napari_sam._napari.workers import guarded, original_error
+
+    def on_error(error: BaseException) -> None:
+        propagation.stopped()
+        show_error(f"3D box failed: {original_error(error)}")
+
+    worker = create_worker(guarded(job), _start_thread=False, _connect={"errored": on_error})
+    worker.yielded.connect(propagation.show_plane)
+    worker.returned.connect(propagation.finish)
+    worker.start()
+    return worker
 
 
 class BoxRangeSection(QWidget):
@@ -119,6 +164,7 @@ class BoxRangeSection(QWidget):
     def __init__(self, annotator: AnnotatorController):
         super().__init__()
         self.annotator = annotator
+        self._worker = None  # the running 3D box, kept while it runs
         self.first = widgets.SpinBox(label="From slice", min=0, max=100000,
                                      tooltip="First slice of the 3D box (the slider's index)")
         self.last = widgets.SpinBox(label="to slice", min=0, max=100000,
@@ -156,7 +202,7 @@ class BoxRangeSection(QWidget):
             slices = box_slices(annotator, axis)
             if len(slices) == 2:
                 self.first.value, self.last.value = slices
-            first, last = start_box_range(annotator, self.first.value, self.last.value)
+            first, last, self._worker = start_box_range(annotator, self.first.value, self.last.value)
         except InputError as err:
             self.status.setText(str(err))
             show_error(str(err))

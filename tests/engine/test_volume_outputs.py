@@ -11,6 +11,7 @@ import pytest
 from napari_sam.engine import (
     InputError,
     StackEmbeddings,
+    propagate_object,
     segment_volume,
     segment_volume_steps,
 )
@@ -59,6 +60,10 @@ def test_stack_embeddings_are_cached_on_disk_cancelled_and_resumed(predictor, st
     assert again.computed == 4  # read back, not recomputed
     third = StackEmbeddings(predictor, volume_view(stack.image), path=store)
     assert third.missing() == [] and list(third.embed_steps()) == [] and third.computed == 0
+    # a propagation given the store's path encodes nothing
+    seed = stack.labels[2] == np.bincount(stack.labels[2][stack.labels[2] > 0]).argmax()
+    result = propagate_object(predictor, stack.image, 2, seed_mask=seed, cache=str(store))
+    assert result.extras["embeddings"].computed == 0 and len(result.planes) >= 1
     other = stack.image.copy()
     other[0, 0, 0] += 1
     with pytest.raises(InputError, match="computed for another image or model"):

@@ -190,3 +190,21 @@ def test_memory_stays_bounded_on_a_long_stack_without_changing_the_result(monkey
     assert len(unbounded.extras["sam2_memory"].tracked) == last
     np.testing.assert_array_equal(bounded.mask, unbounded.mask)
     np.testing.assert_array_equal(np.isfinite(bounded.scores), np.isfinite(unbounded.scores))
+
+
+def test_the_prompted_plane_is_what_the_predictor_gives_for_the_same_click_or_box():
+    from napari_sam.engine import Predictor, propagate_object
+
+    model = W.load_deterministic_weights(build_sam2("tiny_sam2_test"), seed=7)
+    predictor = Predictor(model, device="cpu", precision="fp32")
+    big = W.synthetic_cells_image(70, 90, seed=4)
+    stack = np.stack([big[t : t + 60, t : t + 80] for t in range(3)])  # non-square planes: rows and cols differ
+    click, box = [[22.0, 51.0]], [10.0, 30.0, 45.0, 70.0]
+    by_click = propagate_object(predictor, stack, 1, points=click, labels=[1], direction="forward")
+    by_box = propagate_object(predictor, stack, 1, box=box, direction="forward")
+    assert by_click.plane_mask(1).any() and by_box.plane_mask(1).any()
+    predictor.set_image(stack[1])
+    masks, scores, _ = predictor.predict(points=click, labels=[1])  # one click: the best of three, as tracking picks
+    np.testing.assert_array_equal(by_click.plane_mask(1), masks[int(scores.argmax())])
+    box_mask, _, _ = predictor.predict(box=box, multimask=False)
+    np.testing.assert_array_equal(by_box.plane_mask(1), box_mask[0])

@@ -120,3 +120,19 @@ def test_a_correction_keeps_the_planes_on_the_other_side(predictor):
     back = propagate_object(predictor, stack.image, below, seed_mask=truth[below], previous=first)
     np.testing.assert_array_equal(back.mask[below + 1 :], first.mask[below + 1 :])
     assert back.planes.min() < below
+
+
+def test_an_object_coming_into_view_is_followed(predictor):
+    movie = synthetic_movie((10, 256, 256), seed=1)
+    entering = []
+    for i in range(1, movie.labels.max() + 1):
+        first = movie.labels[0] == i
+        on_border = first[0].any() or first[-1].any() or first[:, 0].any() or first[:, -1].any()
+        if on_border and (movie.labels[1] == i).sum() > 1.2 * first.sum():
+            entering.append((first.sum(), i))
+    area, i = max(entering)  # the largest object that grows as it comes into view
+    truth = movie.labels == i
+    result = propagate_object(predictor, movie.image, 0, box=bounding_box(truth[0]), direction="forward")
+    per_frame = [iou(result.mask[t], truth[t]) for t in range(10)]
+    print(f"\nobject {i} entering the view: IoU per frame " + " ".join(f"{v:.2f}" for v in per_frame))
+    assert min(per_frame) >= 0.5

@@ -498,6 +498,11 @@ def _accepted(mask: np.ndarray, score: float, previous: np.ndarray, recipe: Prop
     area = int(mask.sum())
     if area < recipe.min_area or score < recipe.min_score:
         return False
-    if area > recipe.max_growth * previous.sum():
+    # an object cut by the border may grow as it comes into view (a movie): no growth limit then
+    if area > recipe.max_growth * previous.sum() and not _touches_border(previous):
         return False
     return iou(mask, previous) >= recipe.min_overlap
+
+
+def _touches_border(mask: np.ndarray) -> bool:
+    return bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())

@@ -56,7 +56,8 @@ class PropagationOptions:
     min_overlap: float = 0.5
     """IoU with the previous plane's mask below this: the mask jumped (to a neighbour, or away)."""
     max_growth: float = 1.3
-    """Area more than this times the previous area: a leak, the object is taken to have ended."""
+    """Area more than this times the previous area: a leak, the object is taken to have ended (not
+    applied while the previous mask touches the plane's border: an object coming into view grows)."""
     min_area: int = 6
     """Masks smaller than this (pixels) mean the object has ended."""
     max_gap: int = 1

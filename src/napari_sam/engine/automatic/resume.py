@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_sam.engine.automatic.params import AutomaticParams
+from napari_sam.engine.automatic.stitching import AREA_STEP, CONVEX_ENOUGH
 from napari_sam.engine.automatic.tiling import TileGrid
 from napari_sam.engine.errors import InputError
 from napari_sam.engine.io.outputs import OutputPlan
@@ -76,7 +77,8 @@ def run_record(
     intensity_range
         The (low, high) scaling of the whole image, or None.
     same_object_overlap
-        The stitcher's same-object overlap.
+        The stitcher's same-object overlap (recorded with its rank's settings,
+        ``stitching.CONVEX_ENOUGH`` and ``AREA_STEP``).
     model
         The SAM module; recorded as
         :func:`~napari_sam.engine.predict.fingerprint.model_fingerprint`.
@@ -97,6 +99,8 @@ def run_record(
         "tile_offset": [int(v) for v in np.broadcast_to(tile_offset, (2,))],
         "params": dataclasses.asdict(params),
         "same_object_overlap": float(same_object_overlap),
+        # the stitcher's rank (rule 2): a run interrupted under another rank must not be continued with this one
+        "rank": {"convex_enough": CONVEX_ENOUGH, "area_step": AREA_STEP},
         "model": model_fingerprint(model),
     }
     return json.loads(json.dumps(record))  # tuples as lists, as they come back from the attributes

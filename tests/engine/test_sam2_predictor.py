@@ -116,3 +116,35 @@ def test_auto_precision_follows_the_same_rules_and_bf16_stays_close(sam2_model, 
     reference, reference_scores, _ = predictor.predict(box=BOX, multimask=False)
     iou = (masks & reference).sum() / max((masks | reference).sum(), 1)
     assert iou > 0.8 and abs(float(scores[0] - reference_scores[0])) < 0.1
+
+
+@pytest.mark.parametrize("name", ["no_mem_embed", "sam_mask_decoder.conv_s0.weight", "sam_mask_decoder.conv_s1.bias"])
+def test_encoder_fingerprint_covers_what_shapes_sam2_embeddings_outside_the_encoder(sam2_model, name):
+    # the embedding gets no_mem_embed added and the high-res features pass conv_s0/conv_s1: a checkpoint
+    # with the same trunk but other values there computes other embeddings, so it must not share a cache
+    import copy
+
+    from napari_sam.engine.predict.fingerprint import encoder_fingerprint
+
+    other = copy.deepcopy(sam2_model)
+    with torch.no_grad():
+        other.get_parameter(name).add_(0.5)
+    assert encoder_fingerprint(other) != encoder_fingerprint(sam2_model)
+    before = Predictor(sam2_model, device="cpu", precision="fp32").compute_embedding(IMAGE)
+    after = Predictor(other, device="cpu", precision="fp32").compute_embedding(IMAGE)
+    changed = [not torch.equal(a, b) for a, b in zip((before.features, *before.high_res_features), (after.features, *after.high_res_features))]
+    assert any(changed)  # the cached embedding really differs
+
+
+def test_encoder_fingerprint_of_sam2_still_ignores_the_rest_of_the_decoder(sam2_model):
+    import copy
+
+    from napari_sam.engine.predict.fingerprint import encoder_fingerprint
+
+    other = copy.deepcopy(sam2_model)
+    with torch.no_grad():
+        for name, parameter in other.sam_mask_decoder.named_parameters():
+            if not name.startswith(("conv_s0", "conv_s1")):
+                parameter.add_(0.5)
+        other.obj_ptr_proj.layers[0].weight.add_(0.5)
+    assert encoder_fingerprint(other) == encoder_fingerprint(sam2_model)

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 FULL_HASH_BYTES = 1 << 30  # images up to 1 GiB are hashed whole (~0.6 s); larger ones by a strided sample
 _SAMPLES_PER_TENSOR = 4096  # weights sampled per encoder tensor (a fine-tune changes nearly all of them)
 _BLOCK_BYTES = 64 << 20  # read (and copy to contiguous memory) at most this much at a time
+# Tensors outside ``image_encoder`` that SAM 2's cached embedding depends on: the no-memory embedding
+# added to the image embedding, and the decoder's 1x1 convs that make the high-res features.
+_EMBEDDING_EXTRAS = ("no_mem_embed", "sam_mask_decoder.conv_s0", "sam_mask_decoder.conv_s1")
 
 
 def _hasher():
@@ -124,6 +127,23 @@ def _input_signature(model: torch.nn.Module) -> str:
     )
 
 
+def _embedding_extras(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` of the model's tensors named in ``_EMBEDDING_EXTRAS`` (none for SAM)."""
+    import torch
+
+    for name in _EMBEDDING_EXTRAS:
+        owner, leaf = model, name
+        while "." in leaf and owner is not None:  # plain attributes: no error for a model without them
+            head, leaf = leaf.split(".", 1)
+            owner = getattr(owner, head, None)
+        target = getattr(owner, leaf, None)
+        if isinstance(target, torch.nn.Module):
+            for key, tensor in sorted(target.state_dict().items()):
+                yield f"{name}.{key}", tensor
+        elif isinstance(target, torch.Tensor):
+            yield name, target
+
+
 def encoder_fingerprint(model: torch.nn.Module) -> str:
     """A digest of what a SAM image embedding depends on: the image encoder and its input.
 
@@ -132,9 +152,11 @@ def encoder_fingerprint(model: torch.nn.Module) -> str:
     model
         A SAM-like module. Its ``image_encoder`` (the whole model if it has none)
         is fingerprinted with :func:`weights_fingerprint`, together with the input
-        size, normalisation and ``preprocessing`` of the model. The prompt encoder
-        and mask decoder are left out on purpose: embeddings stay valid for a
-        decoder-only fine-tune.
+        size, normalisation and ``preprocessing`` of the model. For SAM 2 also the
+        tensors outside the encoder that the cached embedding depends on
+        (``no_mem_embed``, the decoder's ``conv_s0`` / ``conv_s1`` making the
+        high-resolution features). The rest of the prompt encoder and mask decoder
+        is left out on purpose: embeddings stay valid for a decoder-only fine-tune.
 
     Returns
     -------
@@ -145,6 +167,9 @@ def encoder_fingerprint(model: torch.nn.Module) -> str:
     digest = _hasher()
     digest.update(_input_signature(model).encode())
     digest.update(weights_fingerprint(getattr(model, "image_encoder", model)).encode())
+    for name, tensor in _embedding_extras(model):  # nothing for SAM: its digests stay as they were
+        digest.update(repr((name, tuple(tensor.shape), str(tensor.dtype))).encode())
+        digest.update(_tensor_sample_bytes(tensor))
     return digest.hexdigest()
 
 

@@ -58,7 +58,7 @@ def test_stack_embeddings_are_cached_on_disk_cancelled_and_resumed(predictor, st
     fresh = predictor.compute_embedding(stack.image[1], view.intensity_range)
     np.testing.assert_allclose(again.get(1).features.numpy(), fresh.features.numpy(), rtol=1e-5, atol=1e-5)
     assert again.computed == 4  # read back, not recomputed
-    third = StackEmbeddings(predictor, volume_view(stack.image), path=store)
+    third = StackEmbeddings(predictor, stack.image, path=store)  # a volume is seen along axis 0
     assert third.missing() == [] and list(third.embed_steps()) == [] and third.computed == 0
     # a propagation given the store's path encodes nothing
     seed = stack.labels[2] == np.bincount(stack.labels[2][stack.labels[2] > 0]).argmax()

@@ -26,7 +26,7 @@ import numpy as np
 
 from napari_sam.engine.errors import InputError
 from napari_sam.engine.predict.embedding_cache import EmbeddingCache
-from napari_sam.engine.volume.volumes import VolumeView, check_plane
+from napari_sam.engine.volume.volumes import VolumeView, check_plane, volume_view
 
 if TYPE_CHECKING:
     from napari_sam.engine.predict.predictor import ImageEmbedding
@@ -42,7 +42,8 @@ class StackEmbeddings:
     predictor
         Computes the embeddings (``compute_embedding``, ``encoder_fingerprint``, ``config``).
     view
-        The volume, axis and intensity range (:func:`~napari_sam.engine.volume.volumes.volume_view`).
+        The volume, axis and intensity range (:func:`~napari_sam.engine.volume.volumes.volume_view`),
+        or the volume itself (then seen along ``axis`` with ``intensity_range``).
     cache
         Where embeddings live: None (a new in-memory cache; with ``path``, backed by it), or an
         existing :class:`EmbeddingCache` (e.g. the annotator's for this image), used as is.
@@ -51,6 +52,8 @@ class StackEmbeddings:
         not computed again) when it was made for the same volume, model, axis and range.
     max_bytes
         Memory budget of a new cache (default: room for 64 planes).
+    axis, intensity_range
+        For a volume given as ``view``: as in :func:`~napari_sam.engine.volume.volumes.volume_view`.
 
     Raises
     ------
@@ -62,13 +65,16 @@ class StackEmbeddings:
     def __init__(
         self,
         predictor: Any,
-        view: VolumeView,
+        view: VolumeView | Any,
         cache: EmbeddingCache | None = None,
         path: str | os.PathLike | None = None,
         max_bytes: int | None = None,
+        *,
+        axis: int = 0,
+        intensity_range: tuple | None = None,
     ):
         self.predictor = predictor
-        self.view = view
+        self.view = view if isinstance(view, VolumeView) else volume_view(view, axis, intensity_range)
         if cache is None:
             cache = EmbeddingCache(max_bytes or _IN_MEMORY_PLANES * _embedding_bytes(predictor.config))
         self.cache = cache

@@ -359,6 +359,95 @@ def record_video(model, config) -> tuple[dict, dict]:
     return arrays, {"video": plan}
 
 
+def objects_plan() -> dict:
+    """Three objects tracked together through ``video_frames``, each prompted on its own frame: a click
+    (frame 1), a box (frame 3, ``[x0, y0, x1, y1]``) and a mask (frame 2, Meta's ``add_new_mask``: an
+    ellipse at frame size); forward then backward, from the earliest prompted frame."""
+    return {"objects": [
+        {"frame": 1, "points": [[40.0, 30.0]], "labels": [1]},
+        {"frame": 3, "box": [70.0, 40.0, 120.0, 90.0]},
+        {"frame": 2, "mask_ellipse": {"center_rc": [48.0, 64.0], "radii_rc": [14.0, 20.0]}},
+    ]}
+
+
+def ellipse_mask(shape: tuple[int, int], center_rc, radii_rc) -> np.ndarray:
+    """(H, W) bool ellipse (the mask prompt of ``objects_plan``)."""
+    rows, cols = np.ogrid[: shape[0], : shape[1]]
+    return ((rows - center_rc[0]) / radii_rc[0]) ** 2 + ((cols - center_rc[1]) / radii_rc[1]) ** 2 <= 1.0
+
+
+@torch.inference_mode()
+def record_video_objects(model, config) -> tuple[dict, dict]:
+    """Both runs of ``objects_plan``: all its objects together (``objects/...``), then the mask object
+    alone (``mask_alone/...``: a seed mask propagated with memory, forward then backward from its frame)."""
+    arrays, meta = record_objects_run(model, config, objects_plan()["objects"], "objects")
+    mask_object = [obj for obj in objects_plan()["objects"] if "mask_ellipse" in obj]
+    mask_arrays, mask_meta = record_objects_run(model, config, mask_object, "mask_alone")
+    arrays.update(mask_arrays)
+    return arrays, {"objects": meta, "mask_alone": mask_meta}
+
+
+def record_objects_run(model, config, objects: list[dict], prefix: str) -> tuple[dict, dict]:
+    """Meta's ``SAM2VideoPredictor`` tracking ``objects`` (entries of ``objects_plan``) in one inference
+    state: per pass, frame and object (``<prefix>/<pass>/<frame>/<object index>``) the mask at frame size
+    (bit-packed) and the object score logit."""
+    import tempfile
+
+    from PIL import Image
+    from sam2.utils.transforms import SAM2Transforms
+
+    frames = video_frames()
+    plan = {"objects": objects}
+    with tempfile.TemporaryDirectory() as folder:
+        for t, frame in enumerate(frames):
+            Image.fromarray(frame).save(Path(folder) / f"{t:05d}.jpg")
+        state = model.init_state(folder)
+    transform = SAM2Transforms(resolution=config.img_size, mask_threshold=0.0)
+    state["images"] = torch.stack([transform(frame) for frame in frames])  # the same uint8 pixels as ours
+    state["cached_features"] = {}
+    # An object tracked on a frame before its prompted one has memory but no object pointer yet; Meta's
+    # code then hands the bf16 memory alone to the attention, which fails on CPU (on GPU autocast hides
+    # it). With pointers, torch.cat promotes the memory to fp32: do the same here (values unchanged).
+    attention_forward = model.memory_attention.forward
+
+    def forward_fp32_memory(curr, memory, *args, **kwargs):
+        return attention_forward(curr, memory.float(), *args, **kwargs)
+
+    model.memory_attention.forward = forward_fp32_memory
+    for index, obj in enumerate(plan["objects"]):
+        if "mask_ellipse" in obj:
+            mask = ellipse_mask(frames.shape[1:3], **obj["mask_ellipse"])
+            model.add_new_mask(state, frame_idx=obj["frame"], obj_id=index, mask=mask)
+        else:
+            model.add_new_points_or_box(
+                state, frame_idx=obj["frame"], obj_id=index,
+                points=None if "points" not in obj else np.array(obj["points"], np.float32),
+                labels=None if "labels" not in obj else np.array(obj["labels"]),
+                box=None if "box" not in obj else np.array(obj["box"], np.float32))
+    arrays: dict[str, np.ndarray] = {}
+    passes = {}
+    for pass_name, reverse in (("forward", False), ("backward", True)):
+        order = []
+        for frame, obj_ids, masks in model.propagate_in_video(state, reverse=reverse):
+            for obj_id in obj_ids:
+                idx = state["obj_id_to_idx"][obj_id]
+                out = state["output_dict_per_obj"][idx]
+                stored = out["cond_frame_outputs"].get(frame) or out["non_cond_frame_outputs"][frame]
+                key = f"{prefix}/{pass_name}/{frame}/{obj_id}"
+                arrays[f"{key}/mask_packed"] = np.packbits((masks[idx, 0] > 0).numpy().ravel())
+                arrays[f"{key}/object_score_logits"] = stored["object_score_logits"].float().numpy()
+            order.append(int(frame))
+        passes[pass_name] = order
+    plan["passes"] = passes
+    plan["frame_shape"] = list(frames.shape[1:3])
+    plan["foreground_fraction"] = {
+        key.removesuffix("/mask_packed"): round(float(np.unpackbits(value).mean()), 4)
+        for key, value in arrays.items() if key.endswith("mask_packed")
+    }
+    del model.memory_attention.forward  # the class's own again
+    return arrays, plan
+
+
 def make_golden(name: str) -> dict:
     from napari_sam.model.config import SAM2_CONFIGS
 
@@ -377,6 +466,11 @@ def make_golden(name: str) -> dict:
         video_arrays, video_meta = record_video(video_model, config)
         memory_arrays.update(video_arrays)
         memory_meta.update(video_meta)
+        objects_model = W.load_deterministic_weights(build_reference_sam2(config, video=True),
+                                                     plan["memory_weight_seed"])
+        objects_arrays, objects_meta = record_video_objects(objects_model, config)
+        memory_arrays.update(objects_arrays)
+        memory_meta.update(objects_meta)
     meta = {
         "format_version": FORMAT_VERSION,
         "model": name,

@@ -41,6 +41,8 @@ _LAZY = {
     "iter_propagation": "napari_sam.engine.volume.propagate",
     "PlaneResult": "napari_sam.engine.volume.propagate",
     "PropagationResult": "napari_sam.engine.volume.propagate",
+    "propagate_objects": "napari_sam.engine.volume.sam2_memory",
+    "iter_objects_propagation": "napari_sam.engine.volume.sam2_memory",
     "PropagationOptions": "napari_sam.engine.volume.recipe",
     "StackEmbeddings": "napari_sam.engine.volume.stack_embeddings",
     "segment_volume": "napari_sam.engine.volume.segment",

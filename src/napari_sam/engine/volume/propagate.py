@@ -207,7 +207,7 @@ def iter_propagation(
     result = PropagationResult(mask, scores, seed_plane, view.axis,
                                {"spacing": spacing, "recipe": recipe, "embeddings": embeddings})
 
-    if seed_mask is None and hasattr(getattr(predictor, "model", None), "memory_attention"):  # SAM 2: its memory
+    if hasattr(getattr(predictor, "model", None), "memory_attention"):  # SAM 2: its memory
         from napari_sam.engine.volume.sam2_memory import (
             Sam2MemoryTracker,
             iter_memory_propagation,
@@ -217,7 +217,8 @@ def iter_propagation(
         result.extras["sam2_memory"] = tracker = tracker or Sam2MemoryTracker(predictor.model, view.n_planes)
         steps = tuple(directions)
         for plane_result in iter_memory_propagation(
-            predictor, embeddings, view.n_planes, seed_plane, points, labels, box, steps, (first, last), tracker
+            predictor, embeddings, view.n_planes, seed_plane, points, labels, box, steps, (first, last), tracker,
+            seed_mask=seed_mask,
         ):
             _store(result, view, plane_result)
             yield plane_result

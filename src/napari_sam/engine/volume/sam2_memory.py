@@ -146,6 +146,53 @@ class Sam2MemoryTracker:
         return state
 
     @torch.inference_mode()
+    def prompt_mask(
+        self, frame: int, features: torch.Tensor, high_res: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor
+    ) -> FrameState:
+        """Take a given mask as ``frame``'s segmentation and keep it as a conditioning frame.
+
+        As Meta's ``add_new_mask``: the mask itself is the output (logits +-10, IoU 1, present
+        where it has a pixel); the decoder, given the mask as its dense prompt on the frame's
+        own features (no memory), only makes the object pointer.
+
+        Parameters
+        ----------
+        frame
+            The frame's index.
+        features, high_res
+            From :meth:`~napari_sam.model.sam2.Sam2.encode_frame`.
+        mask
+            ``(B, 1, S, S)`` binary mask in the model's input frame (0/1, any dtype).
+
+        Returns
+        -------
+        FrameState
+            The frame's result (also stored).
+        """
+        self.tracked.pop(frame, None)
+        self.conditioning.pop(frame, None)
+        model = self.model
+        mask = mask.to(features.device).float()
+        batch = mask.shape[0]
+        high = mask * _MASK_INPUT_AS_OUTPUT_SCALE + _MASK_INPUT_AS_OUTPUT_BIAS
+        low_res = F.interpolate(high, size=(high.shape[-2] // 4, high.shape[-1] // 4), mode="bilinear",
+                                align_corners=False, antialias=True)
+        coords = features.new_zeros(batch, 1, 2)  # no click: one padding point
+        labels = torch.full((batch, 1), -1, dtype=torch.int64, device=features.device)
+        sparse, dense = model.prompt_encoder(points=(coords, labels), boxes=None, masks=model.mask_downsample(mask))
+        _, _, tokens, decoder_score = model.mask_decoder(
+            features, model.prompt_encoder.get_dense_pe(), sparse, dense, False, high_res_features=high_res
+        )
+        pointer = self._absent_pointer(model.obj_ptr_proj(tokens[:, 0]), (decoder_score > 0).float())
+        appearing = mask.flatten(1).amax(dim=1, keepdim=True).gt(0).float()  # (B, 1): the mask decides presence
+        pointer = self._absent_pointer(pointer, appearing)
+        score = appearing * _MASK_INPUT_AS_OUTPUT_SCALE + _MASK_INPUT_AS_OUTPUT_BIAS
+        iou = mask.new_ones(batch)
+        state = self._remember(features, low_res.float(), iou, pointer, score, binary=True)
+        self.conditioning[frame] = self._stored(state)
+        return state
+
+    @torch.inference_mode()
     def track(
         self, frame: int, features: torch.Tensor, high_res: tuple[torch.Tensor, torch.Tensor], reverse: bool = False
     ) -> FrameState:
@@ -201,13 +248,21 @@ class Sam2MemoryTracker:
         return kept
 
     def _step(self, frame, features, high_res, points, feedback, initial: bool, reverse: bool) -> FrameState:
-        model = self.model
         conditioned = self._conditioned_features(frame, features, initial, reverse)
         low_res, iou, pointer, score = self._decode(conditioned, high_res, points, feedback, initial)
+        return self._remember(features, low_res, iou, pointer, score, binary=points is not None)
+
+    def _absent_pointer(self, pointer: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """The object pointer where ``present`` (B, 1) is 1, the learned "no object" pointer where 0."""
+        return present * pointer + (1 - present) * self.model.no_obj_ptr
+
+    def _remember(self, features, low_res, iou, pointer, score, binary: bool) -> FrameState:
+        """The frame's state with its encoded memory (from the raw frame features and the mask)."""
+        model = self.model
         size = self.config.img_size
         high = F.interpolate(low_res, size=(size, size), mode="bilinear", align_corners=False)
-        # memory of this frame: clicked masks enter binary, predicted ones as probabilities
-        mask = (high > 0).float() if points is not None else torch.sigmoid(high)
+        # memory of this frame: prompted masks enter binary, predicted ones as probabilities
+        mask = (high > 0).float() if binary else torch.sigmoid(high)
         mask = mask * _MASK_INPUT_AS_OUTPUT_SCALE + _MASK_INPUT_AS_OUTPUT_BIAS
         memory, memory_pos = model.memory_encoder(features, mask)
         absent = 1.0 - (score > 0).float()
@@ -235,9 +290,8 @@ class Sam2MemoryTracker:
         masks = torch.where(present[:, None, None], masks, _ABSENT_LOGIT).float()
         rows = torch.arange(batch, device=masks.device)
         best = ious.argmax(dim=-1) if multimask else torch.zeros(batch, dtype=torch.long, device=masks.device)
-        pointer = model.obj_ptr_proj(tokens[rows, best if tokens.shape[1] > 1 else 0])
-        weight = present.float()
-        pointer = weight * pointer + (1 - weight) * model.no_obj_ptr
+        pointer = self._absent_pointer(model.obj_ptr_proj(tokens[rows, best if tokens.shape[1] > 1 else 0]),
+                                       present.float())
         return masks[rows, best][:, None], ious[rows, best], pointer, score
 
     def _conditioned_features(self, frame: int, features: torch.Tensor, initial: bool, reverse: bool) -> torch.Tensor:
@@ -338,6 +392,7 @@ def iter_memory_propagation(
     steps: tuple[int, ...] = (1, -1),
     bounds: tuple[int, int] | None = None,
     tracker: Sam2MemoryTracker | None = None,
+    seed_mask: Any = None,
 ) -> Iterator:
     """Propagate one object with SAM 2's memory, as Meta's video predictor does; yields each plane.
 
@@ -365,32 +420,18 @@ def iter_memory_propagation(
         (first, last) planes, inclusive (default the whole volume).
     tracker
         The tracker of an earlier propagation of this object, to correct it; None starts anew.
+    seed_mask
+        (rows, cols) bool: the object on ``seed_plane`` given as a mask (Meta's ``add_new_mask``;
+        prompts are then ignored); it is the seed plane's result as given, with score 1.
 
     Yields
     ------
     PlaneResult
         The seed plane first, then each plane computed (``score`` NaN where the object is absent).
     """
-    import numpy as np
-
-    from napari_sam.engine.volume.propagate import PlaneResult
-
     first, last = bounds if bounds is not None else (0, num_planes - 1)
-    size = predictor.config.img_size
     tracker = tracker or Sam2MemoryTracker(predictor.model, num_planes)
-
-    def result(plane: int, state: FrameState, embedding) -> PlaneResult:
-        if not bool(state.present[0]):
-            return PlaneResult(plane, np.zeros(embedding.original_size, dtype=bool), float("nan"))
-        with torch.inference_mode():
-            mask = predictor.upscale_logits(state.low_res_logits.float(), embedding)[0, 0] > 0
-        return PlaneResult(plane, mask.cpu().numpy(), float(state.iou[0]))
-
-    features, high_res, embedding = _frame_inputs(predictor, embeddings, seed_plane)
-    coords, kinds = _prompt_tensors(points, labels, box, embedding, size, predictor.device)
-    with predictor.autocast():
-        state = tracker.prompt(seed_plane, features, high_res, coords, kinds)
-    yield result(seed_plane, state, embedding)
+    yield _prompt_plane(predictor, embeddings, tracker, seed_plane, points, labels, box, seed_mask)
     start = min(tracker.conditioning)
     for step in steps:
         end = last if step > 0 else first
@@ -404,4 +445,228 @@ def iter_memory_propagation(
                 with predictor.autocast():
                     state = tracker.track(plane, features, high_res, reverse=step < 0)
                 tracker.forget_outside(plane, reverse=step < 0)
-            yield result(plane, state, embedding)
+            yield _plane_result(predictor, plane, state, embedding)
+
+
+def _plane_result(predictor, plane: int, state: FrameState, embedding, index: int = 0):
+    """Object ``index`` of ``state`` as a PlaneResult at the plane's size (empty, score NaN where absent)."""
+    import numpy as np
+
+    from napari_sam.engine.volume.propagate import PlaneResult
+
+    if not bool(state.present[index]):
+        return PlaneResult(plane, np.zeros(embedding.original_size, dtype=bool), float("nan"))
+    with torch.inference_mode():
+        mask = predictor.upscale_logits(state.low_res_logits[index : index + 1].float(), embedding)[0, 0] > 0
+    return PlaneResult(plane, mask.cpu().numpy(), float(state.iou[index]))
+
+
+def _mask_input(mask, size: int, device) -> torch.Tensor:
+    """(rows, cols) bool -> (1, 1, S, S) binary in the input frame, as Meta's ``add_new_mask`` resizes it."""
+    import numpy as np
+
+    tensor = torch.as_tensor(np.asarray(mask, dtype=np.float32), device=device)[None, None]
+    if tuple(tensor.shape[-2:]) != (size, size):
+        tensor = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        tensor = (tensor >= 0.5).float()
+    return tensor
+
+
+def _prompt_plane(predictor, embeddings, tracker: Sam2MemoryTracker, plane: int, points, labels, box, mask):
+    """Segment ``plane`` from clicks / a box, or take ``mask``; the plane becomes a conditioning plane."""
+    import numpy as np
+
+    from napari_sam.engine.volume.propagate import PlaneResult
+
+    features, high_res, embedding = _frame_inputs(predictor, embeddings, plane)
+    size = predictor.config.img_size
+    with predictor.autocast():
+        if mask is not None:
+            tracker.prompt_mask(plane, features, high_res, _mask_input(mask, size, predictor.device))
+            return PlaneResult(plane, np.asarray(mask, dtype=bool), 1.0)  # the given mask, as given
+        coords, kinds = _prompt_tensors(points, labels, box, embedding, size, predictor.device)
+        state = tracker.prompt(plane, features, high_res, coords, kinds)
+    return _plane_result(predictor, plane, state, embedding)
+
+
+# ----------------------------------------------------------------------------- several objects
+
+_PROMPT_KEYS = frozenset({"plane", "points", "labels", "box", "mask"})
+
+
+def _checked_object_prompts(prompts: Any, view: Any) -> list[dict]:
+    """The objects' prompts as dicts with every key, checked before anything is computed."""
+    from napari_sam.engine.errors import InputError
+    from napari_sam.engine.volume.propagate import _checked_seed_mask
+    from napari_sam.engine.volume.volumes import check_plane
+
+    if isinstance(prompts, dict) or not hasattr(prompts, "__len__") or len(prompts) == 0:
+        raise InputError("prompts must be a list with one dict per object, e.g. [{'plane': 3, 'points': ...}].")
+    checked = []
+    for index, prompt in enumerate(prompts):
+        if not isinstance(prompt, dict) or "plane" not in prompt:
+            raise InputError(f"Object {index}: give a dict with 'plane' and 'points'/'labels', 'box' or 'mask'.")
+        unknown = set(prompt) - _PROMPT_KEYS
+        if unknown:
+            raise InputError(f"Object {index}: unknown prompt keys {sorted(unknown)}; use {sorted(_PROMPT_KEYS)}.")
+        plane = check_plane(prompt["plane"], view.n_planes, view.axis, f"object {index}'s plane")
+        points, labels, box = prompt.get("points"), prompt.get("labels"), prompt.get("box")
+        mask = _checked_seed_mask(prompt.get("mask"), view, points, labels, box)
+        checked.append({"plane": plane, "points": points, "labels": labels, "box": box, "mask": mask})
+    return checked
+
+
+def iter_objects_propagation(
+    predictor: Any,
+    volume: Any,
+    prompts: Any,
+    *,
+    axis: int = 0,
+    direction: str = "both",
+    z_range: tuple[int, int] | None = None,
+    intensity_range: tuple | None = None,
+    cache: Any = None,
+    storage_device: str | torch.device | None = None,
+) -> Iterator:
+    """Propagate several objects together with SAM 2's memory; yields ``(object, PlaneResult)`` as computed.
+
+    As Meta's ``SAM2VideoPredictor`` with several object ids: every object is segmented on its
+    own prompted plane (no memory), then all are tracked plane by plane, forward and then
+    backward, from the earliest prompted plane of any object; each object has its own memory
+    (its prompted plane conditions it even on planes before that one), and each plane is
+    read and encoded once for all objects. Objects may overlap (no exclusivity is imposed).
+
+    Parameters
+    ----------
+    predictor
+        A :class:`~napari_sam.engine.Predictor` holding a SAM 2 model.
+    volume
+        (Z, Y, X) or (Z, Y, X, C<=4) array-like.
+    prompts
+        One dict per object: ``plane`` (index along ``axis``) and ``points`` ((N, 2) (row, col))
+        with ``labels`` ((N,) 1 / 0), and/or ``box`` ((min_row, min_col, max_row, max_col)),
+        or ``mask`` ((rows, cols) bool, Meta's ``add_new_mask``: the plane's result as given).
+    axis, direction, z_range, intensity_range, cache
+        As in :func:`~napari_sam.engine.volume.propagate.iter_propagation`.
+    storage_device
+        Where the trackers keep their memory (``"cpu"`` saves GPU memory); default the model's.
+
+    Yields
+    ------
+    tuple of (int, PlaneResult)
+        The object's index in ``prompts`` and one of its planes: the prompted planes first,
+        then every plane computed.
+
+    Returns
+    -------
+    list of PropagationResult
+        One per object (``StopIteration.value``); ``seed_plane`` its prompted plane;
+        ``extras["sam2_memory"]`` its tracker, so ``propagate_object(..., previous=result)``
+        corrects one object.
+
+    Raises
+    ------
+    InputError
+        Not a SAM 2 predictor, a bad volume, axis, direction, z_range or prompt; checked first.
+    """
+    import numpy as np
+
+    from napari_sam.engine.errors import InputError
+    from napari_sam.engine.volume.propagate import (
+        DIRECTIONS,
+        PropagationResult,
+        _checked_range,
+        _store,
+    )
+    from napari_sam.engine.volume.stack_embeddings import range_of, stack_embeddings
+    from napari_sam.engine.volume.volumes import volume_view
+
+    if not hasattr(getattr(predictor, "model", None), "memory_attention"):
+        raise InputError("Propagating several objects together needs a SAM 2 model (one with a memory).")
+    if direction not in DIRECTIONS:
+        raise InputError(f"direction must be one of {DIRECTIONS}, got {direction!r}.")
+    view = volume_view(volume, axis, range_of(cache, intensity_range))
+    objects = _checked_object_prompts(prompts, view)
+    for obj in objects:  # every object's plane within z_range
+        first, last = _checked_range(z_range, view, obj["plane"])
+    embeddings = stack_embeddings(predictor, view, cache)
+
+    trackers = [Sam2MemoryTracker(predictor.model, view.n_planes, storage_device) for _ in objects]
+    results = []
+    for obj, tracker in zip(objects, trackers):
+        results.append(PropagationResult(
+            np.zeros(view.shape, dtype=bool), np.full(view.n_planes, np.nan), obj["plane"], view.axis,
+            {"spacing": (1.0, 1.0, 1.0), "embeddings": embeddings, "sam2_memory": tracker},
+        ))
+    for index, (obj, tracker) in enumerate(zip(objects, trackers)):
+        plane_result = _prompt_plane(predictor, embeddings, tracker, obj["plane"], obj["points"], obj["labels"],
+                                     obj["box"], obj["mask"])
+        _store(results[index], view, plane_result)
+        yield index, plane_result
+
+    start = min(obj["plane"] for obj in objects)
+    steps = {"both": (1, -1), "forward": (1,), "backward": (-1,)}[direction]
+    for step in steps:
+        end = last if step > 0 else first
+        for plane in range(start, end + step, step):
+            features = high_res = embedding = None
+            for index, tracker in enumerate(trackers):
+                if plane in tracker.conditioning:
+                    continue  # a prompted plane of this object: given back above
+                if features is None:  # read and encode the plane once for all objects
+                    features, high_res, embedding = _frame_inputs(predictor, embeddings, plane)
+                with predictor.autocast():
+                    state = tracker.track(plane, features, high_res, reverse=step < 0)
+                tracker.forget_outside(plane, reverse=step < 0)
+                plane_result = _plane_result(predictor, plane, state, embedding)
+                _store(results[index], view, plane_result)
+                yield index, plane_result
+    return results
+
+
+def propagate_objects(
+    predictor: Any,
+    volume: Any,
+    prompts: Any,
+    *,
+    axis: int = 0,
+    direction: str = "both",
+    z_range: tuple[int, int] | None = None,
+    intensity_range: tuple | None = None,
+    cache: Any = None,
+    storage_device: str | torch.device | None = None,
+) -> list:
+    """Propagate several objects together with SAM 2's memory; see :func:`iter_objects_propagation`.
+
+    Parameters
+    ----------
+    predictor
+        A :class:`~napari_sam.engine.Predictor` holding a SAM 2 model.
+    volume
+        (Z, Y, X) or (Z, Y, X, C<=4) array-like.
+    prompts
+        One dict per object: ``plane`` and ``points`` + ``labels``, ``box`` or ``mask``, in that
+        plane's (row, col) pixels.
+    axis, direction, z_range, intensity_range, cache, storage_device
+        As in :func:`iter_objects_propagation`.
+
+    Returns
+    -------
+    list of PropagationResult
+        One per object, in the order of ``prompts``: ``mask`` (the volume's spatial shape, bool),
+        ``scores`` (n_planes,), NaN where the object is absent.
+
+    Raises
+    ------
+    InputError
+        As :func:`iter_objects_propagation`.
+    """
+    steps = iter_objects_propagation(
+        predictor, volume, prompts, axis=axis, direction=direction, z_range=z_range,
+        intensity_range=intensity_range, cache=cache, storage_device=storage_device,
+    )
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value

@@ -441,19 +441,34 @@ def main(argv: list[str] | None = None) -> int:
     )
     image = _weights().synthetic_cells_image(1024, 1024, seed=7)
     rows: list[Row] = []
-    if "set_image" in args.stages:
-        for model_name in args.models:
-            bench_set_image_and_predict(model_name, image, device, args, rows)
-            print(f"  {model_name} set_image / predict done", flush=True)
+    shown = 0
+
+    def show_new_rows() -> None:  # progress: a long run shows its figures as they come
+        nonlocal shown
+        for row in rows[shown:]:
+            print(f"    {row.stage} | {row.model} | {row.variant} | {row.seconds:.3f} {row.unit} | {row.quality}", flush=True)
+        shown = len(rows)
+
     auto_model = args.automatic_model or args.models[0]
-    if "automatic" in args.stages:
-        bench_automatic(auto_model, image, device, args, rows)
-        print("  automatic done", flush=True)
-    if "tiled" in args.stages:
-        bench_tiled(auto_model, device, args, rows)
-        print("  tiled done", flush=True)
-    if "propagation" in args.stages:
-        bench_propagation(auto_model, device, args, rows)
+    stages = [("set_image", model_name, bench_set_image_and_predict, (model_name, image, device, args, rows))
+              for model_name in args.models]
+    stages += [
+        ("automatic", auto_model, bench_automatic, (auto_model, image, device, args, rows)),
+        ("tiled", auto_model, bench_tiled, (auto_model, device, args, rows)),
+        ("propagation", auto_model, bench_propagation, (auto_model, device, args, rows)),
+    ]
+    failed = []
+    for stage, model_name, bench, bench_args in stages:
+        if stage not in args.stages:
+            continue
+        try:
+            bench(*bench_args)
+        except Exception as err:  # one broken stage must not lose the others' figures
+            failed.append(f"{stage} {model_name}: {type(err).__name__}: {err}")
+            print(f"  {stage} {model_name} FAILED: {type(err).__name__}: {err}", flush=True)
+            continue
+        print(f"  {stage} {model_name} done", flush=True)
+        show_new_rows()
     print()
     print(markdown(rows))
     print()
@@ -462,7 +477,9 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         if row.stage == "set_image" and row.model == "vit_b" and row.variant == f"ours {'fp32' if low is None else 'bf16'}":
             print(f"ABSOLUTE: vit_b set_image at auto precision on {device}: {row.seconds:.2f} s")
-    return 0
+    for line in failed:
+        print(f"FAILED stage {line}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

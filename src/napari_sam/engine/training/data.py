@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -301,7 +301,9 @@ def _random_crop(
     return image[r : r + ch, c : c + cw], crop_labels
 
 
-def labels_to_input_frame(labels: np.ndarray, config: SamConfig) -> tuple[np.ndarray, tuple[int, int]]:
+def labels_to_input_frame(
+    labels: np.ndarray, config: SamConfig, squash: bool = False
+) -> tuple[np.ndarray, tuple[int, int]]:
     """``(H, W)`` labels -> ``(S, S)`` int64 labels in SAM's input frame (nearest neighbour, zero padding).
 
     Parameters
@@ -310,18 +312,21 @@ def labels_to_input_frame(labels: np.ndarray, config: SamConfig) -> tuple[np.nda
         ``(H, W)`` instance labels, pixel frame.
     config
         The model's configuration (``img_size`` S).
+    squash
+        Resize the whole image to S x S, aspect ratio not kept, as SAM 2 takes images
+        (no padding); False: the longest side to S, as SAM.
 
     Returns
     -------
     labels : np.ndarray
         ``(S, S)`` int64, the resized labels at the top left, 0 in the padding.
     valid_size : tuple of int
-        ``(h, w)`` of the resized labels (the longest side is S).
+        ``(h, w)`` of the resized labels (the longest side is S; both with ``squash``).
     """
     from napari_sam.engine.predict.preprocessing import resized_shape
 
     s = config.img_size
-    h, w = resized_shape(labels.shape, s)
+    h, w = (s, s) if squash else resized_shape(labels.shape, s)
     rows = np.minimum(((np.arange(h) + 0.5) * labels.shape[0] / h).astype(np.int64), labels.shape[0] - 1)
     cols = np.minimum(((np.arange(w) + 0.5) * labels.shape[1] / w).astype(np.int64), labels.shape[1] - 1)
     canvas = np.zeros((s, s), dtype=np.int64)
@@ -336,6 +341,7 @@ def prepare_sample(
     rng: np.random.Generator | None = None,
     augment: bool = False,
     crop_size: int | None = None,
+    normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> PreparedSample:
     """Turn a pair into the model's input and input-frame labels, exactly as the Predictor prepares images.
 
@@ -358,6 +364,10 @@ def prepare_sample(
     crop_size
         Take a random window of at most this many pixels per side (one that holds an
         object, when one of ten tries finds it); None or a smaller image: the whole image.
+    normalize
+        A model's own input transform (SAM 2's ``normalize_input``: ``(1, 3, H, W)`` 0-255
+        RGB -> ``(1, 3, S, S)``, the whole image squashed into the square); the labels are
+        then squashed alike. None: SAM's (longest side to S, zero padding).
 
     Returns
     -------
@@ -388,8 +398,11 @@ def prepare_sample(
     if augment:
         image, labels = _augment(image, labels, rng)
     rgb = to_uint8_rgb(np.ascontiguousarray(image), scale_range)
-    model_input = image_to_model_input(rgb, config, device)
-    input_labels, valid_size = labels_to_input_frame(np.ascontiguousarray(labels), config)
+    if normalize is not None:  # as the Predictor prepares an image for SAM 2
+        model_input = normalize(torch.from_numpy(rgb).to(device).permute(2, 0, 1)[None])
+    else:
+        model_input = image_to_model_input(rgb, config, device)
+    input_labels, valid_size = labels_to_input_frame(np.ascontiguousarray(labels), config, normalize is not None)
     return PreparedSample(model_input, torch.from_numpy(input_labels).to(device), valid_size)
 
 

@@ -153,8 +153,9 @@ class _Run:
 
         options = self.options
         indices = _step_image_indices(step, len(self.train_pairs), options.images_per_step, options.seed)
+        normalize = getattr(self.model, "normalize_input", None)  # SAM 2 brings its own input transform
         return [prepare_sample(self.train_pairs[i], self.model.config, self.device, rng, options.augment,
-                               options.crop_size) for i in indices]
+                               options.crop_size, normalize) for i in indices]
 
     def train_step(self, step: int) -> FinetuneProgress:
         """One optimizer step; stops the run (``divergence_error``) on a non-finite loss or gradient.

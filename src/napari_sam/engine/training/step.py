@@ -96,7 +96,8 @@ def _select_objects(samples: list[PreparedSample], options: FinetuneOptions, rng
     return _Targets(torch.cat(masks), torch.as_tensor(image_index, device=device), torch.cat(valid))
 
 
-def _decode_group(model, embeddings, image_index, prompts: PromptSet, rows, layout, mask_input, dense_pe):
+def _decode_group(model, embeddings, image_index, prompts: PromptSet, rows, layout, mask_input, dense_pe,
+                  high_res=None):
     """Prompt encoder + decoder for the prompt sets ``rows``, which share one ``layout`` (with_box, with_points)."""
     import torch
 
@@ -112,12 +113,18 @@ def _decode_group(model, embeddings, image_index, prompts: PromptSet, rows, layo
         # no prompt at all (cannot happen for first prompts); decode with a padding point
         points = (prompts.coords[rows][:, :1], torch.full_like(prompts.labels[rows][:, :1], PADDING))
     sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=masks)
-    return model.mask_decoder.predict_masks(
-        image_embeddings=embeddings[image_index[rows]],
-        image_pe=dense_pe,
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-    )
+    decoder, images = model.mask_decoder, image_index[rows]
+    if high_res is None:
+        return decoder.predict_masks(
+            image_embeddings=embeddings[images],
+            image_pe=dense_pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+        )
+    # SAM 2: every mask token's output, the high-resolution features joining the upscaling
+    tokens, image_out = decoder.run_transformer(embeddings[images], dense_pe, sparse, dense)
+    masks = decoder.masks_from(tokens, image_out, embeddings.shape[-2:], tuple(f[images] for f in high_res))
+    return masks, decoder.iou_from(tokens)
 
 
 def decode_groups(
@@ -126,6 +133,7 @@ def decode_groups(
     image_index: torch.Tensor,
     prompts: PromptSet,
     mask_input: torch.Tensor | None,
+    high_res_features: tuple[torch.Tensor, ...] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run prompt encoder + decoder for all M prompt sets; returns all mask tokens.
 
@@ -146,6 +154,9 @@ def decode_groups(
         The M prompt sets, input frame.
     mask_input
         ``(M, 1, L, L)`` low-res logits of the previous pass, or None.
+    high_res_features
+        SAM 2: the decoder's two high-resolution features of the step's images
+        (``(B, C/8, 4E, 4E)``, ``(B, C/4, 2E, 2E)``); None for SAM.
 
     Returns
     -------
@@ -164,7 +175,7 @@ def decode_groups(
         rows = torch.nonzero(group_key == key).flatten()
         layout = (bool(key // 2), bool(key % 2))
         results.append((rows, *_decode_group(model, embeddings, image_index, prompts, rows, layout, mask_input,
-                                             dense_pe)))
+                                             dense_pe, high_res_features)))
     m = prompts.labels.shape[0]
     _, tokens, size, _ = results[0][1].shape
     all_low_res = results[0][1].new_zeros(m, tokens, size, size)
@@ -237,14 +248,21 @@ def _correction(
     return coords, labels, chosen_low_res
 
 
-def _embed(model, samples: list[PreparedSample], options: FinetuneOptions, autocast) -> torch.Tensor:
-    """Image embeddings of the step's images (without gradients when the encoder is frozen)."""
+def _embed(model, samples: list[PreparedSample], options: FinetuneOptions, autocast):
+    """Image embeddings of the step's images and, for SAM 2, the high-res features (else None).
+
+    Without gradients when the encoder is frozen: for SAM 2 that includes what the Predictor
+    caches with the embedding (``no_mem_embed``, the decoder's ``conv_s0`` / ``conv_s1``), so a
+    decoder-only fine-tune keeps cached embeddings valid (see ``encoder_fingerprint``).
+    """
     import torch
 
     inputs = torch.cat([s.model_input for s in samples])
     grad = contextlib.nullcontext() if not options.freeze_image_encoder else torch.no_grad()
     with autocast(), grad:
-        return model.image_encoder(inputs)
+        if callable(getattr(model, "encode_image", None)):  # SAM 2: its own entry point, as the Predictor's
+            return model.encode_image(inputs)
+        return model.image_encoder(inputs), None
 
 
 def training_step_loss(
@@ -285,7 +303,7 @@ def training_step_loss(
 
     img_size = model.config.img_size
     targets = _select_objects(samples, options, rng)
-    embeddings = _embed(model, samples, options, autocast)
+    embeddings, high_res = _embed(model, samples, options, autocast)
     prompts = first_prompts(targets.masks, [samples[i].valid_size for i in targets.image_index.tolist()],
                             options, rng, generator)
     passes = 1 + options.correction_iterations
@@ -293,7 +311,7 @@ def training_step_loss(
     mask_input = None
     for iteration in range(passes):
         with autocast():
-            low_res, iou_pred = decode_groups(model, embeddings, targets.image_index, prompts, mask_input)
+            low_res, iou_pred = decode_groups(model, embeddings, targets.image_index, prompts, mask_input, high_res)
         multimask = prompts.multimask if iteration == 0 else torch.zeros_like(prompts.multimask)
         score = _score_pass(low_res.float(), iou_pred.float(), multimask, targets, options, img_size)
         mask_total, iou_total = mask_total + score.mask_loss, iou_total + score.iou_loss

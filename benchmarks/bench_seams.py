@@ -13,6 +13,7 @@ them. For each image and variant it prints:
   and the baseline it replaced (core first: ``convex_enough=None``), from the same tiles:
 * per core border (``row 128``, ``col 256``, ...): seam objects crossing it, how many
   were found (IoU >= 0.5), their recall and its ratio to the interior recall;
+* instance F1 at IoU 0.5 over the whole image (precision and recall over all images);
 * the worst border's ratio, the one the issue's bar (>= 0.95) is about;
 * for every ground-truth object that some window segmented well (IoU >= 0.5 in that
   window's own label image) but the stitched output missed: WHY it was lost -- every
@@ -246,6 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     from napari_sam.engine.automatic.params import AutomaticParams
     from napari_sam.engine.automatic.tiling import make_tile_grid
     from napari_sam.engine.datasets.synthetic import synthetic_image
+    from napari_sam.engine.metrics import match_instances
     from napari_sam.model import load_model
 
     torch.set_num_threads(args.threads)
@@ -262,6 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     for size in args.sizes:
         total: dict[str, dict[str, dict]] = {rule: {} for rule in rules}
         reasons_total = {rule: {k: {} for k in ("seam", "interior")} for rule in rules}
+        matches = {rule: [0, 0, 0] for rule in rules}  # matched, truth objects, found objects
         for k in range(args.images):
             seed = args.seed + k
             sample = synthetic_image((size, size), seed=seed, style=args.style)
@@ -273,7 +276,9 @@ def main(argv: list[str] | None = None) -> None:
             for rule, convex_enough in rules.items():
                 found = stitch(grid, tiles, convex_enough=convex_enough)
                 table = border_table(sample.labels, found, grid)
-                print(f"  {rule}:")
+                tp, n_truth, n_found = match_instances(sample.labels, found)
+                matches[rule] = [a + b for a, b in zip(matches[rule], (tp, n_truth, n_found))]
+                print(f"  {rule}: F1 {2 * tp / max(n_truth + n_found, 1):.3f} ({tp} matched, {n_found} found)")
                 print_table(table)
                 add_tables(total[rule], table)
                 reasons = loss_reasons(sample.labels, found, grid, tiles, convex_enough=convex_enough)
@@ -282,7 +287,9 @@ def main(argv: list[str] | None = None) -> None:
                         reasons_total[rule][kind][reason] = reasons_total[rule][kind].get(reason, 0) + n
         for rule in rules:
             if args.images > 1:
-                print(f"\n{size} x {size}, all {args.images} images, {rule}")
+                tp, n_truth, n_found = matches[rule]
+                print(f"\n{size} x {size}, all {args.images} images, {rule}: F1 {2 * tp / max(n_truth + n_found, 1):.3f}, "
+                      f"precision {tp / max(n_found, 1):.3f}, recall {tp / max(n_truth, 1):.3f}")
                 print_table(total[rule])
             for kind, counts in reasons_total[rule].items():
                 print(f"  {rule}: missed {kind} objects: " + ", ".join(f"{r} {n}" for r, n in counts.items()))

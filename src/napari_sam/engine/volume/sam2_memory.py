@@ -10,6 +10,11 @@ side and of up to ``max_obj_ptrs_in_encoder - 1`` tracked frames before it. This
 Meta's ``SAM2Base.track_step`` with the released sam2.1 video settings, and
 ``tests/engine/test_sam2_memory.py`` checks it against Meta's outputs.
 
+Several objects: one tracker per object (each has its own memory), driven together by
+:func:`propagate_objects` / :func:`iter_objects_propagation` as Meta's video predictor drives
+several object ids; a given mask conditions a tracker as Meta's ``add_new_mask``
+(:meth:`Sam2MemoryTracker.prompt_mask`).
+
 Memory stays bounded for long stacks: tracked frames outside the window the next frame can
 use are dropped (:meth:`Sam2MemoryTracker.forget_outside`), and ``storage_device`` (e.g.
 ``"cpu"``) keeps the banks off the GPU.

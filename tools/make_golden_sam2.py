@@ -362,12 +362,13 @@ def record_video(model, config) -> tuple[dict, dict]:
 def objects_plan() -> dict:
     """Three objects tracked together through ``video_frames``, each prompted on its own frame: a click
     (frame 1), a box (frame 3, ``[x0, y0, x1, y1]``) and a mask (frame 2, Meta's ``add_new_mask``: an
-    ellipse at frame size); forward then backward, from the earliest prompted frame."""
+    ellipse at frame size); forward then backward, from the earliest prompted frame. Then a correction
+    of the box object on frame 0 (last tracked backward) and forward again (pass ``corrected``)."""
     return {"objects": [
         {"frame": 1, "points": [[40.0, 30.0]], "labels": [1]},
         {"frame": 3, "box": [70.0, 40.0, 120.0, 90.0]},
         {"frame": 2, "mask_ellipse": {"center_rc": [48.0, 64.0], "radii_rc": [14.0, 20.0]}},
-    ]}
+    ], "correction": {"object": 1, "frame": 0, "points": [[107.0, 74.0], [20.0, 20.0]], "labels": [1, 0]}}
 
 
 def ellipse_mask(shape: tuple[int, int], center_rc, radii_rc) -> np.ndarray:
@@ -380,14 +381,17 @@ def ellipse_mask(shape: tuple[int, int], center_rc, radii_rc) -> np.ndarray:
 def record_video_objects(model, config) -> tuple[dict, dict]:
     """Both runs of ``objects_plan``: all its objects together (``objects/...``), then the mask object
     alone (``mask_alone/...``: a seed mask propagated with memory, forward then backward from its frame)."""
-    arrays, meta = record_objects_run(model, config, objects_plan()["objects"], "objects")
+    arrays, meta = record_objects_run(model, config, objects_plan()["objects"], "objects",
+                                      objects_plan()["correction"])
+    meta["correction"] = objects_plan()["correction"]
     mask_object = [obj for obj in objects_plan()["objects"] if "mask_ellipse" in obj]
     mask_arrays, mask_meta = record_objects_run(model, config, mask_object, "mask_alone")
     arrays.update(mask_arrays)
     return arrays, {"objects": meta, "mask_alone": mask_meta}
 
 
-def record_objects_run(model, config, objects: list[dict], prefix: str) -> tuple[dict, dict]:
+def record_objects_run(model, config, objects: list[dict], prefix: str, correction: dict | None = None
+                       ) -> tuple[dict, dict]:
     """Meta's ``SAM2VideoPredictor`` tracking ``objects`` (entries of ``objects_plan``) in one inference
     state: per pass, frame and object (``<prefix>/<pass>/<frame>/<object index>``) the mask at frame size
     (bit-packed) and the object score logit."""
@@ -426,7 +430,13 @@ def record_objects_run(model, config, objects: list[dict], prefix: str) -> tuple
                 box=None if "box" not in obj else np.array(obj["box"], np.float32))
     arrays: dict[str, np.ndarray] = {}
     passes = {}
-    for pass_name, reverse in (("forward", False), ("backward", True)):
+    runs = [("forward", False), ("backward", True)] + ([("corrected", False)] if correction else [])
+    for pass_name, reverse in runs:
+        if pass_name == "corrected":  # a corrected frame conditions, as ours (and record_video's) keep it
+            model.add_all_frames_to_correct_as_cond = True
+            model.add_new_points_or_box(state, frame_idx=correction["frame"], obj_id=correction["object"],
+                                        points=np.array(correction["points"], np.float32),
+                                        labels=np.array(correction["labels"]))
         order = []
         for frame, obj_ids, masks in model.propagate_in_video(state, reverse=reverse):
             for obj_id in obj_ids:

@@ -112,6 +112,31 @@ def test_three_objects_together_match_metas_video_predictor(golden, predictor, f
     assert not np.array_equal(results[0].mask, results[1].mask)
 
 
+def test_a_correction_of_one_object_repropagates_all_as_metas_video_predictor(golden, predictor, frames):
+    # Meta: a positive and a negative click on frame 0 for the box object (frame 0 was last tracked backward,
+    # so the correction looks backward too), then propagate forward from the earliest prompted frame, now 0
+    from napari_sam.engine import propagate_objects
+
+    meta, arrays = golden
+    run = meta["objects"]
+    first = propagate_objects(predictor, frames, _our_prompts(run["objects"], run["frame_shape"]))
+    correction = run["correction"]
+    prompts = [None] * len(first)
+    prompts[correction["object"]] = {"plane": correction["frame"], "points": [[y, x] for x, y in correction["points"]],
+                                     "labels": correction["labels"]}
+    corrected = propagate_objects(predictor, frames, prompts, previous=first, direction="forward")
+    corrected_run = {"frame_shape": run["frame_shape"], "passes": {"forward": run["passes"]["corrected"],
+                                                                   "backward": []}}
+    shape = tuple(run["frame_shape"])
+    prefixed = {key.replace("objects/corrected/", "objects/forward/", 1): value
+                for key, value in arrays.items() if key.startswith("objects/corrected/")}
+    _compare(corrected, corrected_run, prefixed, "objects")
+    box_object = correction["object"]
+    assert sorted(corrected[box_object].extras["sam2_memory"].conditioning) == [0, 3]
+    assert not np.array_equal(corrected[box_object].plane_mask(0), first[box_object].plane_mask(0))
+    assert shape == corrected[box_object].plane_mask(0).shape
+
+
 def test_a_seed_mask_propagates_with_memory_as_metas_add_new_mask(golden, predictor, frames):
     from napari_sam.engine import propagate_object
 
@@ -154,6 +179,7 @@ def test_objects_are_yielded_as_computed_and_each_can_be_corrected_alone(predict
         ([{"plane": 1}], "points"),
         ([{"plane": 1, "mask": np.zeros((96, 128), bool)}], "empty"),
         ([{"plane": 1, "box": [0, 0, 5, 5], "colour": "red"}], "unknown"),
+        ([None], "'plane'"),
     ],
 )
 def test_bad_prompts_are_refused_before_anything_is_computed(predictor, frames, prompts, message):
@@ -168,3 +194,23 @@ def test_several_objects_need_a_model_with_memory(tiny_model, frames):
 
     with pytest.raises(InputError, match="SAM 2"):
         propagate_objects(Predictor(tiny_model, device="cpu"), frames[..., 0], [{"plane": 0, "box": [0, 0, 9, 9]}])
+
+
+def test_prompting_a_plane_again_before_propagating_refines_it_without_memory(golden):
+    # Meta: a frame no propagation has passed over stays an initial frame (no memory), its logits fed back
+    import torch
+
+    from napari_sam.engine.volume.sam2_memory import Sam2MemoryTracker
+
+    meta, _ = golden
+    model = W.load_deterministic_weights(build_sam2("tiny_sam2_test"), meta["memory"]["weight_seed"])
+    size = model.config.img_size
+    with torch.inference_mode():
+        features, high_res = model.encode_frame(W.standard_normal((1, 3, size, size), 5))
+    tracker = Sam2MemoryTracker(model, num_frames=3)
+    click = torch.tensor([[[0.4 * size, 0.5 * size]]]), torch.tensor([[1]])
+    first = tracker.prompt(0, features, high_res, *click)
+    two = torch.tensor([[[0.4 * size, 0.5 * size], [0.8 * size, 0.2 * size]]]), torch.tensor([[1, 0]])
+    again = tracker.prompt(0, features, high_res, *two)
+    assert list(tracker.conditioning) == [0] and not tracker.tracked
+    assert not torch.allclose(again.low_res_logits, first.low_res_logits)

@@ -107,6 +107,9 @@ class Sam2MemoryTracker:
         self.storage_device = torch.device(storage_device) if storage_device is not None else None
         self.conditioning: dict[int, FrameState] = {}
         self.tracked: dict[int, FrameState] = {}
+        # frame -> whether the last pass over it went backward (Meta's frames_tracked_per_obj): a prompt
+        # on a frame never passed over is an initial one; a correction looks the way that pass went
+        self.passed: dict[int, bool] = {}
 
     # ------------------------------------------------------------------ public
     @torch.inference_mode()
@@ -120,10 +123,11 @@ class Sam2MemoryTracker:
     ) -> FrameState:
         """Segment ``frame`` from clicks and keep it as a conditioning frame.
 
-        A frame not segmented before is an initial frame: no memory is used. A frame already
-        segmented is corrected: its previous logits are fed back with the clicks and the memory
-        of the other frames is used (Meta's video predictor with ``add_all_frames_to_correct_as_cond``,
-        so that a correction is kept when propagating again).
+        A frame no propagation has passed over is an initial frame: no memory is used. A frame
+        passed over is corrected: the memory of the other frames is used, looking the way the
+        last pass over it went (Meta's video predictor with ``add_all_frames_to_correct_as_cond``,
+        so that a correction is kept when propagating again). Either way the frame's previous
+        logits, if any, are fed back with the clicks.
 
         Parameters
         ----------
@@ -144,9 +148,10 @@ class Sam2MemoryTracker:
             The frame's result (also stored).
         """
         previous = self.tracked.pop(frame, None) or self.conditioning.pop(frame, None)
-        initial = previous is None
-        feedback = None if initial else previous.low_res_logits.clamp(-_LOGIT_LIMIT, _LOGIT_LIMIT)
-        state = self._step(frame, features, high_res, (coords, labels), feedback, initial, reverse=False)
+        initial = frame not in self.passed
+        feedback = None if previous is None else previous.low_res_logits.clamp(-_LOGIT_LIMIT, _LOGIT_LIMIT)
+        reverse = self.passed.get(frame, False)
+        state = self._step(frame, features, high_res, (coords, labels), feedback, initial, reverse=reverse)
         self.conditioning[frame] = self._stored(state)
         return state
 
@@ -219,6 +224,7 @@ class Sam2MemoryTracker:
         """
         state = self._step(frame, features, high_res, None, None, initial=False, reverse=reverse)
         self.tracked[frame] = self._stored(state)
+        self.passed[frame] = reverse
         return state
 
     def forget_outside(self, frame: int, reverse: bool = False) -> None:
@@ -441,6 +447,7 @@ def iter_memory_propagation(
     for step in steps:
         end = last if step > 0 else first
         for plane in range(start, end + step, step):
+            tracker.passed[plane] = step < 0
             if plane == seed_plane:
                 continue  # already given back
             features, high_res, embedding = _frame_inputs(predictor, embeddings, plane)
@@ -499,16 +506,28 @@ def _prompt_plane(predictor, embeddings, tracker: Sam2MemoryTracker, plane: int,
 _PROMPT_KEYS = frozenset({"plane", "points", "labels", "box", "mask"})
 
 
-def _checked_object_prompts(prompts: Any, view: Any) -> list[dict]:
-    """The objects' prompts as dicts with every key, checked before anything is computed."""
+def _checked_object_prompts(prompts: Any, view: Any, previous: Any = None) -> list[dict | None]:
+    """The objects' prompts as dicts with every key (None: no new prompt, with ``previous``), checked."""
     from napari_sam.engine.errors import InputError
     from napari_sam.engine.volume.propagate import _checked_seed_mask
     from napari_sam.engine.volume.volumes import check_plane
 
     if isinstance(prompts, dict) or not hasattr(prompts, "__len__") or len(prompts) == 0:
         raise InputError("prompts must be a list with one dict per object, e.g. [{'plane': 3, 'points': ...}].")
-    checked = []
+    if previous is not None:
+        from napari_sam.engine.volume.propagate import _check_previous
+
+        if isinstance(previous, dict) or not hasattr(previous, "__len__") or len(previous) != len(prompts):
+            raise InputError("previous must be the list of results of an earlier run, one per entry of prompts.")
+        for result in previous:
+            _check_previous(result, view)
+            if not isinstance(result.extras.get("sam2_memory"), Sam2MemoryTracker):
+                raise InputError("previous holds a result not propagated with SAM 2's memory: propagate anew.")
+    checked: list[dict | None] = []
     for index, prompt in enumerate(prompts):
+        if prompt is None and previous is not None:
+            checked.append(None)  # this object keeps its prompts
+            continue
         if not isinstance(prompt, dict) or "plane" not in prompt:
             raise InputError(f"Object {index}: give a dict with 'plane' and 'points'/'labels', 'box' or 'mask'.")
         unknown = set(prompt) - _PROMPT_KEYS
@@ -532,6 +551,7 @@ def iter_objects_propagation(
     intensity_range: tuple | None = None,
     cache: Any = None,
     storage_device: str | torch.device | None = None,
+    previous: Any = None,
 ) -> Iterator:
     """Propagate several objects together with SAM 2's memory; yields ``(object, PlaneResult)`` as computed.
 
@@ -555,6 +575,12 @@ def iter_objects_propagation(
         As in :func:`~napari_sam.engine.volume.propagate.iter_propagation`.
     storage_device
         Where the trackers keep their memory (``"cpu"`` saves GPU memory); default the model's.
+    previous
+        The results of an earlier run of these objects, to correct them: ``prompts`` then holds
+        one entry per object, None for an object without a new prompt; a prompt on a plane the
+        object was tracked on is a correction (Meta's clicks on a tracked frame). All objects are
+        then propagated again from the earliest prompted plane of any of them; planes not
+        reached keep their earlier result.
 
     Yields
     ------
@@ -591,25 +617,37 @@ def iter_objects_propagation(
     if direction not in DIRECTIONS:
         raise InputError(f"direction must be one of {DIRECTIONS}, got {direction!r}.")
     view = volume_view(volume, axis, range_of(cache, intensity_range))
-    objects = _checked_object_prompts(prompts, view)
-    for obj in objects:  # every object's plane within z_range
-        first, last = _checked_range(z_range, view, obj["plane"])
+    objects = _checked_object_prompts(prompts, view, previous)
+    first, last = 0, view.n_planes - 1
+    for obj in objects:  # every prompted plane within z_range
+        if obj is not None:
+            first, last = _checked_range(z_range, view, obj["plane"])
+    if previous is not None and z_range is not None and all(obj is None for obj in objects):
+        first, last = _checked_range(z_range, view, min(min(r.extras["sam2_memory"].conditioning) for r in previous))
     embeddings = stack_embeddings(predictor, view, cache)
 
-    trackers = [Sam2MemoryTracker(predictor.model, view.n_planes, storage_device) for _ in objects]
     results = []
-    for obj, tracker in zip(objects, trackers):
-        results.append(PropagationResult(
-            np.zeros(view.shape, dtype=bool), np.full(view.n_planes, np.nan), obj["plane"], view.axis,
-            {"spacing": (1.0, 1.0, 1.0), "embeddings": embeddings, "sam2_memory": tracker},
-        ))
+    for index, obj in enumerate(objects):
+        if previous is None:
+            tracker = Sam2MemoryTracker(predictor.model, view.n_planes, storage_device)
+            mask, scores = np.zeros(view.shape, dtype=bool), np.full(view.n_planes, np.nan)
+        else:  # the earlier run's planes, until recomputed
+            tracker, mask, scores = previous[index].extras["sam2_memory"], previous[index].mask.copy(), \
+                previous[index].scores.copy()
+        seed_plane = obj["plane"] if obj is not None else previous[index].seed_plane
+        results.append(PropagationResult(mask, scores, seed_plane, view.axis,
+                                         {"spacing": (1.0, 1.0, 1.0), "embeddings": embeddings,
+                                          "sam2_memory": tracker}))
+    trackers = [result.extras["sam2_memory"] for result in results]
     for index, (obj, tracker) in enumerate(zip(objects, trackers)):
+        if obj is None:
+            continue
         plane_result = _prompt_plane(predictor, embeddings, tracker, obj["plane"], obj["points"], obj["labels"],
                                      obj["box"], obj["mask"])
         _store(results[index], view, plane_result)
         yield index, plane_result
 
-    start = min(obj["plane"] for obj in objects)
+    start = min(min(tracker.conditioning) for tracker in trackers)  # Meta: the earliest prompted frame of all
     steps = {"both": (1, -1), "forward": (1,), "backward": (-1,)}[direction]
     for step in steps:
         end = last if step > 0 else first
@@ -617,6 +655,7 @@ def iter_objects_propagation(
             features = high_res = embedding = None
             for index, tracker in enumerate(trackers):
                 if plane in tracker.conditioning:
+                    tracker.passed[plane] = step < 0
                     continue  # a prompted plane of this object: given back above
                 if features is None:  # read and encode the plane once for all objects
                     features, high_res, embedding = _frame_inputs(predictor, embeddings, plane)
@@ -640,6 +679,7 @@ def propagate_objects(
     intensity_range: tuple | None = None,
     cache: Any = None,
     storage_device: str | torch.device | None = None,
+    previous: Any = None,
 ) -> list:
     """Propagate several objects together with SAM 2's memory; see :func:`iter_objects_propagation`.
 
@@ -652,8 +692,8 @@ def propagate_objects(
     prompts
         One dict per object: ``plane`` and ``points`` + ``labels``, ``box`` or ``mask``, in that
         plane's (row, col) pixels.
-    axis, direction, z_range, intensity_range, cache, storage_device
-        As in :func:`iter_objects_propagation`.
+    axis, direction, z_range, intensity_range, cache, storage_device, previous
+        As in :func:`iter_objects_propagation` (``previous``: correct an earlier run).
 
     Returns
     -------
@@ -668,7 +708,7 @@ def propagate_objects(
     """
     steps = iter_objects_propagation(
         predictor, volume, prompts, axis=axis, direction=direction, z_range=z_range,
-        intensity_range=intensity_range, cache=cache, storage_device=storage_device,
+        intensity_range=intensity_range, cache=cache, storage_device=storage_device, previous=previous,
     )
     while True:
         try:

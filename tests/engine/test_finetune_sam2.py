@@ -96,3 +96,31 @@ def test_finetuning_a_sam2_decoder_lowers_the_loss_and_saves_a_sam2_checkpoint(s
         outputs.append(predictor.predict(points=[[40, 50]], labels=[1], box=[20, 30, 70, 80]))
     np.testing.assert_array_equal(outputs[0][0], outputs[1][0])
     np.testing.assert_array_equal(outputs[0][2], outputs[1][2])
+
+
+def test_cli_finetunes_an_official_layout_sam2_checkpoint(sam2_model, tmp_path, capsys):
+    import tifffile
+
+    from napari_sam.cli import main
+    from napari_sam.model import load_model
+    from napari_sam.model.sam2 import Sam2
+
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    for index, sample in enumerate(synthetic_dataset(2, shape=(80, 80), seed=60)):
+        tifffile.imwrite(images / f"img{index}.tif", sample.image)
+        tifffile.imwrite(labels / f"img{index}.tif", sample.labels)
+    start = tmp_path / "sam2_start.pt"
+    torch.save({"model": sam2_model.state_dict()}, start)  # as Meta releases sam2.1_hiera_*.pt
+    output = tmp_path / "out" / "tuned.pt"
+    status = main([
+        "finetune", "--images", str(images), "--labels", str(labels), "--output", str(output), "--model", str(start),
+        "--steps", "2", "--images-per-step", "1", "--objects-per-image", "2", "--correction-iterations", "1",
+        "--device", "cpu",
+    ])
+    assert status == 0, capsys.readouterr()
+    assert "step 2/2" in capsys.readouterr().out
+    tuned = load_model(output, device="cpu")
+    assert isinstance(tuned, Sam2) and tuned.config.name == "tiny_sam2_test"
+    assert start.exists() and load_model(start, device="cpu").state_dict().keys() == tuned.state_dict().keys()

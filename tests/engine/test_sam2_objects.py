@@ -153,7 +153,8 @@ def test_objects_are_yielded_as_computed_and_each_can_be_corrected_alone(predict
     from napari_sam.engine import iter_objects_propagation, propagate_object
 
     prompts = [{"plane": 2, "points": [[45.0, 60.0]], "labels": [1]}, {"plane": 4, "box": [30, 20, 70, 60]}]
-    steps = iter_objects_propagation(predictor, frames, prompts, direction="forward", z_range=(1, 4))
+    steps = iter_objects_propagation(predictor, frames, prompts, direction="forward", z_range=(1, 4),
+                                     spacing=(2.0, 0.5, 0.5), storage_device="cpu")
     seen = []
     while True:
         try:
@@ -164,6 +165,11 @@ def test_objects_are_yielded_as_computed_and_each_can_be_corrected_alone(predict
     assert [(index, plane_result.plane) for index, plane_result in seen[:2]] == [(0, 2), (1, 4)]  # prompts first
     assert {(i, r.plane) for i, r in seen[2:]} == {(0, 3), (0, 4), (1, 2), (1, 3)}  # from plane 2 to z_range's end
     assert all(not np.isfinite(r.scores[[0, 1, 5]]).any() for r in results)  # nothing outside what was asked
+    assert all(r.extras["spacing"] == (2.0, 0.5, 0.5) for r in results)
+    for index, result in enumerate(results):  # the whole result is what was yielded for it
+        for i, plane_result in seen:
+            if i == index:
+                np.testing.assert_array_equal(result.plane_mask(plane_result.plane), plane_result.mask)
     corrected = propagate_object(predictor, frames, 3, points=[[40.0, 50.0], [10.0, 10.0]], labels=[1, 0],
                                  previous=results[0], direction="forward")
     assert sorted(corrected.extras["sam2_memory"].conditioning) == [2, 3]
@@ -180,13 +186,15 @@ def test_objects_are_yielded_as_computed_and_each_can_be_corrected_alone(predict
         ([{"plane": 1, "mask": np.zeros((96, 128), bool)}], "empty"),
         ([{"plane": 1, "box": [0, 0, 5, 5], "colour": "red"}], "unknown"),
         ([None], "'plane'"),
+        ([{"plane": 1, "box": [0, 0, 5, 5]}, {"plane": 0, "box": [0, 0, 5, 5]}], "z_range"),
     ],
 )
 def test_bad_prompts_are_refused_before_anything_is_computed(predictor, frames, prompts, message):
     from napari_sam.engine import propagate_objects
 
+    z_range = (1, 3) if message == "z_range" else None
     with pytest.raises(InputError, match=message):
-        propagate_objects(predictor, frames, prompts)
+        propagate_objects(predictor, frames, prompts, z_range=z_range)
 
 
 def test_several_objects_need_a_model_with_memory(tiny_model, frames):

@@ -550,6 +550,7 @@ def iter_objects_propagation(
     z_range: tuple[int, int] | None = None,
     intensity_range: tuple | None = None,
     cache: Any = None,
+    spacing: Any = None,
     storage_device: str | torch.device | None = None,
     previous: Any = None,
 ) -> Iterator:
@@ -571,7 +572,7 @@ def iter_objects_propagation(
         One dict per object: ``plane`` (index along ``axis``) and ``points`` ((N, 2) (row, col))
         with ``labels`` ((N,) 1 / 0), and/or ``box`` ((min_row, min_col, max_row, max_col)),
         or ``mask`` ((rows, cols) bool, Meta's ``add_new_mask``: the plane's result as given).
-    axis, direction, z_range, intensity_range, cache
+    axis, direction, z_range, intensity_range, spacing, cache
         As in :func:`~napari_sam.engine.volume.propagate.iter_propagation`.
     storage_device
         Where the trackers keep their memory (``"cpu"`` saves GPU memory); default the model's.
@@ -607,6 +608,7 @@ def iter_objects_propagation(
         DIRECTIONS,
         PropagationResult,
         _checked_range,
+        _checked_spacing,
         _store,
     )
     from napari_sam.engine.volume.stack_embeddings import range_of, stack_embeddings
@@ -618,6 +620,7 @@ def iter_objects_propagation(
         raise InputError(f"direction must be one of {DIRECTIONS}, got {direction!r}.")
     view = volume_view(volume, axis, range_of(cache, intensity_range))
     objects = _checked_object_prompts(prompts, view, previous)
+    spacing = _checked_spacing(spacing)
     first, last = 0, view.n_planes - 1
     for obj in objects:  # every prompted plane within z_range
         if obj is not None:
@@ -636,7 +639,7 @@ def iter_objects_propagation(
                 previous[index].scores.copy()
         seed_plane = obj["plane"] if obj is not None else previous[index].seed_plane
         results.append(PropagationResult(mask, scores, seed_plane, view.axis,
-                                         {"spacing": (1.0, 1.0, 1.0), "embeddings": embeddings,
+                                         {"spacing": spacing, "embeddings": embeddings,
                                           "sam2_memory": tracker}))
     trackers = [result.extras["sam2_memory"] for result in results]
     for index, (obj, tracker) in enumerate(zip(objects, trackers)):
@@ -678,6 +681,7 @@ def propagate_objects(
     z_range: tuple[int, int] | None = None,
     intensity_range: tuple | None = None,
     cache: Any = None,
+    spacing: Any = None,
     storage_device: str | torch.device | None = None,
     previous: Any = None,
 ) -> list:
@@ -692,7 +696,7 @@ def propagate_objects(
     prompts
         One dict per object: ``plane`` and ``points`` + ``labels``, ``box`` or ``mask``, in that
         plane's (row, col) pixels.
-    axis, direction, z_range, intensity_range, cache, storage_device, previous
+    axis, direction, z_range, intensity_range, cache, spacing, storage_device, previous
         As in :func:`iter_objects_propagation` (``previous``: correct an earlier run).
 
     Returns
@@ -708,7 +712,8 @@ def propagate_objects(
     """
     steps = iter_objects_propagation(
         predictor, volume, prompts, axis=axis, direction=direction, z_range=z_range,
-        intensity_range=intensity_range, cache=cache, storage_device=storage_device, previous=previous,
+        intensity_range=intensity_range, cache=cache, spacing=spacing, storage_device=storage_device,
+        previous=previous,
     )
     while True:
         try:

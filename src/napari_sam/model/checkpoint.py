@@ -87,8 +87,19 @@ def _resolve_config(config: SamConfig | Sam2Config | str | None) -> SamConfig | 
         raise CheckpointError(f"Unknown config {config!r}; known configs: {', '.join(ALL_CONFIGS)}.") from None
 
 
-def _build(config: SamConfig | Sam2Config) -> torch.nn.Module:
-    """A randomly initialised model of ``config``'s family (SAM or SAM 2), on the current default device."""
+def build_model(config: SamConfig | Sam2Config) -> torch.nn.Module:
+    """A randomly initialised model of ``config``'s family (SAM or SAM 2), on the current default device.
+
+    Parameters
+    ----------
+    config
+        A SAM or SAM 2 config.
+
+    Returns
+    -------
+    torch.nn.Module
+        ``Sam`` or ``Sam2``, in eval mode.
+    """
     if isinstance(config, Sam2Config):
         from napari_sam.model.sam2.model import build_sam2
 
@@ -290,7 +301,7 @@ def expected_shapes(config: SamConfig | Sam2Config) -> dict[str, tuple[int, ...]
         The shape of every state-dict entry, persistent buffers included.
     """
     with torch.device("meta"):
-        model = _build(config)
+        model = build_model(config)
     return {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
 
@@ -472,11 +483,11 @@ def build_from_state_dict(state_dict: Mapping[str, torch.Tensor], config: SamCon
         key: value.float() if value.is_floating_point() else value for key, value in state_dict.items()
     }
     with torch.device("meta"):
-        model = _build(config)
+        model = build_model(config)
     model.load_state_dict(tensors, strict=True, assign=True)
     if not _fill_meta_leftovers(model, config):
         # A buffer we cannot derive stayed on meta: take the slow, always-correct path.
-        model = _build(config)
+        model = build_model(config)
         model.load_state_dict(tensors, strict=True)
     return model.eval()
 

@@ -49,7 +49,7 @@ class ModelSpec:
         Parameters
         ----------
         model
-            A zoo name or checkpoint path (each worker loads it), or a SAM module
+            A zoo name or checkpoint path (each worker loads it), or a SAM / SAM 2 module
             (its config and a CPU copy of its state dict are shipped).
 
         Returns
@@ -64,11 +64,12 @@ class ModelSpec:
 
     def build(self) -> torch.nn.Module:
         """The model, on the CPU: loaded by name or path, or built from config and state dict."""
-        from napari_sam.model import build_sam, load_model
+        from napari_sam.model import load_model
+        from napari_sam.model.checkpoint import build_model
 
         if self.name_or_path is not None:
             return load_model(self.name_or_path, device="cpu", progress=False)
-        model = build_sam(self.config)
+        model = build_model(self.config)  # SAM or SAM 2, from the config's family
         model.load_state_dict(self.state_dict)
         return model.eval()
 

@@ -235,6 +235,7 @@ def propose_masks(
     xy = torch.as_tensor((points * scale)[:, ::-1].copy(), dtype=torch.float32, device=device)
     cells = (xy * (low / s)).long().clamp_(0, low - 1)  # each prompt's low-res pixel, (x, y)
     features = embedding.features.to(device)
+    high_res = tuple(feature.to(device) for feature in getattr(embedding, "high_res_features", ()))
     dense_pe = predictor.model.prompt_encoder.get_dense_pe()
     batch = _decoder_batch_size(config, params, device)
 
@@ -243,7 +244,7 @@ def propose_masks(
     tally = Tally(device)
 
     def decode(prompts: torch.Tensor) -> _Survivors:
-        return _decode_points(predictor, features, dense_pe, xy[prompts], cells[prompts], params, valid, tally)
+        return _decode_points(predictor, features, dense_pe, xy[prompts], cells[prompts], params, valid, tally, high_res)
 
     with torch.inference_mode():
         passes = sorted(set(levels.tolist()), reverse=True)
@@ -365,7 +366,7 @@ def _decode_batches(
 
 def _decode_points(
     predictor: Predictor, features, dense_pe, xy, cells, params: AutomaticParams, valid: tuple[int, int],
-    tally: Tally,
+    tally: Tally, high_res: tuple = (),
 ) -> _Survivors:
     """Decode single positive points ``xy`` (B, 2) (x, y, input frame) into multimask outputs and
     keep the masks that pass the predicted-IoU, point-inside and stability filters.
@@ -393,7 +394,8 @@ def _decode_points(
         iou = decoder.iou_from(tokens)[:, 1:].float()  # the multimask outputs
         tally.add_decoded(iou, params.pred_iou_thresh)
         promising = torch.nonzero((iou >= params.pred_iou_thresh).any(1)).flatten()
-        logits = decoder.masks_from(tokens[promising], image_out[promising], features.shape[-2:])[:, 1:]
+        extra = {"high_res_features": high_res} if high_res else {}  # SAM 2's finer features
+        logits = decoder.masks_from(tokens[promising], image_out[promising], features.shape[-2:], **extra)[:, 1:]
     per_prompt = iou.shape[1]
     logits = logits.float().flatten(0, 1)  # (P*3, L, L)
     iou = iou[promising].flatten()

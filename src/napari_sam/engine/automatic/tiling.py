@@ -299,8 +299,8 @@ def embed_windows(
         to_uint8_rgb,
     )
 
-    if len(windows) == 1:
-        return [predictor.compute_embedding(windows[0], intensity_range)]
+    if len(windows) == 1 or callable(getattr(predictor.model, "encode_image", None)):  # SAM 2: one at a time
+        return [predictor.compute_embedding(window, intensity_range) for window in windows]
     # the same preparation as Predictor.compute_embedding, for several windows in one encoder call
     config, preprocessing = predictor.config, predictor.preprocessing
     rgbs = [to_uint8_rgb(w, intensity_range) for w in windows]

@@ -87,3 +87,25 @@ def test_cli_segment_with_a_sam2_checkpoint(tmp_path, sam2_model, image):
     assert status == 0
     expected = segment_everything(image, sam2_model, device="cpu", **LOOSE)
     np.testing.assert_array_equal(tifffile.imread(out), expected)
+
+
+def test_cli_finetune_starts_from_a_random_sam2_architecture(tmp_path, capsys):
+    import tifffile
+
+    from napari_sam.engine.datasets.synthetic import synthetic_dataset
+    from napari_sam.model import load_model
+    from napari_sam.model.sam2 import Sam2
+
+    for folder in ("images", "labels"):
+        (tmp_path / folder).mkdir()
+    for index, sample in enumerate(synthetic_dataset(1, shape=(80, 80), seed=61)):
+        tifffile.imwrite(tmp_path / "images" / f"img{index}.tif", sample.image)
+        tifffile.imwrite(tmp_path / "labels" / f"img{index}.tif", sample.labels)
+    output = tmp_path / "from_scratch.pt"
+    status = main([
+        "finetune", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"),
+        "--output", str(output), "--config", "tiny_sam2_test", "--steps", "1", "--images-per-step", "1",
+        "--objects-per-image", "1", "--correction-iterations", "1", "--device", "cpu",
+    ])
+    assert status == 0, capsys.readouterr()
+    assert isinstance(load_model(output, device="cpu"), Sam2)

@@ -38,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", type=Path, required=True, help="checkpoint file to write (.pt/.pth)")
     start = p.add_mutually_exclusive_group(required=True)
     start.add_argument("--model", help="start from this checkpoint file or model-zoo name")
-    start.add_argument("--config", help="start from random weights of this architecture (e.g. vit_b)")
+    start.add_argument("--config", help="start from random weights of this architecture (e.g. vit_b, sam2.1_hiera_tiny)")
     p.add_argument("--quiet", action="store_true", help="print only validation and checkpoint lines")
     add_finetune_arguments(p)
     p.set_defaults(run=run)
@@ -94,11 +94,13 @@ def run(args: argparse.Namespace) -> int:
 def _starting_model(args: argparse.Namespace):
     import torch
 
-    from napari_sam.model import CONFIGS, build_sam, load_model
+    from napari_sam.model import load_model
+    from napari_sam.model.checkpoint import build_model
+    from napari_sam.model.config import ALL_CONFIGS
 
     if args.config:
-        if args.config not in CONFIGS:
-            raise UsageError(f"Unknown config {args.config!r}; choose one of {', '.join(CONFIGS)}.")
+        if args.config not in ALL_CONFIGS:  # SAM and SAM 2 architectures
+            raise UsageError(f"Unknown config {args.config!r}; choose one of {', '.join(ALL_CONFIGS)}.")
         torch.manual_seed(args.seed)
-        return build_sam(args.config)
+        return build_model(ALL_CONFIGS[args.config])
     return load_model(args.model, device="cpu")

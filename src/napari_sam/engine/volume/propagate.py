@@ -243,24 +243,7 @@ def iter_propagation(
     return result
 
 
-def propagate_object(
-    predictor: Any,
-    volume: Any,
-    seed_plane: int,
-    *,
-    points: Any = None,
-    labels: Any = None,
-    box: Any = None,
-    seed_mask: Any = None,
-    axis: int = 0,
-    direction: str = "both",
-    z_range: tuple[int, int] | None = None,
-    previous: PropagationResult | None = None,
-    intensity_range: tuple | None = None,
-    spacing: Any = None,
-    cache: Any = None,
-    **options: Any,
-) -> PropagationResult:
+def propagate_object(predictor: Any, volume: Any, seed_plane: int, **options: Any) -> PropagationResult:
     """Propagate one object from ``seed_plane`` through the volume; see :func:`iter_propagation`.
 
     Parameters
@@ -271,10 +254,11 @@ def propagate_object(
         (Z, Y, X) or (Z, Y, X, C<=4) array-like.
     seed_plane
         Index along ``axis`` of the plane the prompts belong to.
-    points, labels, box, seed_mask, axis, direction, z_range, previous, intensity_range, spacing, cache
-        As in :func:`iter_propagation`.
     **options
-        Recipe settings (:class:`~napari_sam.engine.volume.recipe.PropagationOptions`).
+        The keywords of :func:`iter_propagation` (``points``, ``labels``, ``box``, ``seed_mask``,
+        ``axis``, ``direction``, ``z_range``, ``previous``, ``intensity_range``, ``spacing``,
+        ``cache``) and recipe settings
+        (:class:`~napari_sam.engine.volume.recipe.PropagationOptions`), passed on as they are.
 
     Returns
     -------
@@ -286,11 +270,7 @@ def propagate_object(
     InputError
         As :func:`iter_propagation`.
     """
-    steps = iter_propagation(
-        predictor, volume, seed_plane, points=points, labels=labels, box=box, seed_mask=seed_mask, axis=axis,
-        direction=direction, z_range=z_range, previous=previous, intensity_range=intensity_range,
-        spacing=spacing, cache=cache, **options,
-    )
+    steps = iter_propagation(predictor, volume, seed_plane, **options)
     while True:
         try:
             next(steps)

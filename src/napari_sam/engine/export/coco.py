@@ -33,7 +33,7 @@ from napari_sam.engine.export.instances import (
     class_names_for,
     class_of,
     object_ids,
-    paint_objects,
+    painted_annotation,
 )
 from napari_sam.engine.export.polygons import DEFAULT_TOLERANCE, mask_to_polygons
 
@@ -306,10 +306,7 @@ def read_coco(source: str | os.PathLike | Mapping) -> list[InstanceAnnotation]:
             mask = decode_segmentation(annotation["segmentation"], height, width)
             objects.append((label_id, mask))
             classes[label_id] = names.get(int(annotation.get("category_id", 0)), "")
-        labels = paint_objects((height, width), objects)
-        present = set(object_ids(labels).tolist())
-        result.append(InstanceAnnotation(
-            labels, {i: c for i, c in classes.items() if i in present}, str(image.get("file_name", ""))))
+        result.append(painted_annotation((height, width), objects, classes, str(image.get("file_name", ""))))
     return result
 
 

@@ -119,10 +119,13 @@ def class_names_for(annotations: Iterable[InstanceAnnotation], names: Iterable[s
     return ordered + sorted(used - set(ordered))
 
 
-def paint_objects(shape: tuple[int, int], masks: Iterable[tuple[int, np.ndarray]]) -> np.ndarray:
-    """A label image of ``shape`` with each ``(id, mask)`` painted where it is still background.
+def painted_annotation(
+    shape: tuple[int, int], masks: Iterable[tuple[int, np.ndarray]], classes: Mapping[int, str], file_name: str = ""
+) -> InstanceAnnotation:
+    """An annotation of ``shape`` with each ``(id, mask)`` painted where it is still background.
 
-    Where objects overlap (possible in COCO and YOLO files), the first one keeps the pixels.
+    Where objects overlap (possible in COCO and YOLO files), the first one keeps the pixels;
+    an object left with no pixels loses its class too.
 
     Parameters
     ----------
@@ -130,13 +133,18 @@ def paint_objects(shape: tuple[int, int], masks: Iterable[tuple[int, np.ndarray]
         (H, W).
     masks
         ``(label id, (H, W) bool mask)`` pairs, in order.
+    classes
+        Label id -> class name of the objects.
+    file_name
+        The image file it belongs to.
 
     Returns
     -------
-    np.ndarray
-        uint32 (H, W) labels.
+    InstanceAnnotation
+        uint32 (H, W) labels and the classes of the objects in them.
     """
     labels = np.zeros(shape, dtype=np.uint32)
     for label_id, mask in masks:
         labels[np.asarray(mask, dtype=bool) & (labels == 0)] = label_id
-    return labels
+    present = set(object_ids(labels).tolist())
+    return InstanceAnnotation(labels, {i: c for i, c in classes.items() if i in present}, file_name)

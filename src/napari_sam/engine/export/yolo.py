@@ -33,7 +33,7 @@ from napari_sam.engine.export.instances import (
     check_labels,
     class_of,
     object_ids,
-    paint_objects,
+    painted_annotation,
 )
 from napari_sam.engine.export.polygons import (
     DEFAULT_TOLERANCE,
@@ -270,9 +270,7 @@ def read_yolo_txt(
         objects.append((label_id, polygons_to_mask([points * [width, height]], (height, width))))
         index = int(values[0])
         classes[label_id] = class_names[index] if class_names and 0 <= index < len(class_names) else str(index)
-    labels = paint_objects((height, width), objects)
-    present = set(object_ids(labels).tolist())
-    return InstanceAnnotation(labels, {i: c for i, c in classes.items() if i in present}, Path(path).name)
+    return painted_annotation((height, width), objects, classes, Path(path).name)
 
 
 def label_file_for(image_path: str | os.PathLike) -> Path:

@@ -103,42 +103,13 @@ def start_box_range(annotator: AnnotatorController, first: int | None = None, la
     if not first <= request.seed <= last:
         raise InputError(f"The box is on slice {request.seed}, outside the range {first} to {last}: go to a slice "
                          "inside it, or change the range.")
-    boxes = {z: box for z, box in boxes.items() if first <= z <= last}
-    job = _job(annotator, request, boxes, (first, last))
+    request.boxes = {z: box for z, box in boxes.items() if first <= z <= last}
+    request.options["z_range"] = (first, last)
+    if propagation.run_in_background is None:
+        propagation.run(request)
+        return first, last, None
     propagation.begin(request)
-    if propagation.run_in_background is not None:
-        return first, last, _start_worker(propagation, job)
-    planes = job()
-    try:
-        while True:
-            try:
-                propagation.show_plane(next(planes))
-            except StopIteration as stop:  # the generator's return value is the result
-                propagation.finish(stop.value)
-                break
-    except BaseException:
-        propagation.stopped()
-        raise
-    return first, last, None
-
-
-def _job(annotator: AnnotatorController, request, boxes: dict, z_range: tuple[int, int]):
-    """The generator function a worker runs: the engine's 3D box, with its own copy of the predictor."""
-    import copy
-
-    from napari_sam.engine.predict.box_range import iter_box_range
-
-    predictor = copy.copy(annotator.predictor)  # its own current embedding, the same model
-    cache = annotator.cache() if request.shares_embeddings() else None  # a 3D image: the annotator's planes
-
-    def run():
-        return (yield from iter_box_range(
-            predictor, request.volume, boxes, z_range, axis=request.volume_axis, seed_plane=request.seed,
-            intensity_range=request.options.get("intensity_range"), spacing=request.options.get("spacing"),
-            cache=cache,
-        ))
-
-    return run
+    return first, last, _start_worker(propagation, propagation.job(request))
 
 
 def _start_worker(propagation, job):

@@ -136,6 +136,9 @@ class PropagationRequest:
     direction: str
     previous: PropagationResult | None = None  # a correction of this result
     options: dict = field(default_factory=dict)  # intensity_range, spacing, ...
+    # a 3D box (MedSAM): {plane: box}; every plane of options["z_range"] is segmented with the box
+    # (interpolated between boxed planes) instead of propagating
+    boxes: dict | None = None
 
     @property
     def seed(self) -> int:
@@ -380,15 +383,27 @@ class PropagationController:
 
         It uses its own shallow copy of the predictor (the annotator keeps decoding
         prompts on the main thread meanwhile) and changes no layer; its return value
-        is the engine's result.
+        is the engine's result. A request with ``boxes`` runs the engine's 3D box
+        (:func:`~napari_sam.engine.predict.box_range.iter_box_range`).
         """
         import copy
 
         from napari_sam.engine import iter_propagation
+        from napari_sam.engine.predict.box_range import iter_box_range
 
         predictor = copy.copy(self.annotator.predictor)  # its own current embedding, the same model
         # a 3D image: planes embedded for clicks serve the propagation, and the other way round
         cache = self.annotator.cache() if request.shares_embeddings() else None
+
+        def run_box_range():
+            return (yield from iter_box_range(
+                predictor, request.volume, request.boxes, request.options["z_range"], axis=request.volume_axis,
+                seed_plane=request.seed, intensity_range=request.options.get("intensity_range"),
+                spacing=request.options.get("spacing"), cache=cache,
+            ))
+
+        if request.boxes is not None:
+            return run_box_range
 
         def run():
             generator = iter_propagation(

@@ -34,6 +34,7 @@ from psygnal import Signal
 from napari_sam._napari import planes as plane_ops
 from napari_sam._napari.controller import PREVIEW_COLOR, ROLE, AnnotatorController
 from napari_sam._napari.planes import Plane
+from napari_sam._napari.propagation_commit import clear_prompts, pixels_to_write
 from napari_sam.engine import labels as label_ops
 from napari_sam.engine.errors import InputError
 from napari_sam.model.config import POSITIVE
@@ -600,8 +601,10 @@ class PropagationController:
             label_id = label_ops.next_free_label(labels.data)
             if label_id > np.iinfo(labels.data.dtype).max:
                 raise InputError(f"The labels layer '{labels.name}' ({labels.data.dtype}) has no free ids left.")
-        planes = range(len(self._stack)) if annotator.resegment_id is not None else found
-        index, values = self._pixels_to_write(labels, planes, label_id)
+        replacing = annotator.resegment_id is not None
+        planes = range(len(self._stack)) if replacing else found
+        masks = ((plane_at(self.request.plane, self.request.axis, z), self._stack[z]) for z in planes)
+        index, values = pixels_to_write(labels, masks, label_id, annotator.paint_over, replacing)
         if values.size:
             with labels.block_history():  # ONE undo step for every plane
                 labels.data_setitem(index, values.astype(labels.data.dtype))
@@ -612,54 +615,15 @@ class PropagationController:
         records[label_id] = {"score": score, "class": kept_class, "plane": span}
         if self.result is not None:
             self._results[label_id] = self.result
-        replaced = annotator.resegment_id is not None
         annotator.resegment_id = None
         prompt_planes = set(self._prompt_planes)
         self.discard(quiet=True)
-        self._clear_prompts(prompt_planes)
+        clear_prompts(annotator, prompt_planes)
         annotator.refresh_objects()
         annotator.activate_points()
         if not values.size:
             self._set_status("The object covers only existing labels; nothing written (enable 'paint over').")
             return None
-        verb = "Replaced object" if replaced else "Committed object"
+        verb = "Replaced object" if replacing else "Committed object"
         self._set_status(f"{verb} {label_id} on {len(found)} slices ({span}); one Ctrl+Z undoes it.")
         return label_id
-
-    def _pixels_to_write(self, labels, planes, label_id: int) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
-        """nD index and values of the commit, plane by plane (only pixels that change)."""
-        request, paint_over = self.request, self.annotator.paint_over
-        replacing = self.annotator.resegment_id is not None
-        parts, values = [], []
-        for z in planes:
-            plane = plane_at(request.plane, request.axis, z)
-            existing = np.asarray(labels.data[plane.selector(labels.ndim)])
-            if replacing:
-                rows, cols, vals = label_ops.resegment_pixels(existing, self._stack[z], label_id, paint_over)
-            else:
-                rows, cols, vals = label_ops.commit_pixels(existing, [self._stack[z]], label_id, paint_over)
-            if len(rows):
-                parts.append(plane.full_index(rows, cols, labels.ndim))
-                values.append(vals)
-        if not parts:
-            return tuple(np.zeros(0, dtype=np.intp) for _ in range(labels.ndim)), np.zeros(0, dtype=np.int64)
-        index = tuple(np.concatenate([part[a] for part in parts]) for a in range(labels.ndim))
-        return index, np.concatenate(values)
-
-    def _clear_prompts(self, prompt_planes: set[Plane]) -> None:
-        """Remove the points and boxes of the planes the propagation was seeded and corrected on."""
-        from napari_sam.engine.predict import prompts as prompt_ops
-
-        annotator = self.annotator
-        for layer in (annotator.points_layer, annotator.boxes_layer):
-            if layer is None or len(layer.data) == 0:
-                continue
-            remove = set()
-            for plane in prompt_planes:
-                if layer is annotator.points_layer:
-                    on = prompt_ops.on_plane(layer.data, plane.axes, plane.index_map)
-                else:
-                    on = np.array([prompt_ops.on_plane(v, plane.axes, plane.index_map).all() for v in layer.data])
-                remove.update(np.flatnonzero(on).tolist())
-            if remove:
-                layer.remove(sorted(remove))

@@ -352,8 +352,13 @@ class MaskDecoder(nn.Module):
         batch, _, channels = image_out.shape
         mask_tokens_out = tokens[:, 1 : 1 + self.num_mask_tokens]
         upscaled = self.output_upscaling(image_out.transpose(1, 2).reshape(batch, channels, *size))
+        return self._hypernetwork_masks(mask_tokens_out, upscaled)
+
+    def _hypernetwork_masks(self, mask_tokens: torch.Tensor, upscaled: torch.Tensor) -> torch.Tensor:
+        """``(B, T, H, W)``: each mask token's MLP weights ``(B, T, C')`` applied to ``upscaled`` ``(B, C', H, W)``."""
+        batch = upscaled.shape[0]
         hyper_weights = torch.stack(
-            [mlp(mask_tokens_out[:, index]) for index, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+            [mlp(mask_tokens[:, index]) for index, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )  # (B, T, C/8)
         _, up_channels, up_height, up_width = upscaled.shape
         return (hyper_weights @ upscaled.reshape(batch, up_channels, up_height * up_width)).reshape(

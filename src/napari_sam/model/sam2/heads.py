@@ -186,12 +186,7 @@ class Sam2MaskDecoder(MaskDecoder):
         src = image_out.transpose(1, 2).reshape(batch, channels, *size)
         upscaled = act1(norm1(deconv1(src) + feat_s1))
         upscaled = act2(deconv2(upscaled) + feat_s0)
-        mask_tokens = tokens[:, 2 : 2 + self.num_mask_tokens]
-        hyper = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
-        _, up_channels, up_height, up_width = upscaled.shape
-        return (hyper @ upscaled.reshape(batch, up_channels, up_height * up_width)).reshape(
-            batch, self.num_mask_tokens, up_height, up_width
-        )
+        return self._hypernetwork_masks(tokens[:, 2 : 2 + self.num_mask_tokens], upscaled)  # row 0: object score
 
     def iou_from(self, tokens: torch.Tensor) -> torch.Tensor:
         """Predicted IoU ``(B, T)`` in [0, 1] (row 1 of the tokens is the IoU token).

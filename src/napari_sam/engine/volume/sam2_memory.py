@@ -671,20 +671,7 @@ def iter_objects_propagation(
     return results
 
 
-def propagate_objects(
-    predictor: Any,
-    volume: Any,
-    prompts: Any,
-    *,
-    axis: int = 0,
-    direction: str = "both",
-    z_range: tuple[int, int] | None = None,
-    intensity_range: tuple | None = None,
-    cache: Any = None,
-    spacing: Any = None,
-    storage_device: str | torch.device | None = None,
-    previous: Any = None,
-) -> list:
+def propagate_objects(predictor: Any, volume: Any, prompts: Any, **options: Any) -> list:
     """Propagate several objects together with SAM 2's memory; see :func:`iter_objects_propagation`.
 
     Parameters
@@ -696,8 +683,10 @@ def propagate_objects(
     prompts
         One dict per object: ``plane`` and ``points`` + ``labels``, ``box`` or ``mask``, in that
         plane's (row, col) pixels.
-    axis, direction, z_range, intensity_range, cache, spacing, storage_device, previous
-        As in :func:`iter_objects_propagation` (``previous``: correct an earlier run).
+    **options
+        The keywords of :func:`iter_objects_propagation`, passed on as they are: ``axis``,
+        ``direction``, ``z_range``, ``intensity_range``, ``cache``, ``spacing``,
+        ``storage_device``, ``previous`` (correct an earlier run).
 
     Returns
     -------
@@ -710,11 +699,7 @@ def propagate_objects(
     InputError
         As :func:`iter_objects_propagation`.
     """
-    steps = iter_objects_propagation(
-        predictor, volume, prompts, axis=axis, direction=direction, z_range=z_range,
-        intensity_range=intensity_range, cache=cache, spacing=spacing, storage_device=storage_device,
-        previous=previous,
-    )
+    steps = iter_objects_propagation(predictor, volume, prompts, **options)
     while True:
         try:
             next(steps)

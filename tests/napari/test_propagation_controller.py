@@ -297,3 +297,17 @@ def test_propagate_before_the_slice_is_embedded_says_to_wait(tiny_model):
     controller.add_point([z, 30, 30])
     with pytest.raises(InputError, match="still being computed"):
         propagation_of(controller).make_request()
+
+
+def test_a_propagated_object_gets_the_class_picked_for_new_objects(stack, stack_embeddings, trained_model):
+    viewer = ViewerModel()
+    controller, image = start(viewer, stack.image, trained_model, stack_embeddings)
+    truth_id, z, center = tall_object(stack.labels)
+    go_to(viewer, image, 0, z)
+    controller.object_class = "nucleus"  # what the Class section's "New objects" sets
+    controller.add_point([z, *center])
+    propagation = propagation_of(controller)
+    propagation.start("both")
+    label_id = propagation.commit()
+    labels = controller.labels_layer
+    assert labels.metadata[controller.OBJECTS_METADATA][label_id]["class"] == "nucleus"

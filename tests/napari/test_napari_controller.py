@@ -557,3 +557,21 @@ def test_the_3d_hint_gives_way_to_the_next_step(viewer):
     assert "switch the viewer to 2D" in controller.status_text
     viewer.dims.ndisplay = 2
     assert "2D" not in controller.status_text and "click an object" in controller.status_text
+
+
+def test_a_window_set_while_a_worker_estimates_the_range_is_kept(viewer, monkeypatch):
+    """An embedding worker estimating the range (slow: it reads planes) must not overwrite a window
+    the user chose meanwhile (seen in CI: the liver window replaced by the estimate)."""
+    from napari_sam._napari import planes as plane_ops
+
+    controller, layer = annotator(viewer, np.stack([disc_image()] * 3))
+    estimate = plane_ops.layer_intensity_range
+
+    def slow_estimate(image_layer):
+        result = estimate(image_layer)
+        controller.set_intensity_range((-15.0, 135.0))  # the user picks a window before it returns
+        return result
+
+    monkeypatch.setattr(plane_ops, "layer_intensity_range", slow_estimate)
+    controller.intensity_range()  # what the worker calls
+    assert tuple(controller.intensity_range()) == (-15.0, 135.0)

@@ -313,7 +313,9 @@ class AnnotatorController:
         layer = layer if layer is not None else self.image_layer
         layer_id = str(layer.unique_id)
         if layer_id not in self._intensity_ranges:
-            self._intensity_ranges[layer_id] = plane_ops.layer_intensity_range(layer)
+            estimate = plane_ops.layer_intensity_range(layer)
+            # setdefault: a window the user set while this estimate was read (worker thread) wins
+            return self._intensity_ranges.setdefault(layer_id, estimate)
         return self._intensity_ranges[layer_id]
 
     def set_intensity_range(self, value) -> None:

@@ -73,8 +73,10 @@ class MLP(nn.Module):
     """``num_layers`` linear layers with ReLU between them (heads of the mask decoder).
 
     ``input_dim -> hidden_dim -> ... -> hidden_dim -> output_dim``; optional sigmoid
-    on the output.
+    on the output. A subclass changes ``activation`` (SAM 2's Hiera and memory use GELU).
     """
+
+    activation = staticmethod(F.relu)  # between the layers
 
     def __init__(
         self,
@@ -91,7 +93,7 @@ class MLP(nn.Module):
         self.sigmoid_output = sigmoid_output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the layers to the last axis, ReLU between them, sigmoid after the last if asked.
+        """Apply the layers to the last axis, ``activation`` between them, sigmoid after the last if asked.
 
         Parameters
         ----------
@@ -107,7 +109,7 @@ class MLP(nn.Module):
         for index, layer in enumerate(self.layers):
             x = layer(x)
             if index < last:
-                x = F.relu(x)
+                x = self.activation(x)
         if self.sigmoid_output:
             x = torch.sigmoid(x)
         return x

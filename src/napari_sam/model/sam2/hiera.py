@@ -27,25 +27,7 @@ _NORM_EPS = 1e-6
 class GeluMLP(MLP):
     """:class:`~napari_sam.model.layers.MLP` with GELU between the layers (Hiera's and the memory's MLPs)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the layers to the last axis with GELU between them.
-
-        Parameters
-        ----------
-        x
-            ``(..., input_dim)`` tokens.
-
-        Returns
-        -------
-        torch.Tensor
-            ``(..., output_dim)``.
-        """
-        last = len(self.layers) - 1
-        for index, layer in enumerate(self.layers):
-            x = layer(x)
-            if index < last:
-                x = F.gelu(x)
-        return torch.sigmoid(x) if self.sigmoid_output else x
+    activation = staticmethod(F.gelu)
 
 
 def _max_pool(x: torch.Tensor, stride: int) -> torch.Tensor:

@@ -246,3 +246,16 @@ def test_cached_stack_embeddings_bring_their_intensity_range(stack, predictor):
     with pytest.raises(InputError, match="intensity range"):
         propagate_object(predictor, stack.image, middle, seed_mask=truth[middle], cache=embeddings,
                          intensity_range=(0, 3.0))
+
+
+def test_propagate_object_keeps_the_signature_issue_10_spells_out():
+    import inspect
+
+    from napari_sam.engine import propagate_object
+
+    params = inspect.signature(propagate_object).parameters
+    assert list(params)[:3] == ["predictor", "volume", "seed_plane"]
+    expected = dict(points=None, labels=None, box=None, seed_mask=None, axis=0, direction="both", z_range=None)
+    for name, default in expected.items():
+        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY and params[name].default == default, name
+    assert any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())

@@ -243,7 +243,20 @@ def iter_propagation(
     return result
 
 
-def propagate_object(predictor: Any, volume: Any, seed_plane: int, **options: Any) -> PropagationResult:
+def propagate_object(
+    predictor: Any,
+    volume: Any,
+    seed_plane: int,
+    *,
+    points: Any = None,
+    labels: Any = None,
+    box: Any = None,
+    seed_mask: Any = None,
+    axis: int = 0,
+    direction: str = "both",
+    z_range: tuple[int, int] | None = None,
+    **options: Any,
+) -> PropagationResult:
     """Propagate one object from ``seed_plane`` through the volume; see :func:`iter_propagation`.
 
     Parameters
@@ -254,10 +267,11 @@ def propagate_object(predictor: Any, volume: Any, seed_plane: int, **options: An
         (Z, Y, X) or (Z, Y, X, C<=4) array-like.
     seed_plane
         Index along ``axis`` of the plane the prompts belong to.
+    points, labels, box, seed_mask, axis, direction, z_range
+        The object on the seed plane and where to carry it, as in :func:`iter_propagation`.
     **options
-        The keywords of :func:`iter_propagation` (``points``, ``labels``, ``box``, ``seed_mask``,
-        ``axis``, ``direction``, ``z_range``, ``previous``, ``intensity_range``, ``spacing``,
-        ``cache``) and recipe settings
+        The other keywords of :func:`iter_propagation` (``previous``, ``intensity_range``,
+        ``spacing``, ``cache``) and recipe settings
         (:class:`~napari_sam.engine.volume.recipe.PropagationOptions`), passed on as they are.
 
     Returns
@@ -270,7 +284,10 @@ def propagate_object(predictor: Any, volume: Any, seed_plane: int, **options: An
     InputError
         As :func:`iter_propagation`.
     """
-    steps = iter_propagation(predictor, volume, seed_plane, **options)
+    steps = iter_propagation(
+        predictor, volume, seed_plane, points=points, labels=labels, box=box, seed_mask=seed_mask, axis=axis,
+        direction=direction, z_range=z_range, **options,
+    )
     while True:
         try:
             next(steps)

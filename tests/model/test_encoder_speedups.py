@@ -99,25 +99,36 @@ def test_compile_with_a_working_backend_gives_the_eager_output(trained_model):
 def test_int8_quantises_a_copy_and_keeps_masks_close(trained_model):
     from napari_sam.engine import Predictor
     from napari_sam.engine.datasets.synthetic import synthetic_image
-    from napari_sam.engine.predict.device import quantize_int8
 
-    quantized = quantize_int8(trained_model)
+    predictors = {name: Predictor(trained_model, device="cpu", precision=name) for name in ("fp32", "int8")}
+    quantized = predictors["int8"].model
     assert not any(type(m) is torch.nn.Linear for m in quantized.modules())
-    assert any(type(m) is torch.nn.Linear for m in trained_model.modules())  # the original is untouched
+    assert any(type(m) is torch.nn.Linear for m in trained_model.modules())  # the user's model is untouched
     assert quantized.config == trained_model.config
+    assert predictors["int8"].autocast_dtype is None
+    # an int8 embedding is not an fp32 one: caches keyed by the fingerprint must not mix them
+    assert predictors["int8"].encoder_fingerprint() != predictors["fp32"].encoder_fingerprint()
     sample = synthetic_image((256, 256), seed=4)
+    for predictor in predictors.values():
+        predictor.set_image(sample.image)
     ious = []
     for index in range(1, min(int(sample.labels.max()), 8) + 1):
         rows, cols = np.nonzero(sample.labels == index)
         box = [rows.min(), cols.min(), rows.max(), cols.max()]
-        masks = {}
-        for name, model in (("fp32", trained_model), ("int8", quantized)):
-            predictor = Predictor(model, device="cpu", precision="fp32")
-            predictor.set_image(sample.image)
-            masks[name] = predictor.predict(box=box, multimask=False)[0][0]
+        masks = {name: p.predict(box=box, multimask=False)[0][0] for name, p in predictors.items()}
         union = np.logical_or(masks["fp32"], masks["int8"]).sum()
         ious.append(np.logical_and(masks["fp32"], masks["int8"]).sum() / max(union, 1))
     assert len(ious) >= 4 and np.mean(ious) >= 0.9, np.round(ious, 3)
+
+
+def test_int8_is_refused_with_advice_off_the_cpu(trained_model, monkeypatch):
+    from napari_sam.engine import Predictor
+    from napari_sam.engine.errors import InputError
+    from napari_sam.engine.predict import predictor as predictor_module
+
+    monkeypatch.setattr(predictor_module, "select_device", lambda device: torch.device("cuda"))
+    with pytest.raises(InputError, match="CPU only.*bf16"):
+        Predictor(trained_model, device="cuda", precision="int8")
 
 
 def test_stage_rule_on_cpu_and_cuda_and_its_override():

@@ -10,7 +10,9 @@ import torch
 
 from napari_sam.engine.errors import InputError
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # autocast precisions (also what training accepts)
+# what a Predictor accepts: the autocast ones plus int8, linear layers quantised on the CPU (quantize_int8)
+PREDICTOR_PRECISIONS = (*PRECISIONS, "int8")
 
 
 def select_device(device: str | torch.device | None = None) -> torch.device:

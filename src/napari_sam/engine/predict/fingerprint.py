@@ -108,10 +108,24 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
         A hex digest, equal on every device for equal weights.
     """
     digest = _hasher()
-    for name, tensor in sorted(module.state_dict().items()):
+    for name, tensor in _state_tensors(module.state_dict().items()):
         digest.update(repr((name, tuple(tensor.shape), str(tensor.dtype))).encode())
-        digest.update(_tensor_sample_bytes(tensor))
+        digest.update(_tensor_sample_bytes(tensor.dequantize() if tensor.is_quantized else tensor))
     return digest.hexdigest()
+
+
+def _state_tensors(items) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` in name order; an int8-quantised layer's packed entries (tuples of tensors,
+    a dtype) are unpacked so a quantised model has a digest of its own."""
+    import torch
+
+    for name, value in sorted(items, key=lambda item: item[0]):
+        if isinstance(value, torch.Tensor):
+            yield name, value
+        elif isinstance(value, (tuple, list)):
+            yield from _state_tensors((f"{name}.{i}", v) for i, v in enumerate(value))
+        elif value is not None:  # e.g. the packed layer's dtype
+            yield name, torch.tensor(list(str(value).encode()), dtype=torch.uint8)
 
 
 def _input_signature(model: torch.nn.Module) -> str:

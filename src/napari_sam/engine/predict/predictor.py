@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_sam.engine.errors import InputError
-from napari_sam.engine.predict.device import autocast, resolve_precision, select_device
+from napari_sam.engine.predict.device import autocast, quantize_int8, resolve_precision, select_device
 from napari_sam.engine.predict.fingerprint import encoder_fingerprint
 from napari_sam.engine.predict.preprocessing import (
     image_to_model_input,
@@ -98,12 +98,19 @@ class Predictor:
         available (CUDA > MPS > CPU).
     precision
         ``auto`` (bf16 on CUDA and on CPUs with native bf16, else fp32), ``fp32``,
-        ``bf16`` or ``fp16`` (GPU only).
+        ``bf16``, ``fp16`` (GPU only) or ``int8`` (CPU only: a copy of the model with its
+        linear layers quantised, see :func:`~napari_sam.engine.predict.device.quantize_int8`;
+        measured speed and mask IoU against fp32 in ``docs/performance.md``).
     """
 
     def __init__(self, model: torch.nn.Module, device: str | torch.device | None = None, precision: str = "auto"):
         self.device = select_device(device)
-        self.autocast_dtype = resolve_precision(precision, self.device)
+        self.precision = precision
+        if precision == "int8":  # opt-in: a quantised copy; the caller's model is left as it is
+            if self.device.type != "cpu":
+                raise InputError(f"precision 'int8' runs on the CPU only; on {self.device.type} use 'bf16' or 'auto'.")
+            model = quantize_int8(model.to(self.device))
+        self.autocast_dtype = None if precision == "int8" else resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self.config = model.config
         # how the checkpoint expects its input ("sam", or "medsam" for MedSAM-style fine-tunes)

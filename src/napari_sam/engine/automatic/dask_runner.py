@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from distributed import Worker
 
     from napari_sam.engine.automatic.diagnostics import FilterReport
+    from napari_sam.engine.automatic.instance import InstanceParams
     from napari_sam.engine.automatic.params import AutomaticParams
 
 
@@ -169,7 +170,7 @@ class DaskTileRunner:
         self,
         image: Any,
         grid: TileGrid,
-        params: AutomaticParams,
+        params: AutomaticParams | InstanceParams,
         intensity_range: tuple | None = None,
         tiles: Iterable[Tile] | None = None,
         report: FilterReport | None = None,
@@ -187,7 +188,8 @@ class DaskTileRunner:
         grid
             The tile grid over ``image``.
         params
-            Settings of mask generation.
+            ``AutomaticParams`` (mask generation) or ``InstanceParams`` (instance mode): the method
+            (:func:`~napari_sam.engine.automatic.tiling.segment_tile`).
         intensity_range
             The whole image's (low, high) scaling.
         tiles

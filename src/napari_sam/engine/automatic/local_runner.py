@@ -25,6 +25,7 @@ from napari_sam.engine.io.images import read_window
 if TYPE_CHECKING:
     import torch
 
+    from napari_sam.engine.automatic.instance import InstanceParams
     from napari_sam.engine.predict.predictor import Predictor
 
 
@@ -65,7 +66,7 @@ class LocalTileRunner:
         self,
         image: Any,
         grid: TileGrid,
-        params: AutomaticParams,
+        params: AutomaticParams | InstanceParams,
         intensity_range: tuple | None = None,
         tiles: Iterable[Tile] | None = None,
         report: FilterReport | None = None,
@@ -80,7 +81,8 @@ class LocalTileRunner:
         grid
             The tile grid over ``image``.
         params
-            Settings of mask generation.
+            ``AutomaticParams`` (mask generation) or ``InstanceParams`` (instance mode): the method
+            (:func:`~napari_sam.engine.automatic.tiling.segment_tile`).
         intensity_range
             The whole image's (low, high) scaling
             (:func:`~napari_sam.engine.automatic.tiling.global_intensity_range`).
@@ -105,7 +107,7 @@ class LocalTileRunner:
         if pending:
             yield from self._segment(pending, grid, params, intensity_range, report)
 
-    def _segment(self, pending, grid: TileGrid, params: AutomaticParams, intensity_range, report):
+    def _segment(self, pending, grid: TileGrid, params: AutomaticParams | InstanceParams, intensity_range, report):
         """Embed the non-blank windows of ``pending`` in one encoder call, then segment each."""
         busy = [(tile, pixels) for tile, pixels in pending if not window_is_blank(pixels, intensity_range)]
         embeddings = embed_windows(self.predictor, [p for _, p in busy], intensity_range) if busy else []

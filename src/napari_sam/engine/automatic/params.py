@@ -1,14 +1,108 @@
-"""Settings of automatic mask generation: the ONE place their defaults live.
+"""Settings of automatic mask generation: the ONE place their defaults live, and the choice of method.
 
 The CLI, the Segment everything widget and ``segment_everything`` all read their
-defaults from :class:`AutomaticParams`.
+defaults from :class:`AutomaticParams` (mask generation from SAM prompts, "amg") and
+from ``napari_sam.engine.automatic.instance.InstanceParams`` (instance mode: the
+model's instance decoder and a seeded watershed); :func:`resolve_method` says which
+of the two a run uses.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from napari_sam.engine.errors import InputError
+
+METHODS = ("instance", "amg")
+"""``"instance"``: the model's instance decoder (foreground and distance maps) and a seeded watershed,
+one decoder pass per tile; ``"amg"``: automatic mask generation from a grid of SAM point prompts."""
+
+DECODER_MODELS_HINT = "a model with an instance decoder, e.g. vit_b_lm"
+"""How error messages name the models instance mode needs (micro-sam's zoo entries carry a decoder)."""
+
+
+def has_instance_decoder(model: Any) -> bool:
+    """Whether ``model`` (a loaded SAM module) carries an instance decoder.
+
+    Parameters
+    ----------
+    model
+        A SAM or SAM 2 ``nn.Module``; modules without the attribute have none.
+
+    Returns
+    -------
+    bool
+        True when ``model.instance_decoder`` is set.
+    """
+    return getattr(model, "instance_decoder", None) is not None
+
+
+def check_method(method: str | None) -> None:
+    """Raise ``InputError`` unless ``method`` is None or one of :data:`METHODS`.
+
+    Parameters
+    ----------
+    method
+        The method asked for.
+
+    Raises
+    ------
+    InputError
+        Any other value; the message lists the allowed ones.
+    """
+    if method is not None and method not in METHODS:
+        raise InputError(
+            f"method must be 'instance' (the model's instance decoder), 'amg' (automatic masks from SAM prompts) "
+            f"or None (instance when the model has a decoder), got {method!r}."
+        )
+
+
+def resolve_method(method: str | None, model: Any) -> str:
+    """The method a run uses: ``method`` itself, or for None ``"instance"`` when the model has a decoder, else ``"amg"``.
+
+    Parameters
+    ----------
+    method
+        ``"instance"``, ``"amg"`` or None.
+    model
+        The loaded SAM module the run uses.
+
+    Returns
+    -------
+    str
+        ``"instance"`` or ``"amg"``.
+
+    Raises
+    ------
+    InputError
+        An unknown method, or ``"instance"`` with a model that has no instance decoder.
+    """
+    check_method(method)
+    if method is None:
+        return "instance" if has_instance_decoder(model) else "amg"
+    if method == "instance" and not has_instance_decoder(model):
+        raise InputError(
+            f"Instance mode needs {DECODER_MODELS_HINT}; this model has none. Choose such a model, or use "
+            "method 'amg' (automatic masks from SAM prompts, --method amg)."
+        )
+    return method
+
+
+def method_of(params: Any) -> str:
+    """The method a tile's settings belong to: ``"amg"`` for :class:`AutomaticParams`, else ``"instance"``.
+
+    Parameters
+    ----------
+    params
+        ``AutomaticParams`` or ``InstanceParams``.
+
+    Returns
+    -------
+    str
+        ``"amg"`` or ``"instance"``.
+    """
+    return "amg" if isinstance(params, AutomaticParams) else "instance"
 
 
 @dataclass(frozen=True)

@@ -5,14 +5,16 @@ A zarr output carries ``attrs["napari_sam"]`` (see ``napari_sam.engine.io.output
 - ``complete``: true only once every tile is painted; ``tiles_done`` / ``tiles_total``:
   painted tiles over all slices, for a reader to tell a finished result from a partial one;
 - ``run``: the settings the labels depend on (:func:`run_record`): image shape, dtype and
-  intensity range, a fingerprint of its pixels, tile shape, halo, tile offset, every ``AutomaticParams`` field, the
+  intensity range, a fingerprint of its pixels, tile shape, halo, tile offset, the ``method`` ("amg" or
+  "instance") and every field of its settings (``AutomaticParams`` or ``InstanceParams``), the
   seam overlap and a fingerprint of the model's weights;
 - ``resume``: where to continue: ``plane`` (slice index; 0 for a 2D image), ``first_tile``
   (tiles before it are painted in that slice) and ``labels_used`` (the highest label so far).
 
 A rerun with ``resume=True`` and the same settings continues from ``resume`` (the
 stitcher's rule for which tiles run again is in ``stitching``, "Resuming"); other
-settings are refused, naming what differs. The image is identified by its shape, dtype,
+settings are refused, naming what differs (a run of the other method is refused as such: its
+labels would mix two methods). A record written before the method was recorded is an AMG run. The image is identified by its shape, dtype,
 intensity range and a fingerprint of its pixels, so another image of the same kind is refused.
 """
 
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_sam.engine.automatic.params import AutomaticParams
+from napari_sam.engine.automatic.params import AutomaticParams, method_of
 from napari_sam.engine.automatic.stitching import AREA_STEP, CONVEX_ENOUGH
 from napari_sam.engine.automatic.tiling import TileGrid
 from napari_sam.engine.errors import InputError
@@ -35,6 +37,8 @@ from napari_sam.engine.predict.fingerprint import image_fingerprint, model_finge
 
 if TYPE_CHECKING:
     import torch
+
+    from napari_sam.engine.automatic.instance import InstanceParams
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,7 @@ def run_record(
     image_shape: tuple[int, ...],
     grid: TileGrid,
     tile_offset: int | Sequence[int],
-    params: AutomaticParams,
+    params: AutomaticParams | InstanceParams,
     intensity_range: tuple | None,
     same_object_overlap: float,
     model: torch.nn.Module,
@@ -73,7 +77,8 @@ def run_record(
     tile_offset
         The seam shift, one value or (rows, cols).
     params
-        Every field is recorded.
+        The tiles' settings: their method (``"amg"`` for ``AutomaticParams``, ``"instance"``
+        for ``InstanceParams``) and every field are recorded.
     intensity_range
         The (low, high) scaling of the whole image, or None.
     same_object_overlap
@@ -97,6 +102,7 @@ def run_record(
         "tile_shape": list(grid.tile_shape),
         "halo": list(grid.halo),
         "tile_offset": [int(v) for v in np.broadcast_to(tile_offset, (2,))],
+        "method": method_of(params),
         "params": dataclasses.asdict(params),
         "same_object_overlap": float(same_object_overlap),
         # the stitcher's rank (rule 2): a run interrupted under another rank must not be continued with this one
@@ -141,7 +147,7 @@ def resume_point(plan: OutputPlan, record: dict[str, Any]) -> ResumePoint | None
             f"{plan.path} does not hold a napari-sam segment-everything run, so it cannot be resumed; "
             "pass overwrite=True (--overwrite) to replace it, or choose another output path."
         )
-    differences = _differences(info["run"], record)
+    differences = _differences({"method": "amg", **info["run"]}, record)  # unrecorded method: AMG, the only one then
     if differences:
         if plan.overwrite:
             return None
@@ -161,6 +167,9 @@ _DIGESTS = {"pixels": "the image's pixels differ (another image)", "model": "ano
 
 def _differences(stored: dict, now: dict, prefix: str = "") -> list[str]:
     """``"key: <stored> there, <now> now"`` for each setting that differs (nested dicts by dotted key)."""
+    if not prefix and stored.get("method") != now.get("method"):
+        # another method's settings are another set of fields: naming each would hide the point
+        return [f"method: {stored.get('method')} there, {now.get('method')} now"]
     found = []
     for key in sorted(set(stored) | set(now)):
         old, new = stored.get(key), now.get(key)

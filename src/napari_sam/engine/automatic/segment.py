@@ -1,7 +1,9 @@
 """``segment_everything``: automatic instance segmentation of a 2D image or stack of any size.
 
 The image is cut into tiles (``tiling``, whose docstring says how tile, halo and core
-relate), every tile is segmented automatically (``generation``) in this process
+relate), every tile is segmented automatically -- from a grid of SAM prompts
+(``generation``, method "amg") or by the model's instance decoder and a seeded watershed
+(``instance``, method "instance", the default for a model that has a decoder) -- in this process
 (``local_runner``) or on a Dask cluster (``dask_runner``), and the tiles' objects are
 stitched so that each object appears exactly once (``stitching``, which documents the
 seam rule and how a run resumes). Only a few windows and one row of tiles' objects are
@@ -22,7 +24,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_sam.engine.automatic.diagnostics import FilterReport
-from napari_sam.engine.automatic.params import AutomaticParams
+from napari_sam.engine.automatic.params import (
+    AutomaticParams,
+    check_method,
+    resolve_method,
+)
 from napari_sam.engine.automatic.resume import (
     ResumePoint,
     erase_unrecorded_labels,
@@ -53,6 +59,8 @@ from napari_sam.engine.io.safe_write import is_disk_full
 
 if TYPE_CHECKING:
     import torch
+
+    from napari_sam.engine.automatic.instance import InstanceParams
 
 ProgressCallback = Callable[[int, int], None]
 _DEFAULTS = AutomaticParams()  # the one source of the defaults below
@@ -99,6 +107,8 @@ def segment_everything_steps(
     overwrite: bool = False,
     resume: bool = False,
     report: FilterReport | None = None,
+    method: str | None = None,
+    instance_params: InstanceParams | None = None,
 ) -> Generator[tuple[int, int], None, Any]:
     """Generator form of :func:`segment_everything`: yields ``(tiles done, tiles total)`` after each tile
     and returns the labels (``StopIteration.value``). Closing it stops the work between tiles.
@@ -108,11 +118,13 @@ def segment_everything_steps(
     image, model, tile_shape, halo, out, scheduler, device, precision, tile_offset, encoder_batch, overwrite, resume
         As in :func:`segment_everything`.
     params
-        Settings of mask generation; default ``AutomaticParams()``.
+        Settings of mask generation (method "amg"); default ``AutomaticParams()``.
     same_object_overlap
         The stitcher's duplicate threshold (``stitching.SAME_OBJECT_OVERLAP``).
-    report
+    report, method
         As in :func:`segment_everything`.
+    instance_params
+        Settings of instance mode (method "instance"); default ``InstanceParams()``.
 
     Returns
     -------
@@ -127,10 +139,14 @@ def segment_everything_steps(
         during the run (the output is then left as :func:`segment_everything` describes).
     """
     params = _checked_params(params)
+    check_method(method)
+    if instance_params is not None:
+        instance_params.validate()
     source = image
     image, layout = open_segmentable_image(image)
     plan = plan_output(out, layout.label_shape, image=source, overwrite=overwrite, resume=resume)
     model, loaded = _load_models(model, scheduler, device)
+    params = _tile_params(resolve_method(method, loaded), params, instance_params)
     grid = _tile_grid(layout, loaded.config, tile_shape, halo, tile_offset)
     value_range = global_intensity_range(image, layout.has_channels)
     # what identifies the run, stored with a zarr output to resume it (other outputs cannot be resumed)
@@ -158,6 +174,15 @@ def _checked_params(params: AutomaticParams | None) -> AutomaticParams:
     params = params or AutomaticParams()
     params.validate()
     return params
+
+
+def _tile_params(method: str, params: AutomaticParams, instance_params):
+    """The settings the tiles run with; their type tells the runners the method (``tiling.segment_tile``)."""
+    if method == "amg":
+        return params
+    from napari_sam.engine.automatic.instance import InstanceParams
+
+    return instance_params if instance_params is not None else InstanceParams()
 
 
 def open_segmentable_image(image: Any) -> tuple[Any, ImageLayout]:
@@ -256,7 +281,7 @@ def _open(
 
 
 def _segment_planes(
-    image, output: LabelOutput, layout: ImageLayout, grid: TileGrid, runner, params: AutomaticParams,
+    image, output: LabelOutput, layout: ImageLayout, grid: TileGrid, runner, params: AutomaticParams | InstanceParams,
     value_range, same_object_overlap: float, start: ResumePoint, report: FilterReport | None = None,
 ) -> Iterator[tuple[int, int]]:
     """Segment and stitch every slice from ``start`` on, recording progress after each painted tile."""
@@ -365,6 +390,8 @@ def segment_everything(
     overwrite: bool = False,
     resume: bool = False,
     report: FilterReport | None = None,
+    method: str | None = None,
+    instance_params: InstanceParams | None = None,
 ) -> Any:
     """Automatic instance segmentation of an image of any size; returns int32 labels, 0 = background.
 
@@ -384,7 +411,7 @@ def segment_everything(
         own cores of ``tile_shape - 2 * halo`` pixels; default ``tile_shape // 8``. See
         ``napari_sam.engine.automatic.tiling`` for how to size both.
     points_per_side, pred_iou_thresh, stability_thresh, min_area, nms_thresh, nested_thresh, points_per_batch
-        Mask generation; defaults and meaning in :class:`AutomaticParams`.
+        Mask generation (method "amg"); defaults and meaning in :class:`AutomaticParams`.
     out
         None (a numpy array), a path ending in .zarr / .tif / .tiff (written on disk,
         returned opened) or an existing zero-filled array of the label shape.
@@ -409,7 +436,16 @@ def segment_everything(
         A :class:`~napari_sam.engine.automatic.diagnostics.FilterReport` to fill: how many
         masks each filter rejected over all tiles and the score distributions, with
         ``describe()`` and ``suggest()`` saying why little was found and which thresholds
-        to try (tiles done before a resumed run are not counted).
+        to try (tiles done before a resumed run are not counted). Method "amg" only.
+    method
+        ``"instance"``: the model's instance decoder (foreground and distance maps, one pass
+        per tile) and a seeded watershed, about a decoder pass instead of a thousand prompts
+        per tile; ``"amg"``: masks from a grid of SAM point prompts; None: ``"instance"`` when
+        the model has an instance decoder (``model.instance_decoder``), else ``"amg"``.
+        Tiling, stitching, outputs, resuming and Dask work the same for both.
+    instance_params
+        Settings of instance mode; default ``InstanceParams()``
+        (:mod:`napari_sam.engine.automatic.instance`, where their defaults live).
 
     Returns
     -------
@@ -421,7 +457,8 @@ def segment_everything(
     InputError
         Bad image or settings; ``out`` exists (without ``overwrite`` / ``resume``), is the
         input or overlaps it, or its folder is missing or read-only; a TIFF does not fit on
-        the disk; a damaged image file; a full disk during the run.
+        the disk; a damaged image file; a full disk during the run; an unknown ``method``,
+        or ``"instance"`` with a model that has no instance decoder.
 
     Notes
     -----
@@ -443,6 +480,7 @@ def segment_everything(
     steps = segment_everything_steps(
         image, model, tile_shape, halo, params, out, scheduler, device, precision,
         tile_offset=tile_offset, encoder_batch=encoder_batch, overwrite=overwrite, resume=resume, report=report,
+        method=method, instance_params=instance_params,
     )
     return run_steps(steps, progress)
 

@@ -40,6 +40,7 @@ from napari_sam.engine.io.images import Box
 
 if TYPE_CHECKING:
     from napari_sam.engine.automatic.diagnostics import FilterReport
+    from napari_sam.engine.automatic.instance import InstanceParams
     from napari_sam.engine.automatic.params import AutomaticParams
     from napari_sam.engine.predict.predictor import ImageEmbedding, Predictor
 
@@ -319,7 +320,7 @@ def embed_windows(
 def segment_tile(
     predictor: Predictor,
     pixels: np.ndarray,
-    params: AutomaticParams,
+    params: AutomaticParams | InstanceParams,
     intensity_range: tuple | None = None,
     window: Box | None = None,
     tile_shape: tuple[int, int] | None = None,
@@ -328,6 +329,9 @@ def segment_tile(
 ) -> np.ndarray:
     """Automatic segmentation of one window's pixels: (H_w, W_w) int32 labels in the window's frame.
 
+    The settings choose the method: ``AutomaticParams`` generate masks from point prompts,
+    ``InstanceParams`` run the model's instance decoder and a seeded watershed
+    (:func:`~napari_sam.engine.automatic.instance.segment_instances`; no prompts, no report).
     With ``window`` (its place in the image) and ``tile_shape``, prompts come from one
     lattice fixed to the whole image, ``points_per_side`` per tile side
     (:func:`~napari_sam.engine.automatic.generation.lattice_points`), so they do not
@@ -341,7 +345,7 @@ def segment_tile(
     pixels
         (H_w, W_w) or (H_w, W_w, C) window.
     params
-        Settings of mask generation.
+        Settings of mask generation (AMG) or of instance mode.
     intensity_range
         The whole image's (low, high) scaling (see :func:`global_intensity_range`).
     window
@@ -365,9 +369,15 @@ def segment_tile(
         ``params`` is invalid or the pixels cannot be used.
     """
     from napari_sam.engine.automatic.generation import generate_labels, lattice_points
+    from napari_sam.engine.automatic.params import method_of
 
     if window_is_blank(pixels, intensity_range):
         return np.zeros(pixels.shape[:2], dtype=np.int32)
+    if method_of(params) == "instance":
+        from napari_sam.engine.automatic.instance import segment_instances
+
+        labels = segment_instances(predictor, pixels, params, intensity_range, embedding=embedding)
+        return np.asarray(labels, dtype=np.int32)
     points = coarseness = None
     if window is not None and tile_shape is not None:
         spacing = (tile_shape[0] / params.points_per_side, tile_shape[1] / params.points_per_side)

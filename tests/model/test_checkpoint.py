@@ -326,13 +326,26 @@ def test_every_zoo_entry_names_a_known_config():
     from napari_sam.model import zoo
 
     assert len(zoo.REGISTRY) >= 5
+    micro_sam = [f"vit_{size}_{domain}" for size in "tbl" for domain in ("lm", "em_organelles")]
+    assert all(zoo.REGISTRY[name].has_decoder for name in micro_sam)
     filenames = [entry.filename for entry in zoo.REGISTRY.values()]
     assert len(set(filenames)) == len(filenames)
     for name, entry in zoo.REGISTRY.items():
         assert entry.name == name
         assert entry.config_name in CONFIGS, name
-        assert len(entry.sha256) == 64 and int(entry.sha256, 16) >= 0, name
+        # the hash a download is checked against: sha256 (64 hex) or xxh128 (32 hex) where that is what is published
+        algorithm, digest = entry.known_hash.split(":")
+        assert (algorithm, len(digest)) in (("sha256", 64), ("xxh128", 32)), name
+        assert int(digest, 16) >= 0 and digest == digest.lower(), name
+        assert entry.sha256 == "" or len(entry.sha256) == 64, name
         assert entry.url.startswith("https://"), name
+        if entry.has_decoder:  # micro-sam's instance decoder: its own URL, xxh128 and cache file name
+            algorithm, digest = entry.decoder_known_hash.split(":")
+            assert algorithm == "xxh128" and len(digest) == 32 and int(digest, 16) >= 0, name
+            assert entry.decoder_url.startswith("https://") and entry.decoder_url.endswith("_decoder.pt"), name
+            assert entry.decoder_filename and entry.decoder_filename not in filenames, name
+        else:
+            assert entry.decoder_known_hash == "" and not entry.decoder_filename, name
         assert entry.hash_source and entry.license and entry.citation, name
         assert entry.preprocessing in (zoo.PREPROCESS_SAM, zoo.PREPROCESS_MEDSAM), name
 

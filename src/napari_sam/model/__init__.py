@@ -13,6 +13,7 @@ from napari_sam.model.config import (
     CONFIGS,
     SAM2_CONFIGS,
     HieraEncoderConfig,
+    InstanceDecoderConfig,
     Sam2Config,
     SamConfig,
     TinyViTEncoderConfig,
@@ -22,6 +23,7 @@ from napari_sam.model.config import (
 if TYPE_CHECKING:
     import torch
 
+    from napari_sam.model.decoders.instance import InstanceDecoder
     from napari_sam.model.sam.model import Sam
     from napari_sam.model.sam2.model import Sam2
 
@@ -29,6 +31,8 @@ __all__ = [
     "CONFIGS",
     "SAM2_CONFIGS",
     "HieraEncoderConfig",
+    "InstanceDecoder",
+    "InstanceDecoderConfig",
     "Sam2Config",
     "SamConfig",
     "TinyViTEncoderConfig",
@@ -98,7 +102,7 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device | Non
         ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``, a ``torch.device``, or None for the
         best one available.
     **kwargs
-        ``config``, ``progress``, ``preprocessing``: see
+        ``config``, ``progress``, ``preprocessing``, ``decoder`` (an instance decoder file to attach): see
         :func:`napari_sam.model.checkpoint.load_model`.
 
     Returns
@@ -122,3 +126,12 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device | Non
     from napari_sam.model.checkpoint import load_model as _load
 
     return _load(name_or_path, device=device, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    # torch-heavy classes are imported on first use, so importing napari_sam.model stays cheap
+    if name == "InstanceDecoder":
+        from napari_sam.model.decoders.instance import InstanceDecoder
+
+        return InstanceDecoder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

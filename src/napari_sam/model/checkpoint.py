@@ -20,13 +20,18 @@ import re
 import tempfile
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 import torch
 
 from napari_sam.model.config import ALL_CONFIGS, Sam2Config, SamConfig
+from napari_sam.model.decoders.instance import (
+    DECODER_PREFIX,
+    decoder_config_from_state_dict,
+    split_decoder_state,
+)
 from napari_sam.model.device import resolve_device
 from napari_sam.model.errors import (
     ArchitectureMismatchError,
@@ -41,6 +46,8 @@ if TYPE_CHECKING:
 PathLike = Union[str, os.PathLike]
 StateDict = dict[str, torch.Tensor]
 
+# Key under which micro-sam's combined checkpoints keep the instance decoder ({"model_state": sam, "decoder_state": d}).
+_DECODER_STATE_KEY = "decoder_state"
 # Keys under which training code commonly nests the weights ({"model": sd}, torch_em's {"model_state": sd}, ...).
 _CONTAINER_KEYS = ("model", "model_state", "model_state_dict", "state_dict", "sam")
 # Key prefixes added by wrappers: DistributedDataParallel ("module."), micro-sam / torch_em training ("sam."),
@@ -277,7 +284,76 @@ def read_state_dict(path: PathLike) -> StateDict:
         The file's tensors, on the CPU, under official keys (see :func:`unwrap_state_dict`).
     """
     path = Path(path).expanduser()
-    return unwrap_state_dict(read_checkpoint_file(path), source=str(path))
+    obj = read_checkpoint_file(path)
+    state = unwrap_state_dict(obj, source=str(path))
+    if isinstance(obj, Mapping) and isinstance(obj.get(_DECODER_STATE_KEY), Mapping):
+        # micro-sam's combined form: the decoder beside the SAM weights, under our prefix from here on
+        decoder = unwrap_state_dict(obj[_DECODER_STATE_KEY], source=f"{path} (decoder_state)")
+        state.update({DECODER_PREFIX + key: value for key, value in decoder.items()})
+    return state
+
+
+def read_decoder_state_dict(path: PathLike) -> StateDict:
+    """Load an instance decoder's state dict safely: micro-sam's ``vit_*_decoder.pt`` or a combined checkpoint.
+
+    Accepts a plain decoder state dict (micro-sam's published decoder files: an ``OrderedDict`` of
+    tensors), micro-sam's combined ``{"model_state": ..., "decoder_state": ...}`` (the decoder part is
+    taken), or one of our own checkpoints with ``instance_decoder.`` keys (those keys are taken).
+
+    Parameters
+    ----------
+    path
+        The decoder file.
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        The decoder's tensors, keys without any prefix (as ``InstanceDecoder.state_dict()`` names them).
+
+    Raises
+    ------
+    CheckpointError
+        Missing, unsafe (:class:`UnsafeCheckpointError`), unreadable, or holding no decoder tensors.
+    """
+    path = Path(path).expanduser()
+    obj = read_checkpoint_file(path)
+    if isinstance(obj, Mapping) and isinstance(obj.get(_DECODER_STATE_KEY), Mapping):
+        obj = obj[_DECODER_STATE_KEY]
+    state = unwrap_state_dict(obj, source=str(path))
+    prefixed = {key[len(DECODER_PREFIX) :]: value for key, value in state.items() if key.startswith(DECODER_PREFIX)}
+    state = prefixed or state
+    if "out_conv.weight" not in state or "base.block.1.weight" not in state:
+        raise CheckpointError(
+            f"{path} is not an instance decoder (no out_conv / base tensors; keys: {_list_keys(sorted(state))}). "
+            f"Pass micro-sam's vit_*_decoder.pt, or a checkpoint that holds a decoder."
+        )
+    return state
+
+
+def _file_decoder_config(state_dict: Mapping[str, torch.Tensor], source: str) -> Any:
+    """The instance decoder config the file's ``instance_decoder.*`` tensors describe, or None without them."""
+    _, decoder = split_decoder_state(state_dict, DECODER_PREFIX)
+    if not decoder:
+        return None
+    try:
+        return decoder_config_from_state_dict(decoder)
+    except KeyError as error:
+        raise ArchitectureMismatchError(
+            f"{source} holds instance decoder tensors ({DECODER_PREFIX}*) without the decoder's layout: "
+            f"{error.args[0]!r} is missing."
+        ) from None
+
+
+def _fit_decoder(config: SamConfig | Sam2Config, decoder_config: Any) -> SamConfig | Sam2Config:
+    """``config`` with the instance decoder the file holds (unchanged when the file holds none).
+
+    The decoder's sizes come from the file, so a checkpoint with a decoder loads under any SAM config
+    whose SAM part fits (micro-sam's fine-tunes are vit_b etc. plus a decoder). A file without decoder
+    tensors must fit the config as it is (a config with a decoder then reports them missing).
+    """
+    if decoder_config is None or not isinstance(config, SamConfig) or config.instance_decoder == decoder_config:
+        return config
+    return replace(config, instance_decoder=decoder_config)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -386,9 +462,18 @@ def detect_config(state_dict: Mapping[str, torch.Tensor], source: str = "checkpo
     # Compare with the file's own family first (SAM 2 names its heads sam_*): building every
     # architecture on the meta device costs seconds, so the others are built only for the error message.
     family = Sam2Config if any(key.startswith("sam_mask_decoder.") for key in state_dict) else SamConfig
-    candidates = [config for config in ALL_CONFIGS.values() if isinstance(config, family)]
-    diffs = [(compare_state_dict(state_dict, config), config) for config in candidates]
-    exact = [config for diff, config in diffs if diff.exact]
+    decoder_config = _file_decoder_config(state_dict, source)
+    candidates = [
+        (config, _fit_decoder(config, decoder_config))
+        for config in ALL_CONFIGS.values()
+        if isinstance(config, family)
+    ]
+    diffs = [(compare_state_dict(state_dict, fitted), fitted) for _, fitted in candidates]
+    exact = [fitted for diff, fitted in diffs if diff.exact]
+    if len(exact) > 1:
+        # a config that has this very decoder of its own wins over one that only shares the SAM part
+        own = [fitted for config, fitted in candidates if fitted in exact and config == fitted]
+        exact = own if len(own) == 1 else exact
     if not exact:
         diffs = [(compare_state_dict(state_dict, config), config) for config in ALL_CONFIGS.values()]
     if len(exact) == 1:
@@ -553,6 +638,7 @@ def load_model(
     config: SamConfig | Sam2Config | str | None = None,
     progress: bool | Any = True,
     preprocessing: str | None = None,
+    decoder: PathLike | None = None,
 ) -> Sam:
     """A ready :class:`Sam` (eval mode, on ``device``) from a zoo name or a checkpoint file.
 
@@ -574,11 +660,17 @@ def load_model(
         How the model expects its input image (``"sam"`` or ``"medsam"``, see
         :mod:`napari_sam.model.zoo`); default: the zoo entry's, or ``"sam"`` for a file.
         Stored as ``model.preprocessing`` for the engine.
+    decoder
+        An instance segmentation decoder file to attach (micro-sam's ``vit_*_decoder.pt``, a combined
+        micro-sam checkpoint, or one of ours holding a decoder); it replaces a decoder the checkpoint
+        itself holds. Default: the checkpoint's own decoder (``instance_decoder.*`` tensors or micro-sam's
+        ``decoder_state``), or the zoo entry's published decoder; none if there is none.
 
     Returns
     -------
     Sam
-        The model with the file's weights (float32), in eval mode, on ``device``.
+        The model with the file's weights (float32), in eval mode, on ``device``; ``model.instance_decoder``
+        is the attached decoder or None.
 
     Warns
     -----
@@ -612,6 +704,8 @@ def load_model(
         entry = zoo.get_entry(name_or_path)
         preprocessing = preprocessing or entry.preprocessing
         path = zoo.fetch_checkpoint(name_or_path, progress=progress)
+        if decoder is None and entry.decoder_url:
+            decoder = zoo.fetch_decoder(name_or_path, progress=progress)
         expected = forced or ALL_CONFIGS[entry.config_name]
         source = f"zoo model {entry.name!r} ({path})"
     else:
@@ -619,9 +713,15 @@ def load_model(
         expected = forced
         source = str(path)
     state_dict = read_state_dict(path)
+    if decoder is not None:
+        decoder_state = read_decoder_state_dict(decoder)
+        state_dict = {key: value for key, value in state_dict.items() if not key.startswith(DECODER_PREFIX)}
+        state_dict.update({DECODER_PREFIX + key: value for key, value in decoder_state.items()})
+        source = f"{source} with decoder {Path(decoder).expanduser()}"
     if expected is None:
         expected = detect_config(state_dict, source=source)
     else:
+        expected = _fit_decoder(expected, _file_decoder_config(state_dict, source))
         check_config(state_dict, expected, source=source)
     _warn_if_non_finite(state_dict, source)
     model = build_from_state_dict(state_dict, expected)
@@ -700,7 +800,8 @@ def save_checkpoint(model: torch.nn.Module, path: PathLike) -> Path:
     """Write ``model``'s weights as a plain state dict (official key layout, CPU tensors).
 
     The file loads with ``torch.load(weights_only=True)`` here and in the official
-    segment-anything code. It is written with :func:`save_atomically`, so an
+    segment-anything code. An instance decoder (``model.instance_decoder``) is saved with it under
+    ``instance_decoder.*`` keys, and :func:`load_model` attaches it again. It is written with :func:`save_atomically`, so an
     interrupted save never leaves a truncated checkpoint under ``path``.
 
     Parameters

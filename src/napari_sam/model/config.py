@@ -55,6 +55,26 @@ class TinyViTEncoderConfig:
 
 
 @dataclass(frozen=True)
+class InstanceDecoderConfig:
+    """The instance segmentation decoder on SAM's image embedding (micro-sam's UNETR decoder layout).
+
+    It reads the ``(embed_dim, E, E)`` image embedding (the neck output, i.e. the SAM config's
+    ``prompt_embed_dim``), upsamples it four times (x16) and predicts ``out_channels`` maps in
+    [0, 1]: foreground probability, distance to the object centre, distance to the object boundary.
+    """
+
+    embed_dim: int
+    initial_features: int = 64  # channels of the finest level; level k has initial_features * 2**k
+    out_channels: int = 3
+    use_conv_transpose: bool = True  # 2x2 transposed convolutions (micro-sam's published decoders) or bilinear + 1x1
+
+    @property
+    def features(self) -> tuple[int, int, int, int]:
+        """Channels of the four decoder levels, coarsest first (``initial_features * (8, 4, 2, 1)``)."""
+        return tuple(self.initial_features * 2**level for level in (3, 2, 1, 0))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
 class SamConfig:
     """A whole SAM model: image encoder + prompt encoder + mask decoder.
 
@@ -75,6 +95,8 @@ class SamConfig:
     iou_head_hidden_dim: int = 256
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    # the optional instance segmentation decoder on the image embedding (micro-sam's); None: the model has none
+    instance_decoder: InstanceDecoderConfig | None = None
 
     @property
     def embedding_size(self) -> int:

@@ -58,11 +58,25 @@ class ZooEntry:
     prompt_mode: str = "points"  # "box": trained on box prompts only (MedSAM); the annotator starts with boxes
     xxh128: str = ""
     """The file's xxh128 (hex) where that is what its publisher gives (micro-sam v2+); then ``sha256`` may be ""."""
+    decoder_url: str = ""
+    """micro-sam's instance segmentation decoder published with the model ("" for none)."""
+    decoder_xxh128: str = ""
+    decoder_filename: str = ""
 
     @property
     def known_hash(self) -> str:
         """The hash a download must match, as pooch takes it: ``"sha256:<hex>"`` or ``"xxh128:<hex>"``."""
         return f"xxh128:{self.xxh128}" if self.xxh128 else f"sha256:{self.sha256}"
+
+    @property
+    def decoder_known_hash(self) -> str:
+        """The hash the decoder download must match (``"xxh128:<hex>"``); "" without a decoder."""
+        return f"xxh128:{self.decoder_xxh128}" if self.decoder_url else ""
+
+    @property
+    def has_decoder(self) -> bool:
+        """Whether the entry comes with an instance segmentation decoder."""
+        return bool(self.decoder_url)
 
 
 _SAM_CITATION = "Kirillov et al., Segment Anything, ICCV 2023 (arXiv:2304.02643)"
@@ -70,6 +84,28 @@ _MICROSAM_CITATION = "Archit et al., Segment Anything for Microscopy, Nature Met
 _MICROSAM_HASH_SOURCE = (
     "micro-sam's model registry (micro_sam/util.py, releases 0.2.x, 'first version of finetuned models on zenodo'),"
     " github.com/computational-cell-analytics/micro-sam"
+)
+
+# micro-sam's current light microscopy (lm) and electron microscopy organelle (em_organelles) models on
+# bioimage.io: (size, domain, record/version, encoder xxh128, decoder xxh128). URLs and xxh128 hashes as published
+# in micro-sam's model registry (micro_sam/util.py, github.com/computational-cell-analytics/micro-sam, v1.x).
+_BIOIMAGEIO = "https://uk1s3.embassy.ebi.ac.uk/public-datasets/bioimage.io"
+_MICROSAM_V2 = (
+    ("t", "lm", "faithful-chicken/1.1", "72ec5074774761a6e5c05a08942f981e", "3e914a5f397b0312cdd36813031f8823"),
+    ("b", "lm", "diplomatic-bug/1.2", "fe9252a29f3f4ea53c15a06de471e186", "708b15ac620e235f90bb38612c4929ba"),
+    ("l", "lm", "idealistic-rat/1.2", "017f20677997d628426dec80a8018f9d", "2faeafa03819dfe03e7c46a44aaac64a"),
+    ("t", "em_organelles", "greedy-whale/1", "253474720c497cce605e57c9b1d18fd9", "8f897c7bb93174a4d1638827c4dd6f44"),
+    ("b", "em_organelles", "noisy-ox/1.2", "f3bf2ed83d691456bae2c3f9a05fb438", "bb6398956a6b0132c26b631c14f95ce2"),
+    ("l", "em_organelles", "humorous-crab/1.2", "810b084b6e51acdbf760a993d8619f2d", "334877640bfdaaabce533e3252a17294"),
+)
+_MICROSAM_SIZES = {"t": "ViT-T (TinyViT)", "b": "ViT-B", "l": "ViT-L"}
+_MICROSAM_DOMAINS = {
+    "lm": "cells and nuclei in light microscopy",
+    "em_organelles": "organelles (mitochondria, nuclei) in electron microscopy",
+}
+_MICROSAM_V2_HASH_SOURCE = (
+    "micro-sam's model registry (micro_sam/util.py, releases 1.x, commit df11268e), "
+    "github.com/computational-cell-analytics/micro-sam"
 )
 
 _ENTRIES: tuple[ZooEntry, ...] = (
@@ -134,8 +170,7 @@ _ENTRIES: tuple[ZooEntry, ...] = (
     # (micro_sam/util.py in the 0.2.x releases). These files are plain state dicts in the official layout
     # (micro-sam's exporter strips the "sam." prefix of its training checkpoints before saving); loading also
     # copes with the un-exported form ({"model_state": {"sam.<key>": ...}}).
-    # Later micro-sam generalists (vit_*_lm / vit_*_em_organelles on bioimage.io, v2+) publish only xxh128
-    # hashes, so they are not listed here.
+    # The later generalists (vit_*_lm / vit_*_em_organelles on bioimage.io) follow below, with xxh128 hashes.
     ZooEntry(
         name="vit_b_lm_v1",
         config_name="vit_b",
@@ -179,6 +214,25 @@ _ENTRIES: tuple[ZooEntry, ...] = (
         license="see Zenodo record 8250291 (micro-sam code: MIT)",
         citation=_MICROSAM_CITATION,
         hash_source=_MICROSAM_HASH_SOURCE,
+    ),
+    # --- micro-sam's current generalists (bioimage.io), each with its instance segmentation decoder.
+    *(
+        ZooEntry(
+            name=f"vit_{size}_{domain}",
+            config_name=f"vit_{size}",
+            url=f"{_BIOIMAGEIO}/{record}/files/vit_{size}.pt",
+            sha256="",
+            xxh128=encoder_hash,
+            filename=f"microsam_vit_{size}_{domain}.pt",
+            decoder_url=f"{_BIOIMAGEIO}/{record}/files/vit_{size}_decoder.pt",
+            decoder_xxh128=decoder_hash,
+            decoder_filename=f"microsam_vit_{size}_{domain}_decoder.pt",
+            description=f"micro-sam {_MICROSAM_SIZES[size]} for {_MICROSAM_DOMAINS[domain]}, with its instance decoder",
+            license=f"CC-BY-4.0 (declared by micro-sam's bioimage.io export; record {record}; code: MIT)",
+            citation=_MICROSAM_CITATION,
+            hash_source=_MICROSAM_V2_HASH_SOURCE,
+        )
+        for size, domain, record, encoder_hash, decoder_hash in _MICROSAM_V2
     ),
     # --- MedSAM (ViT-B fine-tuned on 1.5M medical image-mask pairs). The authors distribute medsam_vit_b.pth from a
     # Google Drive folder linked in github.com/bowang-lab/MedSAM's README, which cannot be fetched by URL; the URL
@@ -284,14 +338,17 @@ def is_cached(name: str) -> bool:
     Returns
     -------
     bool
-        True if a file exists at :func:`cached_path` (not hashed here).
+        True if a file exists at :func:`cached_path` (not hashed here), and the decoder's file too
+        for an entry with a decoder.
 
     Raises
     ------
     UnknownModelError
         ``name`` is not in the zoo.
     """
-    return cached_path(name).is_file()
+    entry = get_entry(name)
+    decoder_ok = not entry.has_decoder or (cache_dir() / entry.decoder_filename).is_file()
+    return cached_path(name).is_file() and decoder_ok
 
 
 def manual_install_hint(name: str) -> str:
@@ -315,18 +372,25 @@ def manual_install_hint(name: str) -> str:
     """
     entry = get_entry(name)
     target = cached_path(name)
+    decoder = ""
+    if entry.has_decoder:
+        decoder = (
+            f"With it, its instance decoder: download {entry.decoder_url} and copy it to the same folder as "
+            f"{entry.decoder_filename!r} (its {_hash_words(entry.decoder_known_hash)}).\n"
+        )
     return (
         f"To install it by hand, download {entry.url} on a computer with internet access and copy it to\n"
         f"    {target}\n"
-        f"(folder {target.parent}, file name {entry.filename!r}; its {_hash_words(entry)}), "
-        f"or set {CACHE_ENV_VAR} to a folder holding a file of that name, "
+        f"(folder {target.parent}, file name {entry.filename!r}; its {_hash_words(entry.known_hash)}).\n"
+        f"{decoder}"
+        f"Or set {CACHE_ENV_VAR} to a folder holding those files, "
         f"or pass the file's path instead of the model name."
     )
 
 
-def _hash_words(entry: ZooEntry) -> str:
-    """"sha256 must be <hex>" or "xxh128 must be <hex>": the hash a file of ``entry`` is checked against."""
-    algorithm, digest = entry.known_hash.split(":", 1)
+def _hash_words(known_hash: str) -> str:
+    """"sha256 must be <hex>" or "xxh128 must be <hex>", from a pooch hash ``"<algorithm>:<hex>"``."""
+    algorithm, digest = known_hash.split(":", 1)
     return f"{algorithm} must be {digest}"
 
 
@@ -375,7 +439,8 @@ def fetch_checkpoint(name: str, progress: bool | Any = True) -> Path:
     after its published hash (sha256, or xxh128 where that is what is published) matched; a
     mismatching file is deleted (:class:`ChecksumMismatchError`).
     A server that cannot be reached raises :class:`DownloadError` with the URL and
-    instructions for placing the file by hand.
+    instructions for placing the file by hand. An entry with an instance decoder has its
+    decoder fetched (and verified) too, so the model is complete offline afterwards.
 
     Parameters
     ----------
@@ -388,8 +453,9 @@ def fetch_checkpoint(name: str, progress: bool | Any = True) -> Path:
     Returns
     -------
     Path
-        The cached file. A file hashed before and unchanged since (same size and mtime,
-        recorded in a ``.verified.json`` marker beside it) is returned without hashing it again.
+        The cached checkpoint (the decoder: :func:`fetch_decoder`). A file hashed before and unchanged
+        since (same size and mtime, recorded in a ``.verified.json`` marker beside it) is returned without
+        hashing it again.
 
     Raises
     ------
@@ -402,15 +468,57 @@ def fetch_checkpoint(name: str, progress: bool | Any = True) -> Path:
         written to the cache folder.
     """
     entry = get_entry(name)
+    path = _fetch_file(name, entry.url, entry.known_hash, entry.filename, progress)
+    if entry.has_decoder:
+        fetch_decoder(name, progress=progress)
+    return path
+
+
+def fetch_decoder(name: str, progress: bool | Any = True) -> Path:
+    """Path of the verified instance decoder file of zoo model ``name``, downloading it first if needed.
+
+    Same download, hash check and caching as :func:`fetch_checkpoint`, for the decoder file.
+
+    Parameters
+    ----------
+    name
+        A zoo model name whose entry has a decoder (:attr:`ZooEntry.has_decoder`).
+    progress
+        As for :func:`fetch_checkpoint`.
+
+    Returns
+    -------
+    Path
+        The cached decoder file.
+
+    Raises
+    ------
+    UnknownModelError
+        ``name`` is not in the zoo.
+    ValueError
+        The entry has no decoder.
+    ChecksumMismatchError
+        The downloaded file does not have the published hash (it was deleted).
+    DownloadError
+        The server could not be reached, or the file could not be written to the cache folder.
+    """
+    entry = get_entry(name)
+    if not entry.has_decoder:
+        raise ValueError(f"Zoo model {name!r} has no instance decoder.")
+    return _fetch_file(name, entry.decoder_url, entry.decoder_known_hash, entry.decoder_filename, progress)
+
+
+def _fetch_file(name: str, url: str, known_hash: str, filename: str, progress: bool | Any) -> Path:
+    """Download ``url`` into the cache as ``filename`` unless a verified copy is there; check ``known_hash``."""
     target_dir = cache_dir()
-    target = target_dir / entry.filename
-    if _already_verified(target, entry.known_hash):
+    target = target_dir / filename
+    if _already_verified(target, known_hash):
         return target
 
     import pooch
     import requests
 
-    if entry.xxh128:
+    if known_hash.startswith("xxh128:"):
         try:
             import xxhash  # noqa: F401  (pooch hashes xxh128 with it)
         except ImportError as error:
@@ -420,13 +528,13 @@ def fetch_checkpoint(name: str, progress: bool | Any = True) -> Path:
             ) from error
     if progress is True and not _progress_bar_available():
         progress = False
-    downloader = pooch.HTTPDownloader(progressbar=progress) if entry.url.startswith(("http://", "https://")) else None
+    downloader = pooch.HTTPDownloader(progressbar=progress) if url.startswith(("http://", "https://")) else None
     existed_before = target.is_file()
     try:
         fetched = pooch.retrieve(
-            entry.url,
-            known_hash=entry.known_hash,
-            fname=entry.filename,
+            url,
+            known_hash=known_hash,
+            fname=filename,
             path=target_dir,
             downloader=downloader,
             progressbar=progress if downloader is None else False,
@@ -434,10 +542,10 @@ def fetch_checkpoint(name: str, progress: bool | Any = True) -> Path:
     except ValueError as error:
         # pooch raises ValueError for a hash mismatch, after deleting the temporary download.
         if "hash" not in str(error).lower():
-            raise DownloadError(f"Could not download model {name!r} from {entry.url}: {error}") from error
+            raise DownloadError(f"Could not download model {name!r} from {url}: {error}") from error
         raise ChecksumMismatchError(
-            f"The file downloaded for model {name!r} from {entry.url} does not have the published "
-            f"{entry.known_hash.replace(':', ' ')}; it was deleted and not cached (pooch: {error}). The server may "
+            f"The file downloaded for model {name!r} from {url} does not have the published "
+            f"{known_hash.replace(':', ' ')}; it was deleted and not cached (pooch: {error}). The server may "
             f"serve a different or truncated file.\n{manual_install_hint(name)}"
         ) from error
     except (requests.exceptions.RequestException, OSError) as error:
@@ -445,8 +553,8 @@ def fetch_checkpoint(name: str, progress: bool | Any = True) -> Path:
             f"A file {target} exists but its hash does not match, so it was not used.\n" if existed_before else ""
         )
         raise DownloadError(
-            f"Could not download model {name!r} from {entry.url}: {error}\n{stale}{manual_install_hint(name)}"
+            f"Could not download model {name!r} from {url}: {error}\n{stale}{manual_install_hint(name)}"
         ) from error
     path = Path(fetched)
-    _record_verified(path, entry.known_hash)
+    _record_verified(path, known_hash)
     return path

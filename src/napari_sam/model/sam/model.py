@@ -23,13 +23,21 @@ class Sam(nn.Module):
     image_format: str = "RGB"
 
     def __init__(
-        self, config: SamConfig, image_encoder: nn.Module, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder
+        self,
+        config: SamConfig,
+        image_encoder: nn.Module,
+        prompt_encoder: PromptEncoder,
+        mask_decoder: MaskDecoder,
+        instance_decoder: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.config = config
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
+        # micro-sam's instance segmentation decoder on the image embedding, or None; its state-dict keys are
+        # prefixed "instance_decoder." (absent when None, so official checkpoints load unchanged)
+        self.instance_decoder = instance_decoder
         self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(3, 1, 1), persistent=False)
 
@@ -96,5 +104,10 @@ def build_sam(config: SamConfig | str) -> Sam:
             config = CONFIGS[config]
         except KeyError:
             raise KeyError(f"unknown SAM config {config!r}; known: {sorted(CONFIGS)}") from None
-    model = Sam(config, build_image_encoder(config), PromptEncoder(config), MaskDecoder(config))
+    instance_decoder = None
+    if config.instance_decoder is not None:
+        from napari_sam.model.decoders.instance import InstanceDecoder
+
+        instance_decoder = InstanceDecoder(config.instance_decoder, config.img_size)
+    model = Sam(config, build_image_encoder(config), PromptEncoder(config), MaskDecoder(config), instance_decoder)
     return model.eval()

@@ -11,6 +11,12 @@ optical blur, an uneven background, Poisson (shot) and Gaussian (read) noise.
 Everything is deterministic given ``seed``. Arrays are in napari's pixel frame:
 ``(H, W)`` images, ``(Z, H, W)`` volumes; labels are int32, 0 = background,
 objects numbered 1..N without gaps.
+
+``varied_image`` (and ``SyntheticDataset(..., varied=True)``) draws every image from a
+much wider distribution: any base style varied further, several noise models, textures,
+hazy or debris-strewn backgrounds, and the dtype and intensity range of the file
+(float32 at any scale, uint16 with camera offsets, uint8 that may be dim or saturated).
+The fixed styles above are unchanged by it (tests rely on their exact images).
 """
 
 from __future__ import annotations
@@ -469,13 +475,188 @@ def synthetic_volume(
     return _generate(tuple(int(s) for s in shape), seed, style, dtype, (float(z_spacing), 1.0, 1.0), min_size)
 
 
+# ----------------------------------------------------------------------------- the wide distribution
+
+NOISE_MODELS = ("poisson", "gaussian", "speckle")
+"""Noise of a varied image: shot + read noise, additive Gaussian only, or multiplicative (gamma) speckle."""
+VARIED_DTYPES = ("float32", "uint16", "uint8")
+
+
+@dataclass(frozen=True)
+class Appearance:
+    """How a varied image is rendered beyond its ``SyntheticStyle`` (texture, background extras, noise, file)."""
+
+    texture_sigma: float = 1.5
+    """Grain of the texture inside objects, in pixels."""
+    spots: float = 0.0
+    """Strength of small bright spots (nucleoli, granules) inside objects; 0: none."""
+    haze: float = 0.0
+    """Out-of-focus haze: smooth unlabelled glow in the background (relative to brightness 1.0)."""
+    debris: int = 0
+    """Number of small unlabelled specks scattered over the background."""
+    noise: str = "poisson"
+    """One of ``NOISE_MODELS``."""
+    dtype: str = "float32"
+    """One of ``VARIED_DTYPES``: the stored image's dtype."""
+    scale: float = 1.0
+    """Brightness 1.0 becomes this many units of the stored image (above ``offset``); uint8 may saturate."""
+    offset: float = 0.0
+    """Stored value of brightness 0 (a camera offset)."""
+
+
+def varied_style(rng: np.random.Generator) -> SyntheticStyle:
+    """A style drawn widely: any base style of ``STYLES``, varied further than :func:`random_style` does.
+
+    Parameters
+    ----------
+    rng
+        The source of randomness (seed it for a reproducible style).
+
+    Returns
+    -------
+    SyntheticStyle
+        Shapes, sizes, density, overlap, brightness, edge profile, blur, background and
+        noise level all drawn at random.
+    """
+    base = STYLES[sorted(STYLES)[int(rng.integers(len(STYLES)))]]
+    style = random_style(rng, base)
+    dimmest = float(rng.uniform(0.25, 0.7))
+    return dataclasses.replace(
+        style,
+        aspect_range=(1.0, float(rng.uniform(1.2, 2.6))),
+        irregularity=float(base.irregularity * rng.uniform(0.5, 2.0)),
+        max_overlap=float(rng.uniform(0.05, 0.4)),
+        intensity_range=(dimmest, float(rng.uniform(dimmest + 0.1, 1.0))),
+        edge_falloff=float(rng.uniform(0.0, 0.6)),
+        blur_sigma=float(rng.uniform(0.3, 2.5)),
+        background_variation=float(rng.uniform(0.0, 0.9)),
+        read_noise=float(base.read_noise * np.exp(rng.uniform(-1.0, 1.5))),
+    )
+
+
+def random_appearance(rng: np.random.Generator) -> Appearance:
+    """A random :class:`Appearance`: texture grain, spots, haze, debris, noise model, dtype and intensity range.
+
+    Parameters
+    ----------
+    rng
+        The source of randomness (seed it for a reproducible appearance).
+
+    Returns
+    -------
+    Appearance
+        float32 at any scale, uint16 with a camera offset, or uint8 that may be dim or saturated.
+    """
+    dtype = VARIED_DTYPES[int(rng.choice(3, p=[0.4, 0.3, 0.3]))]
+    if dtype == "uint8":
+        scale, offset = float(np.exp(rng.uniform(np.log(80), np.log(400)))), float(rng.uniform(0, 20))
+    elif dtype == "uint16":
+        scale, offset = float(np.exp(rng.uniform(np.log(200), np.log(20000)))), float(rng.uniform(0, 1000))
+    else:
+        scale = float(np.exp(rng.uniform(np.log(0.01), np.log(1000))))
+        offset = float(rng.uniform(-0.5, 0.5)) * scale
+    return Appearance(
+        texture_sigma=float(rng.uniform(0.6, 4.0)),
+        spots=float(rng.uniform(0.2, 0.8)) if rng.random() < 0.4 else 0.0,
+        haze=float(rng.uniform(0.02, 0.1)) if rng.random() < 0.5 else 0.0,
+        debris=int(rng.integers(1, 30)) if rng.random() < 0.4 else 0,
+        noise=NOISE_MODELS[int(rng.integers(len(NOISE_MODELS)))],
+        dtype=dtype,
+        scale=scale,
+        offset=offset,
+    )
+
+
+def _noisy(rng: np.random.Generator, signal: np.ndarray, style: SyntheticStyle, model: str) -> np.ndarray:
+    """``signal`` (brightness units) with noise of ``model`` (see ``NOISE_MODELS``), float32."""
+    read = rng.normal(0.0, style.read_noise, signal.shape).astype(np.float32)
+    if model == "poisson":
+        return rng.poisson(np.clip(signal, 0, None) * style.photons).astype(np.float32) / style.photons + read
+    if model == "gaussian":  # flat noise at the shot-noise level of a mid-bright object
+        return signal + read + rng.normal(0.0, np.sqrt(0.4 / style.photons), signal.shape).astype(np.float32)
+    shape_k = max(3.0, style.photons / 10)  # speckle: multiplicative gamma noise of mean 1
+    return signal * rng.gamma(shape_k, 1 / shape_k, signal.shape).astype(np.float32) + read
+
+
+def _render_varied(
+    rng: np.random.Generator, labels: np.ndarray, depth: np.ndarray, style: SyntheticStyle, look: Appearance
+) -> np.ndarray:
+    """Render 2D labels with ``style`` and ``look``; the stored image of ``look.dtype``."""
+    from skimage.filters import gaussian
+
+    inside = labels > 0
+    brightness = np.zeros(int(labels.max()) + 1, dtype=np.float32)
+    brightness[1:] = rng.uniform(*style.intensity_range, brightness.size - 1)
+    profile = np.zeros(labels.shape, dtype=np.float32)
+    profile[inside] = 1.0 - style.edge_falloff * depth[inside] ** 2
+    texture = np.clip(1.0 + style.texture * _smooth_noise(rng, labels.shape, look.texture_sigma), 0.2, None)
+    clean = brightness[labels] * profile * texture
+    if look.spots > 0:  # rare peaks of a fine random field: small bright granules
+        granules = np.clip(_smooth_noise(rng, labels.shape, 1.0) - 2.0, 0, None)
+        clean += look.spots * brightness[labels] * granules * inside
+    if style.blur_sigma > 0:
+        clean = gaussian(clean, sigma=style.blur_sigma, preserve_range=True).astype(np.float32)
+    signal = clean + _background(rng, labels.shape, style)
+    if look.haze > 0:
+        glow = np.clip(_smooth_noise(rng, labels.shape, float(rng.uniform(6.0, 20.0))), 0, None)
+        signal += look.haze * glow
+    if look.debris:
+        specks = np.zeros(labels.shape, dtype=np.float32)
+        rows = rng.integers(0, labels.shape[0], look.debris)
+        cols = rng.integers(0, labels.shape[1], look.debris)
+        outside = ~inside[rows, cols]  # debris lies on the background: it is not an object
+        specks[rows[outside], cols[outside]] = rng.uniform(2.0, 8.0, look.debris)[outside]
+        signal += gaussian(specks, sigma=1.0, preserve_range=True).astype(np.float32)
+    stored = look.offset + look.scale * _noisy(rng, signal, style, look.noise)
+    if look.dtype == "float32":
+        return stored.astype(np.float32)
+    top = np.iinfo(np.dtype(look.dtype)).max
+    return np.clip(np.rint(stored), 0, top).astype(look.dtype)
+
+
+def varied_image(shape: tuple[int, int] = (256, 256), seed: int = 0, min_size: int = 12) -> SyntheticSample:
+    """A 2D image from the wide distribution (:func:`varied_style`, :func:`random_appearance`) and its labels.
+
+    Parameters
+    ----------
+    shape
+        (H, W).
+    seed
+        Everything is deterministic given the seed (its own stream: ``synthetic_image``
+        with the same seed is a different image).
+    min_size
+        Smallest object kept, in pixels.
+
+    Returns
+    -------
+    SyntheticSample
+        ``image`` (H, W) of float32, uint16 or uint8 and ``labels`` (H, W) int32, objects 1..N.
+
+    Raises
+    ------
+    InputError
+        ``shape`` is not 2D or not positive.
+    """
+    if len(shape) != 2 or any(int(s) < 1 for s in shape):
+        raise InputError(f"varied_image makes 2D images of positive size; got shape {shape}.")
+    shape = (int(shape[0]), int(shape[1]))
+    rng = np.random.default_rng([seed, 8191])
+    style = varied_style(rng)
+    look = random_appearance(rng)
+    spacing = np.ones(2)
+    labels, depth = _rasterise(_place_objects(rng, style, shape, spacing), shape, min_size)
+    return SyntheticSample(_render_varied(rng, labels, depth, style, look), labels)
+
+
 class SyntheticDataset(Sequence):
     """A lazy sequence of ``count`` 2D samples; item ``i`` is generated on access with seed ``seed + i``.
 
     With ``vary_style`` every image draws its own variation of ``style`` (see
     ``random_style``), seeded by its own seed, so the dataset is deterministic and
-    any item can be regenerated alone. Nothing is stored: a training run can use
-    millions of images without memory.
+    any item can be regenerated alone. With ``varied`` every item is
+    ``varied_image(shape, seed + i)`` instead (``style``, ``vary_style`` and ``dtype`` are
+    then not used). Nothing is stored: a training run can use millions of images
+    without memory.
     """
 
     def __init__(
@@ -486,6 +667,7 @@ class SyntheticDataset(Sequence):
         style: str | SyntheticStyle = "mixed",
         vary_style: bool = False,
         dtype: npt.DTypeLike = np.float32,
+        varied: bool = False,
     ) -> None:
         self.count = int(count)
         self.shape = tuple(shape)
@@ -493,6 +675,7 @@ class SyntheticDataset(Sequence):
         self.style = get_style(style)
         self.vary_style = vary_style
         self.dtype = dtype
+        self.varied = bool(varied)
 
     def __len__(self) -> int:
         return self.count
@@ -519,6 +702,8 @@ class SyntheticDataset(Sequence):
         if not -self.count <= index < self.count:
             raise IndexError(index)
         index %= self.count
+        if self.varied:
+            return varied_image(self.shape, self.seed + index)
         return synthetic_image(self.shape, self.seed + index, self.style_of(index), self.dtype)
 
 
@@ -529,6 +714,7 @@ def synthetic_dataset(
     style: str | SyntheticStyle = "mixed",
     vary_style: bool = False,
     dtype: npt.DTypeLike = np.float32,
+    varied: bool = False,
 ) -> list[SyntheticSample]:
     """``count`` 2D samples with seeds ``seed, seed + 1, ...`` (see ``SyntheticDataset``), as a list.
 
@@ -546,6 +732,8 @@ def synthetic_dataset(
         Draw a variation of ``style`` per image (see :func:`random_style`).
     dtype
         ``float32`` or ``uint16``.
+    varied
+        Draw every image from the wide distribution of :func:`varied_image` instead.
 
     Returns
     -------
@@ -557,4 +745,4 @@ def synthetic_dataset(
     InputError
         As for :func:`synthetic_image`.
     """
-    return list(SyntheticDataset(count, shape, seed, style, vary_style, dtype))
+    return list(SyntheticDataset(count, shape, seed, style, vary_style, dtype, varied))

@@ -30,6 +30,8 @@ _LAZY = {
     "segment_everything_steps": "napari_sam.engine.automatic.segment",
     "AutomaticParams": "napari_sam.engine.automatic.params",
     "generate_labels": "napari_sam.engine.automatic.generation",
+    "InstanceParams": "napari_sam.engine.automatic.instance",
+    "segment_instances": "napari_sam.engine.automatic.instance",
     "FinetuneOptions": "napari_sam.engine.training.options",
     "finetune": "napari_sam.engine.training.loop",
     "f1_score": "napari_sam.engine.metrics",

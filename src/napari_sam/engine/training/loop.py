@@ -82,9 +82,12 @@ def _set_train_mode(model, freeze_image_encoder: bool) -> None:
     import torch
 
     model.train()
+    decoder = getattr(model, "instance_decoder", None)
+    learning_norms = set(decoder.modules()) if decoder is not None else set()
     for module in model.modules():
-        # BatchNorm statistics (TinyViT) are not re-estimated from a handful of images
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+        # BatchNorm statistics (TinyViT) are not re-estimated from a handful of images; the instance
+        # decoder's are (full-resolution maps give them plenty of pixels, and a new decoder has none yet)
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module not in learning_norms:
             module.eval()
     if freeze_image_encoder:
         model.image_encoder.eval()

@@ -51,6 +51,9 @@ class FinetuneOptions:
     mask_loss: str = _option("focal_dice", "mask loss: focal or BCE, plus dice", choices=MASK_LOSSES)
     focal_weight: float = _option(20.0, "weight of focal (or BCE) against dice (20:1 as in SAM)")
     iou_loss_weight: float = _option(1.0, "weight of the IoU head's loss (MSE against the actual IoU)")
+    decoder_loss_weight: float = _option(
+        1.0, "weight of the instance decoder's loss (models with an instance decoder train it jointly, on the same "
+             "image embeddings; 0: the decoder is left as it is)")
     prompt_probabilities: tuple[float, float, float, float] = _option(
         (0.3, 0.3, 0.2, 0.2), "how often the first prompt is a box, a point, point + box, or several points")
     multimask_probability: float = _option(
@@ -94,7 +97,8 @@ def _problems(options: FinetuneOptions) -> typing.Iterator[str]:
             yield f"{name} must be at least {low}; got {value}"
     if not (math.isfinite(options.learning_rate) and options.learning_rate > 0):
         yield f"learning_rate must be a positive number; got {options.learning_rate}"
-    non_negative = ("weight_decay", "grad_clip", "focal_weight", "iou_loss_weight", "box_jitter")
+    non_negative = ("weight_decay", "grad_clip", "focal_weight", "iou_loss_weight", "decoder_loss_weight",
+                    "box_jitter")
     for name in non_negative:
         if not getattr(options, name) >= 0:  # also catches NaN
             yield f"{name} must be >= 0; got {getattr(options, name)}"
@@ -128,6 +132,8 @@ class FinetuneProgress:
     iou_loss: float | None = None
     train_iou: float | None = None
     """Mean IoU of the step's last decoder pass against its targets (a cheap running quality measure)."""
+    decoder_loss: float | None = None
+    """The instance decoder's loss (models with an instance decoder; None otherwise)."""
     learning_rate: float | None = None
     elapsed_s: float = 0.0
     validation: dict[str, float] | None = None
@@ -138,7 +144,8 @@ class FinetuneProgress:
         """One line for logs and status bars."""
         parts = [f"step {self.step}/{self.total_steps}"]
         if self.loss is not None:
-            parts.append(f"loss {self.loss:.4f} (mask {self.mask_loss:.4f}, iou {self.iou_loss:.4f})")
+            decoder = f", decoder {self.decoder_loss:.4f}" if self.decoder_loss is not None else ""
+            parts.append(f"loss {self.loss:.4f} (mask {self.mask_loss:.4f}, iou {self.iou_loss:.4f}{decoder})")
         if self.train_iou is not None:
             parts.append(f"train IoU {self.train_iou:.3f}")
         if self.learning_rate is not None:

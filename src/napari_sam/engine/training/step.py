@@ -10,6 +10,9 @@
    input frame) and the IoU head against the actual IoU of its mask (MSE). A single
    point is ambiguous, so it gets SAM's three outputs and only the best is penalised;
    other prompts use the single output.
+5. A model with an instance decoder (``model.instance_decoder``) trains it jointly, as
+   micro-sam does: its maps of the same image embeddings against the targets of
+   ``instance_targets``, weighted by ``decoder_loss_weight``, join the loss.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from napari_sam.engine.errors import InputError
+from napari_sam.engine.training.instance_targets import samples_decoder_loss
 from napari_sam.engine.training.losses import mask_losses
 from napari_sam.engine.training.prompt_sampling import (
     PromptSet,
@@ -292,7 +296,7 @@ def training_step_loss(
     -------
     tuple
         The scalar loss and a dict with ``mask_loss``, ``iou_loss`` and ``train_iou``
-        (mean IoU of the last pass).
+        (mean IoU of the last pass), and ``decoder_loss`` when the instance decoder is trained.
 
     Raises
     ------
@@ -324,6 +328,12 @@ def training_step_loss(
     loss = mask_loss + options.iou_loss_weight * iou_loss
     parts = {"mask_loss": float(mask_loss.detach()), "iou_loss": float(iou_loss.detach()),
              "train_iou": float(score.train_iou)}
+    decoder = getattr(model, "instance_decoder", None)
+    if decoder is not None and options.decoder_loss_weight > 0:
+        with autocast():
+            decoder_loss, _ = samples_decoder_loss(decoder, embeddings, samples, img_size)
+        loss = loss + options.decoder_loss_weight * decoder_loss
+        parts["decoder_loss"] = float(decoder_loss.detach())
     return loss, parts
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,3 +171,35 @@ def test_segment_instances_blank_window_and_models_without_decoder(decoder_predi
         segment_instances(Predictor(tiny_model, device="cpu"), np.zeros((40, 50), np.uint8) + np.eye(40, 50, dtype=np.uint8))
     with pytest.raises(InputError, match="foreground_threshold"):
         segment_instances(decoder_predictor, np.eye(40, 50), InstanceParams(foreground_threshold=2))
+
+
+# ----------------------------------------------------------------------------- micro-sam's post-processing (golden)
+
+GOLDEN_DIR = Path(__file__).parents[1] / "data" / "golden"
+POSTPROCESS = json.loads((GOLDEN_DIR / "instance_postprocess.json").read_text())
+
+
+def _matched_ious(expected: np.ndarray, found: np.ndarray) -> list[float]:
+    """For every expected instance, the IoU of the instance of ``found`` that overlaps it most."""
+    ious = []
+    for index in np.unique(expected[expected > 0]):
+        mask = expected == index
+        ids, counts = np.unique(found[mask], return_counts=True)
+        best = ids[np.argmax(counts)]
+        ious.append(0.0 if best == 0 else float(np.sum(mask & (found == best)) / np.sum(mask | (found == best))))
+    return ious
+
+
+@pytest.mark.parametrize("index", range(len(POSTPROCESS["settings"])))
+def test_instances_match_micro_sams_for_the_same_maps(index):
+    with np.load(GOLDEN_DIR / "instance_postprocess.npz") as golden:
+        maps = golden["maps_uint16"].astype(np.float32) / np.float32(65535)
+        expected = golden[f"labels{index}"].astype(np.int32)
+    params = InstanceParams(**POSTPROCESS["settings"][index])
+    labels = instances_from_maps(maps, params)
+    assert expected.max() >= 10  # many objects in the golden: the comparison is not trivial
+    assert labels.max() == expected.max()
+    assert sorted(np.unique(labels)) == list(range(labels.max() + 1))
+    ious = _matched_ious(expected, labels)
+    assert min(ious) >= 0.99, sorted(ious)[:5]
+    assert min(_matched_ious(labels, expected)) >= 0.99  # and the other way round: nothing extra

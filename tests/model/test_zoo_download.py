@@ -289,3 +289,114 @@ def test_xxh128_entry_without_xxhash_says_what_to_install(cache, monkeypatch):
     with pytest.raises(DownloadError, match="pip install xxhash"):
         zoo.fetch_checkpoint(MODEL_NAME, progress=False)
     assert not (cache / entry.filename).exists()
+
+
+# ----------------------------------------------------------------------------- micro-sam entries: model + decoder
+
+
+DECODER_FILE = "served_decoder.pt"
+
+
+def _serve_model_with_decoder(served: Path):
+    """A tiny SAM file and a decoder file in micro-sam's published formats; returns (model, sam bytes, decoder bytes)."""
+    from collections import OrderedDict
+    from dataclasses import replace
+
+    import torch
+
+    from napari_sam.model import InstanceDecoderConfig, build_sam
+    from napari_sam.model.config import TINY_VIT
+    from napari_sam.model.decoders import split_decoder_state
+
+    torch.manual_seed(0)
+    model = build_sam(replace(TINY_VIT, instance_decoder=InstanceDecoderConfig(embed_dim=32, initial_features=8)))
+    sam_state, decoder_state = split_decoder_state(model.state_dict())
+    torch.save(OrderedDict(sam_state), served / FILE_NAME)  # micro-sam's vit_*.pt: the SAM state dict
+    torch.save(OrderedDict(decoder_state), served / DECODER_FILE)  # vit_*_decoder.pt: the decoder's, no prefix
+    return model, (served / FILE_NAME).read_bytes(), (served / DECODER_FILE).read_bytes()
+
+
+def _register_with_decoder(monkeypatch, base_url: str, content: bytes, decoder_content: bytes) -> zoo.ZooEntry:
+    import dataclasses
+
+    import xxhash
+
+    entry = _register(monkeypatch, f"{base_url}/{FILE_NAME}", content, algorithm="xxh128")
+    entry = dataclasses.replace(
+        entry,
+        decoder_url=f"{base_url}/{DECODER_FILE}",
+        decoder_xxh128=xxhash.xxh3_128_hexdigest(decoder_content),
+        decoder_filename="local_test_model_decoder.pt",
+    )
+    monkeypatch.setitem(zoo.REGISTRY, MODEL_NAME, entry)
+    return entry
+
+
+def test_entry_with_decoder_downloads_both_verifies_and_attaches_the_decoder(file_server, cache, monkeypatch):
+    import torch
+
+    from napari_sam.model import load_model
+
+    base_url, served, requests_seen = file_server
+    source, content, decoder_content = _serve_model_with_decoder(served)
+    entry = _register_with_decoder(monkeypatch, base_url, content, decoder_content)
+    assert not zoo.is_cached(MODEL_NAME)
+
+    model = load_model(MODEL_NAME, device="cpu", progress=False)
+
+    assert sorted(requests_seen) == sorted([f"/{FILE_NAME}", f"/{DECODER_FILE}"])
+    assert (cache / entry.filename).read_bytes() == content
+    assert (cache / entry.decoder_filename).read_bytes() == decoder_content
+    assert zoo.is_cached(MODEL_NAME)
+    assert model.instance_decoder is not None
+    embedding = torch.randn(1, 32, 16, 16, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(model.instance_decoder(embedding), source.instance_decoder(embedding))
+    # verified once: loading again asks the server for nothing
+    load_model(MODEL_NAME, device="cpu", progress=False)
+    assert len(requests_seen) == 2
+    # the cached decoder alone is not the model: without it the entry is not complete
+    (cache / entry.decoder_filename).unlink()
+    assert not zoo.is_cached(MODEL_NAME)
+
+
+def test_decoder_with_a_wrong_hash_is_rejected_and_not_cached(file_server, cache, monkeypatch):
+    import dataclasses
+
+    from napari_sam.model import load_model
+
+    base_url, served, _ = file_server
+    _, content, decoder_content = _serve_model_with_decoder(served)
+    entry = _register_with_decoder(monkeypatch, base_url, content, decoder_content)
+    entry = dataclasses.replace(entry, decoder_xxh128="0" * 32)  # the server's decoder is not the published one
+    monkeypatch.setitem(zoo.REGISTRY, MODEL_NAME, entry)
+
+    with pytest.raises(ChecksumMismatchError) as info:
+        load_model(MODEL_NAME, device="cpu", progress=False)
+
+    message = str(info.value)
+    assert entry.decoder_url in message and f"xxh128 {'0' * 32}" in message
+    assert f"{entry.decoder_filename!r} (its xxh128 must be {'0' * 32})" in message  # how to place it by hand
+    assert not (cache / entry.decoder_filename).exists()
+    assert not zoo.is_cached(MODEL_NAME)
+
+
+def test_unreachable_decoder_server_explains_manual_placement(file_server, cache, monkeypatch):
+    import dataclasses
+
+    base_url, served, _ = file_server
+    _, content, decoder_content = _serve_model_with_decoder(served)
+    entry = _register_with_decoder(monkeypatch, base_url, content, decoder_content)
+    entry = dataclasses.replace(entry, decoder_url=f"http://127.0.0.1:{_closed_port()}/{DECODER_FILE}")
+    monkeypatch.setitem(zoo.REGISTRY, MODEL_NAME, entry)
+
+    with pytest.raises(DownloadError) as info:
+        zoo.fetch_checkpoint(MODEL_NAME, progress=False)
+
+    assert not isinstance(info.value, ChecksumMismatchError)
+    message = str(info.value)
+    assert entry.decoder_url in message and entry.decoder_filename in message
+    assert f"xxh128 must be {entry.decoder_xxh128}" in message
+    assert (cache / entry.filename).is_file()  # the model file itself was fine and stays verified
+    with pytest.raises(ValueError, match="has no instance decoder"):
+        zoo.fetch_decoder("vit_b")

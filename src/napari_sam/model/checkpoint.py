@@ -344,6 +344,13 @@ def _file_decoder_config(state_dict: Mapping[str, torch.Tensor], source: str) ->
         ) from None
 
 
+def _without_decoder(config: SamConfig | Sam2Config) -> SamConfig | Sam2Config:
+    """``config``'s SAM part alone (the config itself when it has no instance decoder)."""
+    if isinstance(config, SamConfig) and config.instance_decoder is not None:
+        return replace(config, instance_decoder=None)
+    return config
+
+
 def _fit_decoder(config: SamConfig | Sam2Config, decoder_config: Any) -> SamConfig | Sam2Config:
     """``config`` with the instance decoder the file holds (unchanged when the file holds none).
 
@@ -463,19 +470,24 @@ def detect_config(state_dict: Mapping[str, torch.Tensor], source: str = "checkpo
     # architecture on the meta device costs seconds, so the others are built only for the error message.
     family = Sam2Config if any(key.startswith("sam_mask_decoder.") for key in state_dict) else SamConfig
     decoder_config = _file_decoder_config(state_dict, source)
+    sam_part = split_decoder_state(state_dict, DECODER_PREFIX)[0] if decoder_config is not None else state_dict
+    # The SAM part picks the architecture, the decoder (sized from the file) is checked on those only:
+    # building every large architecture once more with a decoder attached would cost seconds per load.
     candidates = [
         (config, _fit_decoder(config, decoder_config))
         for config in ALL_CONFIGS.values()
-        if isinstance(config, family)
+        if isinstance(config, family) and compare_state_dict(sam_part, _without_decoder(config)).exact
     ]
-    diffs = [(compare_state_dict(state_dict, fitted), fitted) for _, fitted in candidates]
-    exact = [fitted for diff, fitted in diffs if diff.exact]
+    exact = [fitted for _, fitted in candidates if compare_state_dict(state_dict, fitted).exact]
     if len(exact) > 1:
         # a config that has this very decoder of its own wins over one that only shares the SAM part
         own = [fitted for config, fitted in candidates if fitted in exact and config == fitted]
         exact = own if len(own) == 1 else exact
     if not exact:
-        diffs = [(compare_state_dict(state_dict, config), config) for config in ALL_CONFIGS.values()]
+        # the SAM part fits but the decoder does not: say what differs there; else compare with everything
+        diffs = [(compare_state_dict(state_dict, fitted), fitted) for _, fitted in candidates] or [
+            (compare_state_dict(state_dict, config), config) for config in ALL_CONFIGS.values()
+        ]
     if len(exact) == 1:
         return exact[0]
     if len(exact) > 1:

@@ -23,8 +23,8 @@ code without importing micro-sam.
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
-import importlib.util
 import json
 import warnings
 from pathlib import Path
@@ -67,15 +67,8 @@ MICRO_SAM_DEFAULTS = {
 }
 
 
-def load_weights_module():
-    """Import ``tests/_weights.py`` by path (tests/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("_golden_weights", REPO / "tests" / "_weights.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-W = load_weights_module()
+# tests/_weights.py, loaded the way tools/make_golden.py loads it (this script's folder is on sys.path)
+W = importlib.import_module("make_golden").W
 
 
 class _EncoderStub(torch.nn.Module):

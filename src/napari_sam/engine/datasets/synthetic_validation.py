@@ -82,25 +82,34 @@ def _paint_polygons(rng: np.random.Generator, shape: tuple[int, int], canvas: np
 
 
 def _paint_cluster(rng: np.random.Generator, shape: tuple[int, int], canvas: np.ndarray, first_id: int) -> int:
-    """A packed cluster: Voronoi cells of random seeds inside a round region, split by 1-2 pixel gaps."""
+    """A packed cluster, like an epithelium: Voronoi cells of evenly spread seeds (dart throwing) inside a
+    round region, split by 1-2 pixel gaps; cells cut to a sliver by the region's edge are left out."""
     from scipy.ndimage import binary_erosion
     from scipy.spatial import cKDTree
 
     centre = rng.uniform(0.2, 0.8, 2) * np.asarray(shape)
     extent = rng.uniform(0.15, 0.35) * min(shape)
-    cell = rng.uniform(7.0, 16.0)  # typical cell radius
-    count = max(3, int((extent / cell) ** 2))
-    seeds = centre + rng.normal(0, extent / 2, (count, 2))
+    cell = rng.uniform(8.0, 16.0)  # typical cell radius
+    seeds: list[np.ndarray] = []
+    for _ in range(400):
+        seed = centre + rng.uniform(-1, 1, 2) * extent
+        if np.hypot(*(seed - centre)) < extent and (
+            not seeds or np.min(np.hypot(*(np.asarray(seeds) - seed).T)) > 1.6 * cell
+        ):
+            seeds.append(seed)
+    if len(seeds) < 2:
+        return first_id
     rows, cols = np.mgrid[: shape[0], : shape[1]]
     pixels = np.stack([rows.ravel(), cols.ravel()], axis=1).astype(np.float64)
-    distance, owner = cKDTree(seeds).query(pixels)
+    distance, owner = cKDTree(np.asarray(seeds)).query(pixels)
     owner = owner.reshape(shape)
     region = (np.hypot(rows - centre[0], cols - centre[1]) < extent) & (distance.reshape(shape) < 1.3 * cell)
     gap = int(rng.integers(1, 3))
+    smallest = 0.35 * np.pi * cell**2
     next_id = first_id
-    for index in range(count):
+    for index in range(len(seeds)):
         mine = binary_erosion((owner == index) & region, iterations=gap)
-        if mine.any():
+        if mine.sum() >= smallest:
             canvas[mine] = next_id
             next_id += 1
     return next_id

@@ -163,6 +163,18 @@ def test_segment_instances_runs_the_decoder_on_one_window(decoder_predictor):
     np.testing.assert_array_equal(segment_instances(decoder_predictor, None, params, embedding=embedding), labels)
 
 
+def test_bf16_decoder_maps_stay_smooth_and_close_to_fp32(decoder_predictor):
+    # the model input size: the maps are the decoder output itself, no resizing mixes values between pixels
+    image = (np.random.default_rng(2).random((256, 256)) * 255).astype(np.uint8)
+    embedding = decoder_predictor.compute_embedding(image)
+    fp32 = decoder_maps(Predictor(decoder_predictor.model, device="cpu", precision="fp32"), embedding)
+    bf16 = decoder_maps(Predictor(decoder_predictor.model, device="cpu", precision="bf16"), embedding)
+    assert bf16.dtype == np.float32
+    # bf16 outputs would take at most a few hundred distinct values in [0, 1]: the fp32 output layer keeps them smooth
+    assert len(np.unique(bf16[2])) > 0.5 * len(np.unique(fp32[2])) > 1000
+    np.testing.assert_allclose(bf16, fp32, atol=0.03)
+
+
 def test_segment_instances_blank_window_and_models_without_decoder(decoder_predictor, tiny_model):
     blank = segment_instances(decoder_predictor, np.full((40, 50), 7, np.uint16))
     assert blank.shape == (40, 50) and blank.dtype == np.int32 and not blank.any()

@@ -169,7 +169,8 @@ class InstanceDecoder(nn.Module):
         Returns
         -------
         torch.Tensor
-            ``(B, out_channels, 16 h, 16 w)`` after the sigmoid, in the padded square model-input frame.
+            ``(B, out_channels, 16 h, 16 w)`` float32 after the sigmoid, in the padded square model-input frame
+            (under an autocast, all but the 1x1 output layer run in the autocast's precision).
         """
         z9 = self.deconv1(image_embeddings)
         z6 = self.deconv2(z9)
@@ -177,7 +178,11 @@ class InstanceDecoder(nn.Module):
         z0 = self.deconv4(z3)
         x = self.decoder(self.base(image_embeddings), [z9, z6, z3])
         x = self.decoder_head(torch.cat([self.deconv_out(x), z0], dim=1))
-        return self.final_activation(self.out_conv(x))
+        # The 1x1 output layer runs in fp32 even under a bf16 autocast (it costs nothing): summed in fp32 over
+        # its input channels, the maps stay smooth instead of taking bf16's 256 steps per octave, which would
+        # turn the slopes the watershed floods into plateaus.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self.final_activation(self.out_conv(x.float()))
 
     def maps(
         self, image_embeddings: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
@@ -202,9 +207,10 @@ class InstanceDecoder(nn.Module):
             ``(B, out_channels, H0, W0)``, rows and columns of the original image.
         """
         x = self(image_embeddings)
-        x = F.interpolate(x, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
-        x = x[..., : int(input_size[0]), : int(input_size[1])]
-        return F.interpolate(x, tuple(int(s) for s in original_size), mode="bilinear", align_corners=False)
+        with torch.autocast(device_type=x.device.type, enabled=False):  # resizing stays in fp32 too
+            x = F.interpolate(x, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
+            x = x[..., : int(input_size[0]), : int(input_size[1])]
+            return F.interpolate(x, tuple(int(s) for s in original_size), mode="bilinear", align_corners=False)
 
 
 def split_decoder_state(

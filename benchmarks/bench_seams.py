@@ -21,8 +21,17 @@ them. For each image and variant it prints:
   by a worse duplicate (rule 3), or the kept version lost pixels to objects painted
   before it (rule 4) -- separately for seam and interior objects.
 
+* with ``--shift D``: the model's own translation agreement (each window against the same
+  window moved by (D, D), no tiling; ``engine.automatic.agreement``) and the tiled
+  shifted-grid agreement (the stitched run against the run with ``tile_offset`` D); issue 14
+  asks the second to come within 0.03 of the first.
+
+``--method instance`` runs the model's instance decoder and a seeded watershed per tile
+instead of automatic mask generation (same grid, stitching and tables).
+
     python benchmarks/bench_seams.py --sizes 512 --images 2
     python benchmarks/bench_seams.py --sizes 512 2048 --images 1 --workdir /tmp/seams
+    python benchmarks/bench_seams.py --method instance --sizes 512 2048 --shift 40
 
 The machine's load does not matter: nothing here is timed.
 """
@@ -39,6 +48,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINED = REPO / "tests" / "data" / "tiny_sam_synthetic.pt"
+TRAINED_V2 = REPO / "tests" / "data" / "tiny_sam_synthetic_v2.pt"  # has an instance decoder
 
 
 def tile_label_images(image, model, grid, params, cache: Path | None) -> dict[int, np.ndarray]:
@@ -225,6 +235,40 @@ def loss_reasons(truth: np.ndarray, found: np.ndarray, grid, tile_labels: dict[i
     return reasons
 
 
+def agreements(image, model, grid, tiles, params, args, key: str) -> tuple[float, float]:
+    """Print and return (the model's own translation agreement, the tiled shifted-grid agreement)."""
+    from napari_sam.engine.automatic.agreement import (
+        label_agreement,
+        translation_agreement,
+    )
+    from napari_sam.engine.automatic.tiling import (
+        global_intensity_range,
+        make_tile_grid,
+        segment_tile,
+    )
+    from napari_sam.engine.predict.predictor import Predictor
+
+    shift, tile = args.shift, args.tile
+    predictor = Predictor(model, device="cpu")
+    value_range = global_intensity_range(image, has_channels=False)
+
+    def segment_window(pixels, window):
+        return segment_tile(predictor, pixels, params, value_range, window, (tile, tile))
+
+    # windows every half tile, each with its moved copy inside the image
+    starts = range(0, image.shape[0] - tile - shift + 1, tile // 2)
+    own = translation_agreement(image, segment_window, (tile, tile), shift, [(r, c) for r in starts for c in starts])
+    shifted = make_tile_grid(image.shape, tile, args.halo, offset=args.offset + shift)
+    cache = args.workdir / f"tiles_{hashlib.sha256((key + f'shift{shift}').encode()).hexdigest()[:16]}.npz"
+    shifted_tiles = tile_label_images(image, model, shifted, params, cache)
+    tiled = label_agreement(stitch(grid, tiles), stitch(shifted, shifted_tiles))
+    own_value, tiled_value = own[0] / max(own[1], 1), tiled[0] / max(tiled[1], 1)
+    print(f"  shift {shift}: model's own translation agreement {own_value:.3f} ({own[0]}/{own[1]} objects, "
+          f"{len(starts) ** 2} window pairs); tiled shifted-grid agreement {tiled_value:.3f} ({tiled[0]}/{tiled[1]}); "
+          f"difference {own_value - tiled_value:+.3f}")
+    return own_value, tiled_value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[512])
@@ -238,7 +282,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stability", type=float, default=0.95)
     parser.add_argument("--offset", type=int, default=0, help="seam shift (tile_offset)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--model", type=Path, default=TRAINED)
+    parser.add_argument("--method", choices=("amg", "instance"), default="amg",
+                        help="amg: SAM prompts per tile; instance: the model's instance decoder and a watershed")
+    parser.add_argument("--shift", type=int, default=0,
+                        help="also measure translation and shifted-grid agreement for this shift (0: no)")
+    parser.add_argument("--model", type=Path, default=TRAINED_V2 if TRAINED_V2.exists() else TRAINED)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/napari_sam_seams"))
     args = parser.parse_args(argv)
 
@@ -255,9 +303,16 @@ def main(argv: list[str] | None = None) -> None:
     model = load_model(args.model, device="cpu")
     params = AutomaticParams(points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou,
                              stability_thresh=args.stability)
+    if args.method == "instance":
+        from napari_sam.engine.automatic.instance import InstanceParams
+
+        params = InstanceParams()
+        settings = f"instance mode, {params}"
+    else:
+        settings = f"{args.points_per_side} points per side, thresholds {args.pred_iou}/{args.stability}"
     model_id = hashlib.sha256(args.model.read_bytes()).hexdigest()[:12]
     print(f"model {args.model.name}, tile {args.tile}, halo {args.halo} (seams every {args.tile - 2 * args.halo} px), "
-          f"{args.points_per_side} points per side, thresholds {args.pred_iou}/{args.stability}, style {args.style}")
+          f"{settings}, style {args.style}")
     from napari_sam.engine.automatic.stitching import CONVEX_ENOUGH
 
     rules = {"core first (baseline)": None, f"whole and convex first ({CONVEX_ENOUGH})": CONVEX_ENOUGH}
@@ -273,6 +328,8 @@ def main(argv: list[str] | None = None) -> None:
             cache = args.workdir / f"tiles_{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
             tiles = tile_label_images(sample.image, model, grid, params, cache)
             print(f"\n{size} x {size}, seed {seed}: {len(grid)} tiles, {int(sample.labels.max())} objects")
+            if args.shift:
+                agreements(sample.image, model, grid, tiles, params, args, key)
             for rule, convex_enough in rules.items():
                 found = stitch(grid, tiles, convex_enough=convex_enough)
                 table = border_table(sample.labels, found, grid)

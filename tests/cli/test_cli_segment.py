@@ -267,10 +267,98 @@ def test_the_end_says_what_each_filter_rejected_and_which_thresholds_to_try(tmp_
     tifffile.imwrite(tmp_path / "nuclei.tif", synthetic_image((256, 256), seed=41).image)
     out = tmp_path / "labels.tif"
     argv = ["segment", str(tmp_path / "nuclei.tif"), "--model", str(trained), "--out", str(out)]
-    assert main([*argv, "--no-progress", "--points-per-side", "8", "--device", "cpu"]) == 0
+    assert main([*argv, "--no-progress", "--points-per-side", "8", "--device", "cpu", "--method", "amg"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("0 objects")  # SAM's 0.88 keeps nothing of this model's masks...
     assert lines[1].startswith("192 masks decoded: 19")  # 8 x 8 points, 3 masks each, nearly all...
     assert "below predicted IoU 0.88" in lines[1] and lines[1].endswith("0 kept.")  # ...below SAM's threshold
     assert lines[2].startswith("Try --pred-iou-thresh 0.")  # ...and the CLI says which option to change
     assert len(lines) == 3
+
+
+# ------------------------------------------------------------------ --method
+# random decoder weights: its smoothed foreground map lies around 0.57; above 0.55 its maps make objects
+LOOSE_INSTANCE = ["--foreground-threshold", "0.55", "--center-distance-threshold", "0.5"]
+
+
+@pytest.fixture
+def decoder_checkpoint(tmp_path):
+    """A random-weight tiny SAM with an instance decoder, saved as a checkpoint file."""
+    import dataclasses
+
+    import torch
+
+    from napari_sam.model import build_sam
+    from napari_sam.model.checkpoint import save_checkpoint
+    from napari_sam.model.config import CONFIGS, InstanceDecoderConfig
+
+    base = CONFIGS["tiny_vit_test"]
+    config = dataclasses.replace(
+        base, instance_decoder=InstanceDecoderConfig(embed_dim=base.prompt_embed_dim, initial_features=8)
+    )
+    torch.manual_seed(0)
+    return save_checkpoint(build_sam(config).eval(), tmp_path / "decoder.pt")
+
+
+def test_method_instance_writes_the_engines_instance_labels_and_is_the_default_with_a_decoder(
+    tmp_path, decoder_checkpoint, stack, capsys
+):
+    import tifffile
+
+    from napari_sam.engine.automatic.instance import InstanceParams
+    from napari_sam.model import load_model
+
+    tifffile.imwrite(tmp_path / "stack.tif", stack)
+    base = ["segment", str(tmp_path / "stack.tif"), "--model", str(decoder_checkpoint), "--no-progress",
+            *LOOSE_INSTANCE, "--min-size", "20"]
+    assert main([*base, "--out", str(tmp_path / "instance.tif"), "--method", "instance"]) == 0
+    out = capsys.readouterr().out
+    labels = tifffile.imread(tmp_path / "instance.tif")
+    expected = segment_everything(
+        stack, load_model(decoder_checkpoint, device="cpu"), method="instance",
+        instance_params=InstanceParams(foreground_threshold=0.55, center_distance_threshold=0.5, min_size=20),
+    )
+    assert expected.max() >= 2
+    np.testing.assert_array_equal(labels, expected)
+    assert f"{labels.max()} objects" in out and "masks decoded" not in out  # no AMG filter report
+    # without --method, a model with a decoder runs instance mode
+    assert main([*base, "--out", str(tmp_path / "default.tif")]) == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "default.tif"), expected)
+    # --method amg on the same model decodes prompts instead (and says what its filters did)
+    capsys.readouterr()
+    argv = ["segment", str(tmp_path / "stack.tif"), "--model", str(decoder_checkpoint), "--no-progress",
+            "--out", str(tmp_path / "amg.tif"), "--method", "amg", *LOOSE]
+    assert main(argv) == 0
+    assert "masks decoded" in capsys.readouterr().out
+
+
+def test_method_mistakes_are_one_clear_line(tmp_path, checkpoint, decoder_checkpoint, stack, capsys):
+    np.save(tmp_path / "plane.npy", stack[0])
+    base = ["segment", str(tmp_path / "plane.npy"), "--no-progress"]
+    # instance mode on a model without decoder: which models have one
+    assert main([*base, "--model", str(checkpoint), "--out", str(tmp_path / "a.tif"), "--method", "instance"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "instance decoder, e.g. vit_b_lm" in err
+    # an instance threshold with --method amg would be ignored: said, not ignored
+    argv = [*base, "--model", str(decoder_checkpoint), "--out", str(tmp_path / "b.tif"), "--method", "amg",
+            "--foreground-threshold", "0.3"]
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert "--foreground-threshold" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, "--model", str(checkpoint), "--out", str(tmp_path / "c.tif"), "--method", "watershed"])
+    assert "invalid choice: 'watershed'" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["decoder.pt", "plane.npy", "tiny.pt"]
+
+
+def test_instance_options_take_their_defaults_from_instance_params(capsys):
+    from napari_sam.engine.automatic.instance import InstanceParams
+
+    with pytest.raises(SystemExit):
+        main(["segment", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    defaults = InstanceParams()
+    for option, field in (("--foreground-threshold", "foreground_threshold"), ("--min-size", "min_size"),
+                          ("--distance-smoothing", "distance_smoothing")):
+        assert option in help_text and f"(default: {getattr(defaults, field)})" in help_text
+    assert "--method {instance,amg}" in help_text

@@ -427,6 +427,7 @@ def trained_widget(make_napari_viewer):
     viewer.add_image(synthetic_image((512, 512), seed=41).image, name="nuclei")
     w = open_widget(viewer)
     choose_checkpoint(w, TRAINED_CHECKPOINT)
+    w.method.value = "amg"  # these tests are about the AMG report and preview, whatever the fixture carries
     w.points_per_side.value = 8
     return w
 
@@ -532,3 +533,103 @@ def test_docked_under_the_annotator_on_a_laptop_screen_both_keep_their_share(mak
     for button in (widget.preview_button, widget.run_button, widget.cancel_button):  # never scrolled away
         corner = button.native.mapTo(widget, button.native.rect().bottomRight())
         assert widget.rect().contains(corner), button.text
+
+
+# ------------------------------------------------------------ method
+@pytest.fixture
+def decoder_checkpoint(tmp_path) -> Path:
+    """A random-weight tiny SAM with an instance decoder, saved as a local checkpoint file."""
+    import dataclasses
+
+    import torch
+
+    from napari_sam.model import build_sam
+    from napari_sam.model.checkpoint import save_checkpoint
+    from napari_sam.model.config import CONFIGS, InstanceDecoderConfig
+
+    base = CONFIGS["tiny_vit_test"]
+    config = dataclasses.replace(
+        base, instance_decoder=InstanceDecoderConfig(embed_dim=base.prompt_embed_dim, initial_features=8)
+    )
+    torch.manual_seed(0)
+    return save_checkpoint(build_sam(config).eval(), tmp_path / "decoder.pt")
+
+
+# random decoder weights: its smoothed foreground map lies around 0.57; above 0.55 its maps make objects
+LOOSE_INSTANCE = {"foreground_threshold": 0.55}
+
+
+def shown(field) -> bool:
+    return not field.native.isHidden()
+
+
+def test_the_method_follows_the_model_until_picked_and_only_its_settings_show(widget, qtbot, decoder_checkpoint):
+    instance_fields = list(widget.instance_fields.values())
+    amg_fields = [widget.points_per_side, widget.pred_iou_thresh, widget.stability_thresh]
+    # the random tiny checkpoint has no decoder: automatic masks, their settings only
+    assert widget.method.value == "amg"
+    assert all(map(shown, amg_fields)) and not any(map(shown, instance_fields))
+    # a checkpoint with a decoder: once loaded (by Run) the method becomes the decoder's
+    choose_checkpoint(widget, decoder_checkpoint)
+    for name, value in LOOSE_INSTANCE.items():
+        widget.instance_fields[name].value = value
+    widget.tile_size.value, widget.halo.value = 256, 32
+    click_run_and_wait(qtbot, widget)
+    assert widget.method.value == "instance"
+    assert not any(map(shown, amg_fields)) and all(shown(widget.instance_fields[n]) for n in LOOSE_INSTANCE)
+    (layer,) = labels_layers(widget.viewer)
+    assert layer.data.max() >= 1 and widget.status.value.startswith(f"{layer.data.max()} objects")
+    assert widget.report.text() == "" and widget.apply_button.native.isHidden()  # no AMG filter report
+    # a method the user picks stays picked when the model changes
+    widget.method.value = "amg"
+    choose_checkpoint(widget, TRAINED_CHECKPOINT)
+    choose_checkpoint(widget, decoder_checkpoint)
+    assert widget.method.value == "amg" and all(map(shown, amg_fields))
+
+
+def test_an_instance_run_writes_the_engines_instance_labels(make_napari_viewer, qtbot, decoder_checkpoint):
+    from napari_sam.engine.automatic.instance import InstanceParams
+    from napari_sam.engine.automatic.segment import segment_everything
+    from napari_sam.model import load_model
+
+    image = synthetic_image((300, 420), seed=4).image
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="nuclei")
+    widget = open_widget(viewer)
+    choose_checkpoint(widget, decoder_checkpoint)
+    widget.method.value = "instance"
+    for name, value in LOOSE_INSTANCE.items():
+        widget.instance_fields[name].value = value
+    widget.instance_fields["min_size"].value = 20
+    widget.tile_size.value, widget.halo.value = 256, 32
+    click_run_and_wait(qtbot, widget)
+    (layer,) = labels_layers(viewer)
+    expected = segment_everything(
+        image, load_model(decoder_checkpoint, device="cpu"), tile_shape=256, halo=32, method="instance",
+        instance_params=InstanceParams(**LOOSE_INSTANCE, min_size=20),
+    )
+    assert expected.max() >= 2
+    np.testing.assert_array_equal(layer.data, expected)
+
+
+def test_instance_mode_picked_for_a_model_without_decoder_is_a_notification(widget, qtbot, notifications):
+    widget.method.value = "instance"
+    click_run_and_wait(qtbot, widget)
+    assert any("instance decoder, e.g. vit_b_lm" in str(n.message) for n in notifications)
+    assert "vit_b_lm" in widget.status.value
+    assert not labels_layers(widget.viewer) and widget.run_button.enabled
+
+
+def test_instance_preview_segments_one_tile_around_the_view_centre(make_napari_viewer, qtbot, decoder_checkpoint):
+    viewer = make_napari_viewer()
+    viewer.add_image(synthetic_image((512, 512), seed=41).image, name="nuclei")
+    widget = open_widget(viewer)
+    choose_checkpoint(widget, decoder_checkpoint)
+    for name, value in LOOSE_INSTANCE.items():
+        widget.instance_fields[name].value = value
+    widget.preview_button.native.click()
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=RUN_TIMEOUT_MS)
+    assert widget.method.value == "instance"  # the decoder model chose it
+    (layer,) = labels_layers(viewer)
+    assert layer.name == "nuclei preview" and layer.data.shape == (256, 256)
+    assert layer.data.max() >= 1 and widget.status.value.startswith("Preview: ")

@@ -18,6 +18,12 @@ seconds, into a "preview" Labels layer, so the thresholds can be tuned before a 
 run. The parameters' defaults and tooltips are those of
 :class:`~napari_sam.engine.automatic.params.AutomaticParams`; the rarely changed ones
 sit in a collapsed "Advanced" section, to leave the annotator its height.
+
+"Method" chooses how tiles are segmented: the model's instance decoder (one decoder pass
+and a seeded watershed per tile: seconds) or automatic masks from a grid of SAM prompts.
+It follows the model (the decoder when it has one) until the user picks one; only the
+chosen method's settings are shown (instance thresholds from
+``napari_sam.engine.automatic.instance.InstanceParams``).
 """
 
 from __future__ import annotations
@@ -53,19 +59,40 @@ from napari_sam._napari.dock_layout import (
     DOCK_MIN_WIDTH,
     scrolling_column,
 )
-from napari_sam._napari.model_picker import USER_ERRORS, LoadedModel, ModelPicker
+from napari_sam._napari.model_picker import (
+    USER_ERRORS,
+    LoadedModel,
+    ModelPicker,
+    viewer_models,
+)
 from napari_sam._napari.window_picker import WindowPicker, connect_segment_everything
 from napari_sam._napari.workers import guarded, original_error
 from napari_sam.engine.automatic.diagnostics import FilterReport
-from napari_sam.engine.automatic.params import AutomaticParams
+from napari_sam.engine.automatic.params import (
+    AutomaticParams,
+    has_instance_decoder,
+    resolve_method,
+)
 from napari_sam.engine.errors import InputError
 
 if TYPE_CHECKING:
     import napari
 
     from napari_sam._napari.planes import Box, Plane
+    from napari_sam.engine.automatic.instance import InstanceParams
 
 NO_ROI = "(whole image)"
+# the Method choice: (what the user reads, the engine's method)
+METHOD_CHOICES = (("Instance decoder (fast)", "instance"), ("Automatic masks (SAM prompts)", "amg"))
+# the instance-mode settings shown: (InstanceParams field, label, in the collapsed Advanced section)
+INSTANCE_FIELDS = (
+    ("foreground_threshold", "Foreground", False),
+    ("center_distance_threshold", "Centre distance", False),
+    ("boundary_distance_threshold", "Boundary distance", False),
+    ("foreground_smoothing", "Foreground smoothing", True),
+    ("distance_smoothing", "Distance smoothing", True),
+    ("min_size", "Min size (px)", True),
+)
 COMPACT_HEIGHT = 420  # the dock's preferred height: fields and buttons, the rest scrolls
 MIN_HEIGHT = 260  # the least it shrinks to beside the annotator (both scroll below that)
 PREVIEW_SIZE = 384  # the preview's side in pixels (at most one tile): seconds, not minutes
@@ -119,6 +146,8 @@ class Job:
     halo: int | None
     preview: bool = False
     link_planes: bool = False  # Segment volume: the planes' masks linked into 3D objects
+    method: str | None = None  # "instance", "amg", or None: what the model supports best (resolve_method)
+    instance_params: InstanceParams | None = None
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -202,7 +231,7 @@ def roi_box(viewer, shapes: Shapes, image: Image, plane: Plane) -> Box:
 
 def segment_job(
     pixels, loaded: LoadedModel, tile_shape: int | None, halo: int | None, params: AutomaticParams,
-    report: FilterReport | None = None,
+    report: FilterReport | None = None, method: str = "amg", instance_params: InstanceParams | None = None,
 ) -> Generator[tuple[int, int], None, np.ndarray]:
     """Worker generator: yields (tiles done, tiles total), returns the int32 labels of ``pixels``.
 
@@ -217,13 +246,17 @@ def segment_job(
     params
         The automatic-segmentation settings.
     report
-        Filled with what each filter rejected.
+        Filled with what each filter rejected (method "amg").
+    method
+        "instance" (the model's instance decoder) or "amg" (automatic masks from SAM prompts).
+    instance_params
+        The instance-mode settings.
     """
     from napari_sam.engine.automatic import segment
 
     labels = yield from segment.segment_everything_steps(
         pixels, loaded.model, tile_shape=tile_shape, halo=halo, params=params, device=loaded.key.torch_device,
-        report=report,
+        report=report, method=method, instance_params=instance_params,
     )
     return labels
 
@@ -256,6 +289,46 @@ def preview_job(
     return result
 
 
+def instance_preview_job(
+    pixels, loaded: LoadedModel, box: Box, tile_shape: int | None, params: InstanceParams
+) -> Generator[tuple[int, int], None, tuple[Box, np.ndarray]]:
+    """Worker generator: instance mode on the tile-sized window around ``box`` (as a full run's tile
+    sees it), returns (region, labels of the region).
+
+    Parameters
+    ----------
+    pixels
+        The whole plane (H, W[, C]), read only around ``box`` (and a subsample for the intensity range).
+    loaded
+        The model (with an instance decoder) and the device it was loaded for.
+    box
+        The region to preview, in the plane's pixels.
+    tile_shape
+        The full run's tile side (None: the model's input size).
+    params
+        The instance-mode settings.
+    """
+    from napari_sam.engine.automatic.instance import segment_instances
+    from napari_sam.engine.automatic.preview import preview_window
+    from napari_sam.engine.automatic.segment import open_segmentable_image
+    from napari_sam.engine.automatic.tiling import global_intensity_range
+    from napari_sam.engine.io.images import read_window
+    from napari_sam.engine.predict.predictor import Predictor
+
+    yield 0, 1
+    image, layout = open_segmentable_image(pixels)
+    tile = np.broadcast_to(tile_shape or loaded.model.config.img_size, (2,))
+    region, window = preview_window(layout.plane, box, (int(tile[0]), int(tile[1])))
+    predictor = Predictor(loaded.model, device=loaded.key.torch_device)
+    value_range = global_intensity_range(image, layout.has_channels)
+    labels = segment_instances(predictor, read_window(image, window), params, value_range)
+    crop = labels[region[0] - window[0] : region[1] - window[0], region[2] - window[2] : region[3] - window[2]]
+    _, consecutive = np.unique(crop, return_inverse=True)  # ids 1..n in the region, 0 stays background
+    consecutive = consecutive.reshape(crop.shape).astype(np.int32)
+    yield 1, 1
+    return region, consecutive if (crop == 0).any() else consecutive + 1
+
+
 class SegmentEverythingWidget(QWidget):
     """Dock widget running ``segment_everything`` on the plane of the selected image that the viewer shows."""
 
@@ -273,6 +346,8 @@ class SegmentEverythingWidget(QWidget):
         self._started = 0.0
         self._suggestion: dict[str, float] = {}
         self._viewer_connected = False
+        self._method_picked = False  # the user chose a method: it no longer follows the model
+        self._showing_default = False
         self._build_fields()
         self._build_layout()
         self.run_button.clicked.connect(self.run)
@@ -280,6 +355,9 @@ class SegmentEverythingWidget(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.apply_button.clicked.connect(self.apply_suggestion)
         self.image_choice.changed.connect(self._update_stack_choice)
+        self.method.changed.connect(self._on_method_changed)
+        self.model_picker.model_choice.changed.connect(self._show_default_method)
+        self.model_picker.model_file.changed.connect(self._show_default_method)
         self.model_picker.busy_changed.connect(self._update_buttons)
         self._connect_viewer()
         connect_segment_everything(self.window_picker, self)
@@ -338,16 +416,45 @@ class SegmentEverythingWidget(QWidget):
         )
         self.status = widgets.Label(value="")
         self.report = wrapping_label("")
+        self._build_method_fields()
 
+    def _build_method_fields(self) -> None:
+        """The Method choice and the instance-mode settings (defaults and tooltips from ``InstanceParams``)."""
+        from napari_sam.engine.automatic.instance import InstanceParams
+
+        self.method = widgets.ComboBox(
+            label="Method", choices=list(METHOD_CHOICES), value=self._default_method(),
+            tooltip="Instance decoder: the model's decoder predicts foreground and distance maps, a watershed "
+            "splits them into objects (one pass per tile: fast; needs a model with a decoder, e.g. vit_b_lm). "
+            "Automatic masks: SAM decodes a grid of point prompts per tile (slower, any model).",
+        )
+        defaults, docs = InstanceParams(), field_docs(InstanceParams)
+        self.instance_fields = {}
+        for name, label, _ in INSTANCE_FIELDS:
+            value = getattr(defaults, name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                field = widgets.SpinBox(label=label, value=value, min=0, max=1_000_000, tooltip=docs.get(name))
+            else:
+                field = widgets.FloatSpinBox(
+                    label=label, value=value, min=0.0, max=1.0 if "threshold" in name else 10.0, step=0.05,
+                    tooltip=docs.get(name),
+                )
+            self.instance_fields[name] = field
+        self.amg_fields = [self.points_per_side, self.pred_iou_thresh, self.stability_thresh, self.min_area,
+                           self.nested_thresh]
     def _build_layout(self) -> None:
+        shown = [self.instance_fields[name] for name, _, folded in INSTANCE_FIELDS if not folded]
+        folded = [self.instance_fields[name] for name, _, folded in INSTANCE_FIELDS if folded]
         form = widgets.Container(
             widgets=[
-                self.image_choice, *self.window_picker.widgets, *self.model_picker.widgets, self.points_per_side,
-                self.pred_iou_thresh, self.stability_thresh, self.roi_choice,
+                self.image_choice, *self.window_picker.widgets, *self.model_picker.widgets, self.method, *shown,
+                self.points_per_side, self.pred_iou_thresh, self.stability_thresh, self.roi_choice,
             ]
         )
         advanced = QCollapsible("Advanced")
-        advanced.addWidget(widgets.Container(widgets=[self.tile_size, self.halo, self.min_area, self.nested_thresh]).native)
+        advanced.addWidget(
+            widgets.Container(widgets=[self.tile_size, self.halo, self.min_area, self.nested_thresh, *folded]).native
+        )
         advanced.collapse(animate=False)
         self.advanced = advanced
         buttons = QHBoxLayout()
@@ -369,6 +476,55 @@ class SegmentEverythingWidget(QWidget):
         outer.addLayout(buttons)
         for widget in (self.status.native, self.report, self.apply_button.native):
             outer.addWidget(widget)
+        self._show_method_fields()
+
+    # ------------------------------------------------------------------ method
+    def _default_method(self, model=None) -> str:
+        """The method for ``model`` (or, before it is loaded, the chosen zoo entry): the decoder when there is one."""
+        if model is None:
+            try:  # loaded already, by this widget or another of the viewer
+                model = viewer_models(self.viewer).get(self.model_picker.key())
+            except InputError:  # no checkpoint file chosen yet
+                model = None
+        if model is None:
+            from napari_sam.model import zoo
+
+            entry = zoo.REGISTRY.get(self.model_picker.model_choice.value)
+            return "instance" if entry is not None and getattr(entry, "has_decoder", False) else "amg"
+        return "instance" if has_instance_decoder(model) else "amg"
+
+    def _show_default_method(self, _value=None, model=None) -> None:
+        """Show the model's method, unless the user picked one."""
+        if self._method_picked:
+            return
+        self._showing_default = True
+        try:
+            self.method.value = self._default_method(model)
+        finally:
+            self._showing_default = False
+        self._show_method_fields()
+
+    def _on_method_changed(self, _value=None) -> None:
+        if not self._showing_default:
+            self._method_picked = True
+        self._show_method_fields()
+
+    def _show_method_fields(self) -> None:
+        """Only the chosen method's settings (the AMG report and its suggestion only after an AMG run)."""
+        instance = self.method.value == "instance"
+        for field in self.instance_fields.values():
+            field.visible = instance
+        for field in self.amg_fields:
+            field.visible = not instance
+        if instance:
+            self.apply_button.visible = False
+
+    def _instance_params(self) -> InstanceParams:
+        from napari_sam.engine.automatic.instance import InstanceParams
+
+        params = InstanceParams(**{name: field.value for name, field in self.instance_fields.items()})
+        params.validate()
+        return params
 
     def sizeHint(self) -> QSize:  # noqa: N802 (Qt name)
         """The form's height up to Run and the status, not the report and model notes below (they scroll)."""
@@ -470,7 +626,9 @@ class SegmentEverythingWidget(QWidget):
             stack_axis = next(axis for axis in range(3) if axis not in target.plane.axes)
             target = Target(target.image, target.plane, target.box, stack_axis)
         link = target.stack_axis is not None and self.link_planes.value
-        return Job(target, params, self.tile_size.value or None, self.halo.value or None, preview, link)
+        method = self.method.value if self._method_picked else None  # None: the loaded model decides
+        return Job(target, params, self.tile_size.value or None, self.halo.value or None, preview, link, method,
+                   self._instance_params())
 
     def _target(self) -> Target:
         image = self.image_choice.value
@@ -504,9 +662,22 @@ class SegmentEverythingWidget(QWidget):
         return params
 
     def _start(self, loaded: LoadedModel, job: Job) -> None:
+        try:
+            method = resolve_method(job.method, loaded.model)
+        except InputError as err:
+            self._report(str(err))
+            return
+        self._show_default_method(model=loaded.model)
+        if job.link_planes:  # linking planes segments them with automatic masks (engine.volume)
+            method = "amg"
+        job = Job(job.target, job.params, job.tile_shape, job.halo, job.preview, job.link_planes, method,
+                  job.instance_params)
         report = FilterReport()
         target = job.target
-        if job.preview:  # the whole plane (not read) goes to the engine: the preview encodes a tile around the box
+        if job.preview and method == "instance":
+            plane = self.window_picker.windowed(target.image, plane_ops.plane_region(target.image, target.plane))
+            args = (instance_preview_job, plane, loaded, target.box, job.tile_shape, job.instance_params)
+        elif job.preview:  # the whole plane (not read) goes to the engine: the preview encodes a tile around the box
             plane = self.window_picker.windowed(target.image, plane_ops.plane_region(target.image, target.plane))
             args = (preview_job, plane, loaded, target.box, job.tile_shape, job.params, report)
         elif job.link_planes:
@@ -515,7 +686,8 @@ class SegmentEverythingWidget(QWidget):
             args = (volume_segmentation.volume_job, pixels, loaded, job.tile_shape, job.halo, job.params, spacing)
         else:
             pixels = self.window_picker.windowed(target.image, target.pixels())
-            args = (segment_job, pixels, loaded, job.tile_shape, job.halo, job.params, report)
+            args = (segment_job, pixels, loaded, job.tile_shape, job.halo, job.params, report, method,
+                    job.instance_params)
         worker = create_worker(
             guarded(args[0]),  # any error, RuntimeErrors included, reaches errored (and finished follows)
             *args[1:],
@@ -585,7 +757,7 @@ class SegmentEverythingWidget(QWidget):
             self._show_labels(labels, job.target, f"{job.target.image.name} everything")
             what = f"{int(labels.max()) if labels.size else 0} objects"
         self.status.value = f"{what} ({seconds:.1f} s)."
-        if job.link_planes:  # segment_volume_steps counts no filter rejections: no report to show
+        if job.link_planes or job.method == "instance":  # no filter rejections counted: no report to show
             self.report.setText("")
             self.apply_button.visible = False
         else:

@@ -22,26 +22,41 @@ AUTOMATIC_OPTIONS = (
     ("--min-area", "min_area", int, "remove objects, holes and specks below this many pixels", None),
     ("--points-per-batch", "points_per_batch", int, "prompts decoded at once", "chosen to fit memory"),
 )
+# (option, InstanceParams field, type, help); defaults come from InstanceParams
+INSTANCE_OPTIONS = (
+    ("--foreground-threshold", "foreground_threshold", float, "instance mode: foreground probability above which "
+     "a pixel belongs to an object"),
+    ("--center-distance-threshold", "center_distance_threshold", float, "instance mode: seeds are pixels whose "
+     "distance-to-centre map is below this"),
+    ("--boundary-distance-threshold", "boundary_distance_threshold", float, "instance mode: seeds are pixels "
+     "whose distance-to-boundary map is above this"),
+    ("--foreground-smoothing", "foreground_smoothing", float, "instance mode: Gaussian sigma on the foreground map"),
+    ("--distance-smoothing", "distance_smoothing", float, "instance mode: Gaussian sigma on the distance maps"),
+    ("--min-size", "min_size", int, "instance mode: objects below this many pixels are removed"),
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``segment`` subcommand to the ``napari-sam`` parser's ``subparsers``.
 
-    The defaults of the automatic-segmentation options are read from ``AutomaticParams``.
+    The defaults of the automatic-segmentation options are read from ``AutomaticParams`` and,
+    for instance mode, ``InstanceParams``.
 
     Parameters
     ----------
     subparsers
         What ``ArgumentParser.add_subparsers`` returned; the new parser's ``run`` default is :func:`run`.
     """
-    from napari_sam.engine.automatic.params import AutomaticParams
+    from napari_sam.engine.automatic.instance import InstanceParams
+    from napari_sam.engine.automatic.params import METHODS, AutomaticParams
 
     p = subparsers.add_parser(
         "segment",
         help="segment everything in an image of any size (tiled automatic segmentation)",
         description=(
             "Automatic instance segmentation of a 2D image or a stack (slice by slice) of any size: "
-            "the image is tiled with a halo, every tile is segmented with a point grid, and objects are "
+            "the image is tiled with a halo, every tile is segmented (by the model's instance decoder and a "
+            "seeded watershed when it has one, else from a grid of SAM point prompts: --method), and objects are "
             "stitched so that each appears exactly once. Input: TIFF (memory-mapped), zarr, .npy or any "
             "image file; output: labels as TIFF (memory-mapped) or zarr, written without holding the "
             "image in memory. An existing output is only replaced with --overwrite, once the new one is "
@@ -64,11 +79,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--halo", type=int, help="context inside each window: windows overlap by 2 x halo and own "
                    "cores of tile - 2 * halo pixels (default: tile size / 8); make it at least the diameter of "
                    "the largest objects")
+    p.add_argument("--method", choices=METHODS, help="instance: the model's instance decoder and a seeded "
+                   "watershed (one decoder pass per tile: fast; needs a model with a decoder, e.g. vit_b_lm); "
+                   "amg: automatic masks from a grid of SAM point prompts (any model); default: instance when the "
+                   "model has a decoder, else amg")
     defaults = AutomaticParams()
     for option, field, kind, text, none_text in AUTOMATIC_OPTIONS:
         default = getattr(defaults, field)
         shown = none_text if default is None else default
         p.add_argument(option, dest=field, type=kind, default=default, help=f"{text} (default: {shown})")
+    instance_defaults = InstanceParams()
+    for option, field, kind, text in INSTANCE_OPTIONS:
+        # None when not given: an instance option with --method amg is a mistake worth saying
+        p.add_argument(option, dest=field, type=kind, help=f"{text} (default: {getattr(instance_defaults, field)})")
     p.add_argument("--scheduler", help="dask.distributed scheduler address (tcp://host:8786); default: this process")
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: the best available)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
@@ -133,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
     Raises
     ------
     UsageError
-        ``--out`` does not end in ``.tif``, ``.tiff`` or ``.zarr``.
+        ``--out`` does not end in ``.tif``, ``.tiff`` or ``.zarr``, or an instance-mode option
+        comes with ``--method amg``.
     InputError
         Bad input, output, options or device (from the engine).
     CheckpointError, DownloadError
@@ -153,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--resume continues a .zarr output; a NIfTI output is written whole at the end.")
     _quiet_abandoned_reads()
     params = AutomaticParams(**{field: getattr(args, field) for _, field, *_ in AUTOMATIC_OPTIONS})
+    instance_params = _instance_params(args)
     image, geometry = _open_input(args.image, args.window, args.out if to_nifti else None, args.overwrite)
     # every check (input, output, model, tiles) happens in the engine before anything is written
     report = FilterReport()
@@ -160,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
         image, args.model, args.tile_size, args.halo, params, out=None if to_nifti else args.out,
         scheduler=args.scheduler,
         device=args.device, precision=args.precision, overwrite=args.overwrite, resume=args.resume, report=report,
+        method=args.method, instance_params=instance_params,
     )
     update, close = _progress_printer(args.no_progress)
     start = time.perf_counter()
@@ -178,8 +204,20 @@ def run(args: argparse.Namespace) -> int:
     count = _max_label(labels)
     del labels
     print(f"{count} objects in {time.perf_counter() - start:.1f} s -> {args.out}", flush=True)
-    print(_report_lines(report), flush=True)
+    if report.decoded or args.method == "amg":  # instance mode decodes no prompts: nothing to report
+        print(_report_lines(report), flush=True)
     return 0
+
+
+def _instance_params(args: argparse.Namespace):
+    """``InstanceParams`` from the instance-mode options given (the others at their defaults)."""
+    from napari_sam.engine.automatic.instance import InstanceParams
+
+    given = {field: getattr(args, field) for _, field, *_ in INSTANCE_OPTIONS if getattr(args, field) is not None}
+    if given and args.method == "amg":
+        options = ", ".join(option for option, field, *_ in INSTANCE_OPTIONS if field in given)
+        raise UsageError(f"{options} set instance mode, not --method amg; drop them or use --method instance.")
+    return InstanceParams(**given)
 
 
 def _open_input(image: Path, window: str | None, nifti_out: Path | None, overwrite: bool):

@@ -194,3 +194,14 @@ def test_decoder_trains_jointly_with_the_encoder():
     assert model.instance_decoder.deconv1.block[2].num_batches_tracked.item() == 4  # BatchNorm in train mode
     assert model.image_encoder.patch_embed.proj.weight.grad.abs().sum() > 0  # gradients reach the encoder
     assert losses[-1] < losses[0]
+
+
+def test_a_registered_config_with_a_decoder_is_recognised_by_name(tmp_path):
+    from napari_sam.model.config import CONFIGS
+
+    with_decoder = [config for config in CONFIGS.values() if config.instance_decoder is not None]
+    assert with_decoder  # the v2 test fixture's architecture
+    config = min(with_decoder, key=lambda c: c.img_size)
+    path = save_checkpoint(build_sam(config), tmp_path / "registered.pt")
+    loaded = load_model(path, device="cpu")
+    assert loaded.config == config and loaded.instance_decoder is not None

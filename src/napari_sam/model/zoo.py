@@ -2,8 +2,10 @@
 
 Every entry names an architecture in :data:`napari_sam.model.config.CONFIGS`, a
 download URL and the file's sha256 as published by an independent public source
-(the comment above each entry says where). A file is only ever used after its
-sha256 matched, so a mirror URL is as safe as the original one.
+(the comment above each entry says where), or its xxh128 where that is what the
+publisher gives (micro-sam). A file is only ever used after its hash matched, so a
+mirror URL is as safe as the original one. micro-sam's entries also name their
+instance decoder (a second file, its own URL and xxh128), fetched with the model.
 
 Nothing is downloaded at import time, and this module imports neither torch nor
 pooch at module level (the napari manifest and widgets import it to list names).

@@ -142,9 +142,17 @@ def test_micro_sam_decoder_file_and_combined_checkpoint_load_safely(tmp_path):
     assert any(key.startswith("instance_decoder.") for key in read_state_dict(tmp_path / "combined.pt"))
     loaded = load_model(tmp_path / "combined.pt", device="cpu")
     torch.testing.assert_close(_maps_of(loaded), _maps_of(model))
-    # the combined file also serves as decoder= for a SAM-only file
-    loaded = load_model(tmp_path / "vit_x.pt", device="cpu", decoder=tmp_path / "combined.pt")
-    torch.testing.assert_close(_maps_of(loaded), _maps_of(model))
+    # the combined file, and one of our own checkpoints, also serve as decoder= for a SAM-only file
+    for decoder_file in (tmp_path / "combined.pt", save_checkpoint(model, tmp_path / "ours.pt")):
+        loaded = load_model(tmp_path / "vit_x.pt", device="cpu", decoder=decoder_file)
+        torch.testing.assert_close(_maps_of(loaded), _maps_of(model))
+    # decoder= replaces the decoder a file holds
+    other = _perturbed(InstanceDecoder(DECODER, 256), seed=9)
+    torch.save(other.state_dict(), tmp_path / "other_decoder.pt")
+    loaded = load_model(tmp_path / "ours.pt", device="cpu", decoder=tmp_path / "other_decoder.pt")
+    embedding = _embedding()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.instance_decoder(embedding), other(embedding))
 
 
 def test_decoder_file_with_pickled_objects_is_refused_and_a_non_decoder_is_named(tmp_path):

@@ -11,8 +11,6 @@ quality lives in the benchmarks and in ``test_seams.py``.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
@@ -70,10 +68,19 @@ def oracle_decoder(monkeypatch):
     windows = []
     real_embed = local_runner.embed_windows
 
+    class OracleEmbedding:
+        """A window's pixels; the real embedding only when something reads it (AMG decoding prompts)."""
+
+        def __init__(self, predictor, pixels, intensity_range):
+            self.predictor, self.pixels, self.intensity_range = predictor, np.asarray(pixels), intensity_range
+
+        def __getattr__(self, name):
+            if "real" not in self.__dict__:
+                self.real = real_embed(self.predictor, [self.pixels], self.intensity_range)[0]
+            return getattr(self.real, name)
+
     def embed(predictor, pixels_list, intensity_range=None):
-        # the real embeddings (AMG still decodes prompts on them), each carrying its window's pixels
-        real = real_embed(predictor, pixels_list, intensity_range)
-        return [SimpleNamespace(**vars(e), pixels=np.asarray(p)) for e, p in zip(real, pixels_list)]
+        return [OracleEmbedding(predictor, p, intensity_range) for p in pixels_list]
 
     def maps(predictor, embedding):
         windows.append(embedding.pixels.shape)

@@ -27,9 +27,9 @@ INSTANCE_OPTIONS = (
     ("--foreground-threshold", "foreground_threshold", float, "instance mode: foreground probability above which "
      "a pixel belongs to an object"),
     ("--center-distance-threshold", "center_distance_threshold", float, "instance mode: seeds are pixels whose "
-     "distance-to-centre map is below this"),
+     "centre-distance map (0 at an object's centre) is below this"),
     ("--boundary-distance-threshold", "boundary_distance_threshold", float, "instance mode: seeds are pixels "
-     "whose distance-to-boundary map is above this"),
+     "whose boundary-distance map (0 deep inside an object, 1 at its edge) is below this"),
     ("--foreground-smoothing", "foreground_smoothing", float, "instance mode: Gaussian sigma on the foreground map"),
     ("--distance-smoothing", "distance_smoothing", float, "instance mode: Gaussian sigma on the distance maps"),
     ("--min-size", "min_size", int, "instance mode: objects below this many pixels are removed"),

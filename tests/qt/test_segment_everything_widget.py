@@ -633,3 +633,28 @@ def test_instance_preview_segments_one_tile_around_the_view_centre(make_napari_v
     (layer,) = labels_layers(viewer)
     assert layer.name == "nuclei preview" and layer.data.shape == (256, 256)
     assert layer.data.max() >= 1 and widget.status.value.startswith("Preview: ")
+
+
+def test_a_zoo_model_with_a_decoder_shows_instance_mode_before_it_is_loaded(make_napari_viewer, load_calls):
+    widget = open_widget(make_napari_viewer())
+    assert widget.model_choice.value == "vit_t" and widget.method.value == "amg"
+    widget.model_choice.value = "vit_b_lm"  # micro-sam's light-microscopy model, published with a decoder
+    assert widget.method.value == "instance" and shown(widget.instance_fields["foreground_threshold"])
+    assert not shown(widget.points_per_side)
+    widget.model_choice.value = "vit_b"
+    assert widget.method.value == "amg" and shown(widget.points_per_side)
+    assert not load_calls  # nothing downloaded or loaded to know it
+
+
+def test_instance_settings_take_their_defaults_and_tooltips_from_instance_params(make_napari_viewer):
+    import dataclasses
+
+    from napari_sam.engine.automatic.instance import InstanceParams
+
+    widget = open_widget(make_napari_viewer())
+    defaults = InstanceParams()
+    assert set(widget.instance_fields) == {f.name for f in dataclasses.fields(InstanceParams)}
+    for name, field in widget.instance_fields.items():
+        assert field.value == getattr(defaults, name), name
+        assert field.tooltip, name
+    assert "foreground probability" in widget.instance_fields["foreground_threshold"].tooltip

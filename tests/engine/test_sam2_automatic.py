@@ -109,3 +109,16 @@ def test_cli_finetune_starts_from_a_random_sam2_architecture(tmp_path, capsys):
     ])
     assert status == 0, capsys.readouterr()
     assert isinstance(load_model(output, device="cpu"), Sam2)
+
+
+def test_sam2_has_no_instance_decoder_so_segment_everything_uses_prompts():
+    from napari_sam.engine.automatic.params import resolve_method
+    from napari_sam.engine.errors import InputError
+    from napari_sam.model.checkpoint import build_model
+    from napari_sam.model.config import TINY_SAM2
+
+    model = build_model(TINY_SAM2)
+    assert model.instance_decoder is None
+    assert resolve_method(None, model) == "amg"
+    with pytest.raises(InputError, match="instance decoder"):
+        resolve_method("instance", model)

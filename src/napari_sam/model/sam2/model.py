@@ -41,6 +41,8 @@ class Sam2(nn.Module):
         self.config = config
         dim, memory_dim = config.prompt_embed_dim, config.memory_dim
         self.preprocessing = PREPROCESS_SAM2
+        # no instance decoder is published for SAM 2: automatic segmentation uses prompts (method "amg")
+        self.instance_decoder = None
         self.image_encoder = Sam2ImageEncoder(config)
         self.sam_prompt_encoder = Sam2PromptEncoder(config)
         self.sam_mask_decoder = Sam2MaskDecoder(config)

@@ -172,3 +172,18 @@ def test_automatic_decodes_in_fp32_on_cpu_under_a_bf16_predictor(trained_model):
     assert decoded_fp32 and set(decoded_fp32) == {torch.float32}
     assert seen and set(seen) == {torch.bfloat16}
     assert fp32_labels.max() >= 3 and bf16_labels.max() >= 3
+
+
+def test_banded_attention_trains_like_the_whole_bias():
+    """Fine-tuning runs the banded CPU path with gradients: it must give the whole-bias gradients (it raised)."""
+    from napari_sam.model.sam.image_encoder import attention_with_decomposed_bias
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 8 * 8, 4, requires_grad=True) for _ in range(3))
+    bias_h, bias_w = (torch.randn(1, 2, 8, 8, 8, requires_grad=True) for _ in range(2))
+    grads = []
+    for chunk_bytes in (1 << 62, 1):  # one band; one query row per band
+        out = attention_with_decomposed_bias(q, k, v, bias_h, bias_w, chunk_bytes=chunk_bytes)
+        grads.append(torch.autograd.grad(out.square().sum(), (q, k, v, bias_h, bias_w)))
+    for whole, banded in zip(*grads):
+        torch.testing.assert_close(banded, whole, rtol=1e-4, atol=1e-5)

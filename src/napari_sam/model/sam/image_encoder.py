@@ -288,17 +288,22 @@ def attention_with_decomposed_bias(
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     # sliced views of strided q/k/v send each call down a slower path (measured 3.7 s against 2.3 s)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    out = torch.empty(batch, heads, tokens, v.shape[-1], dtype=q.dtype, device=q.device)
-    buffer = torch.empty(batch, heads, rows, width, height, width, dtype=q.dtype, device=q.device)
+    # inference reuses one bias buffer and one output; training (fine-tuning on a CPU) needs autograd's own tensors
+    training = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, bias_h, bias_w))
+    buffer = None if training else torch.empty(batch, heads, rows, width, height, width, dtype=q.dtype, device=q.device)
+    outputs = []
     for row0 in range(0, height, rows):
         row1 = min(row0 + rows, height)
-        bias = buffer if row1 - row0 == rows else buffer.new_empty((batch, heads, row1 - row0, width, height, width))
-        torch.add(bias_h[:, :, row0:row1, :, :, None], bias_w[:, :, row0:row1, :, None, :], out=bias)
+        band_h, band_w = bias_h[:, :, row0:row1, :, :, None], bias_w[:, :, row0:row1, :, None, :]
+        if buffer is not None and row1 - row0 == rows:
+            bias = torch.add(band_h, band_w, out=buffer)
+        else:
+            bias = band_h + band_w
         band = slice(row0 * width, row1 * width)
-        out[:, :, band] = F.scaled_dot_product_attention(
+        outputs.append(F.scaled_dot_product_attention(
             q[:, :, band], k, v, attn_mask=bias.reshape(batch, heads, (row1 - row0) * width, tokens)
-        )
-    return out
+        ))
+    return torch.cat(outputs, dim=2)
 
 
 class Block(nn.Module):

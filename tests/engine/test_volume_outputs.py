@@ -151,3 +151,20 @@ def test_linking_splits_merges_gaps_and_minimum_extent():
     first_plane, last_plane = {1: 0, 2: 1, 3: 7}, {1: 4, 2: 1, 3: 8}
     assert extent_filter(first_plane, last_plane, step=2.5, min_extent=5.0) == {2}
     assert extent_filter(first_plane, last_plane, step=1.0, min_extent=5.0) == {2, 3}
+
+
+def test_large_planes_of_a_model_with_an_instance_decoder_still_use_prompts(predictor, monkeypatch):
+    """Planes that fit one input use prompts; tiled ones must too, even when the model has a decoder."""
+    from napari_sam.engine.automatic import segment as automatic
+
+    methods = []
+    steps = automatic.segment_everything_steps
+
+    def recording(*args, **kwargs):
+        methods.append(kwargs.get("method"))
+        return steps(*args, **kwargs)
+
+    monkeypatch.setattr(automatic, "segment_everything_steps", recording)
+    big = synthetic_stack((2, 300, 300), seed=5, dtype=np.uint16)
+    segment_volume(predictor, big.image, params=FAST, halo=32)
+    assert methods == ["amg", "amg"]

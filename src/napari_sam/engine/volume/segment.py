@@ -272,8 +272,10 @@ def _plane_labels(predictor, embeddings: StackEmbeddings, view: VolumeView, plan
         return generate_labels(predictor, params=params, embedding=embeddings.get(plane))
     from napari_sam.engine.automatic.segment import run_steps, segment_everything_steps
 
+    # prompts (AMG) as for planes that fit one input: a model with an instance decoder would otherwise switch
+    # to instance mode on large planes only
     steps = segment_everything_steps(_ScaledPlane(view, plane), predictor.model, tile_shape, halo, params,
-                                     device=str(predictor.device), precision=precision)
+                                     device=str(predictor.device), precision=precision, method="amg")
     return np.asarray(run_steps(steps))
 
 

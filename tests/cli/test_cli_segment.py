@@ -362,3 +362,14 @@ def test_instance_options_take_their_defaults_from_instance_params(capsys):
                           ("--distance-smoothing", "distance_smoothing")):
         assert option in help_text and f"(default: {getattr(defaults, field)})" in help_text
     assert "--method {instance,amg}" in help_text
+
+
+def test_int8_precision_runs_on_the_cpu(tmp_path, checkpoint, stack, capsys):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "stack.tif", stack[0])
+    out = tmp_path / "labels.tif"
+    argv = ["segment", str(tmp_path / "stack.tif"), "--model", str(checkpoint), "--out", str(out), *LOOSE]
+    assert main([*argv, "--device", "cpu", "--precision", "int8"]) == 0
+    labels = tifffile.imread(out)
+    assert labels.shape == stack.shape[1:] and labels.max() >= 1

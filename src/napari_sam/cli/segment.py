@@ -94,7 +94,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument(option, dest=field, type=kind, help=f"{text} (default: {getattr(instance_defaults, field)})")
     p.add_argument("--scheduler", help="dask.distributed scheduler address (tcp://host:8786); default: this process")
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: the best available)")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16", "int8"),
+                   help="auto: bf16 where it is fast; int8: linear layers quantised, CPU only (default: auto)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing output (once the new one is complete; never the input)")
     p.add_argument("--resume", action="store_true",

@@ -3,19 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from napari_sam.engine.automatic.segment import segment_everything
 from napari_sam.engine.datasets.synthetic import synthetic_image
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
-    ) as local_cluster:
-        yield local_cluster
 
 
 def test_local_cluster_gives_the_same_labels_as_the_local_path(cluster, tiny_model):

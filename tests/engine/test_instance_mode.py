@@ -215,13 +215,6 @@ def test_bad_instance_settings_are_an_input_error(decoder_model):
 
 
 # ------------------------------------------------------------------ Dask
-@pytest.fixture(scope="module")
-def cluster():
-    distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
-    ) as local_cluster:
-        yield local_cluster
 
 
 @pytest.mark.filterwarnings("ignore:The image of shape:UserWarning")  # four slices, not channels

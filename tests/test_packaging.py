@@ -69,7 +69,7 @@ def test_one_version_source_and_a_license():
     assert importlib.metadata.metadata("napari-sam")["License-Expression"] == "BSD-3-Clause"
 
 
-def test_cli_segments_without_napari_installed(tmp_path):
+def test_cli_segments_without_napari_installed(trained_model_path, tmp_path):
     """A headless server or Dask worker: napari, magicgui and Qt cannot be imported at all."""
     import numpy as np
     import tifffile
@@ -77,7 +77,7 @@ def test_cli_segments_without_napari_installed(tmp_path):
     from napari_sam.engine.datasets.synthetic import synthetic_image
 
     tifffile.imwrite(tmp_path / "cells.tif", synthetic_image((160, 200), seed=3).image)
-    trained = REPO / "tests" / "data" / "tiny_sam_synthetic.pt"
+    trained = trained_model_path
     code = textwrap.dedent(
         f"""
         import sys

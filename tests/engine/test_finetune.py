@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -352,7 +354,6 @@ def test_cli_finetune_reports_bad_input(tmp_path, capsys):
 def test_cli_and_tool_options_come_from_finetune_options():
     """One source of defaults: both parsers are built from FinetuneOptions by the same helper."""
     import importlib.util
-    from pathlib import Path
 
     from napari_sam.cli import build_parser
     from napari_sam.engine.training.options import options_from_args
@@ -376,7 +377,11 @@ def test_cli_and_tool_options_come_from_finetune_options():
 
 # ----------------------------------------------------------------------------- learning
 
-# Fine-tuning the trained fixture (trained on the "mixed" style) on another distribution.
+# Fine-tuning a trained model on another distribution: fixture v1 (``trained_model_v1_path``, trained on the "mixed"
+# style only), not v2: v2 was trained on a wide distribution up to its capacity, and 20 CPU steps do not move it
+# measurably (mean IoU change -0.02..+0.02 on small nuclei, on rod-shaped cells it segments at 0.6, and on the
+# validation-only generator, at learning rates 1e-3 and 3e-4), while v1 gains clearly on small nuclei. What is
+# tested is the fine-tuning code, which v1 shows in seconds.
 SHIFTED_STYLE = "small_nuclei"
 
 
@@ -391,13 +396,11 @@ def _fixed_batch_loss(model, samples, options) -> float:
 
 
 @pytest.fixture(scope="module")
-def shifted_finetune_run():
-    """Fine-tune the trained fixture for a few seconds on SHIFTED_STYLE; measure before and after."""
-    from pathlib import Path
-
+def shifted_finetune_run(trained_model_v1_path):
+    """Fine-tune the narrowly trained fixture v1 for a few seconds on SHIFTED_STYLE; measure before and after."""
     from napari_sam.model import load_model
 
-    model = load_model(Path(__file__).parents[1] / "data" / "tiny_sam_synthetic.pt", device="cpu")
+    model = load_model(trained_model_v1_path, device="cpu")
     # 256 x 128 images: the longest side is the model's input size, so objects keep their (small) size
     train = synthetic_dataset(16, shape=(256, 128), seed=700, style=SHIFTED_STYLE)
     held_out = synthetic_dataset(1, shape=(256, 128), seed=900, style=SHIFTED_STYLE)

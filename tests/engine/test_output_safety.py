@@ -31,10 +31,10 @@ def image():
 
 
 @pytest.fixture(scope="module")
-def model():
+def model(trained_model_path):
     from napari_sam.model import load_model
 
-    return load_model(Path(__file__).parents[1] / "data" / "tiny_sam_synthetic.pt", device="cpu")
+    return load_model(trained_model_path, device="cpu")
 
 
 @pytest.fixture(scope="module")

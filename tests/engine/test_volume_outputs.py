@@ -3,8 +3,6 @@ resumed, not overwritten), and the linking rule (splits, merges, gaps, minimum e
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -22,12 +20,11 @@ from napari_sam.engine.metrics import f1_score
 from napari_sam.engine.volume.linking import PlaneLinker, extent_filter
 from napari_sam.engine.volume.volumes import volume_view
 
-TRAINED = Path(__file__).parents[1] / "data" / "tiny_sam_synthetic.pt"
 FAST = AutomaticParams(points_per_side=8, pred_iou_thresh=0.5, nested_thresh=0.8)
 
 
 @pytest.fixture(scope="module")
-def predictor():
+def predictor(trained_model_path):
     import torch
 
     from napari_sam.engine import Predictor
@@ -35,7 +32,7 @@ def predictor():
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield Predictor(load_model(TRAINED, device="cpu"), device="cpu", precision="fp32")
+    yield Predictor(load_model(trained_model_path, device="cpu"), device="cpu", precision="fp32")
     torch.set_num_threads(threads)
 
 

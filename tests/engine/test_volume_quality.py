@@ -6,8 +6,6 @@ seeds 100-103, see docs/volumes.md). The numbers are printed (pytest -s) and ass
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -18,13 +16,12 @@ from napari_sam.engine.volume.recipe import bounding_box, iou
 from napari_sam.engine.volume.segment import segment_volume
 from napari_sam.engine.volume.volumes import volume_view
 
-TRAINED = Path(__file__).parents[1] / "data" / "tiny_sam_synthetic.pt"
 STACK_SEED = 0  # (32, 256, 256), z twice as coarse as x and y: ~50 objects end inside the stack
 MOVIE_SEED = 0  # (10, 256, 256): 10 objects moving 2.5 px a frame and changing size and shape
 
 
 @pytest.fixture(scope="module")
-def predictor():
+def predictor(trained_model_path):
     import torch
 
     from napari_sam.engine import Predictor
@@ -32,7 +29,7 @@ def predictor():
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # two shared cores: one thread is several times faster
-    yield Predictor(load_model(TRAINED, device="cpu"), device="cpu", precision="fp32")  # module scope: shared
+    yield Predictor(load_model(trained_model_path, device="cpu"), device="cpu", precision="fp32")  # module scope: shared
     torch.set_num_threads(threads)
 
 

@@ -85,11 +85,11 @@ def test_fp32_masks_on_the_device_match_the_cpu_golden(golden_on_device, case_na
 
 
 @pytest.fixture(scope="module")
-def trained_sample():
+def trained_sample(trained_model_path):
     from napari_sam.engine.datasets.synthetic import synthetic_image
     from napari_sam.model import load_model
 
-    model = load_model(Path(__file__).parents[1] / "data" / "tiny_sam_synthetic.pt", device="cpu")
+    model = load_model(trained_model_path, device="cpu")
     sample = synthetic_image((256, 256), seed=3, style="mixed")
     return model, sample
 

@@ -9,8 +9,6 @@ a CPU; the propagation itself still decodes every plane).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from napari.components import ViewerModel
@@ -30,7 +28,6 @@ from napari_sam.engine.errors import InputError
 MIN_IOU = 0.5  # 3D IoU of the propagated object with the truth (the engine's own tests hold the quality bar)
 
 
-TRAINED_MODEL = Path(__file__).parents[1] / "data" / "tiny_sam_synthetic.pt"  # the trained_model fixture's file
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +36,12 @@ def stack():
 
 
 @pytest.fixture(scope="module")
-def stack_embeddings(stack):
+def stack_embeddings(trained_model_path, stack):
     """{plane key: embedding} of every plane of ``stack`` with the trained model, as the annotator computes them."""
     from napari_sam.model import load_model
 
     viewer = ViewerModel()
-    controller, image = start(viewer, stack.image, load_model(TRAINED_MODEL, device="cpu"))
+    controller, image = start(viewer, stack.image, load_model(trained_model_path, device="cpu"))
     for z in range(len(stack.image)):
         go_to(viewer, image, 0, z)
         assert controller.ensure_embedding()

@@ -70,8 +70,12 @@ def test_open_window_box_commit_save(make_napari_viewer, qtbot, trained_model, s
     assert saved.shape == source.shape
     np.testing.assert_array_equal(saved.affine, source.affine)
     drawn = np.asarray(saved.dataobj) > 0
-    truth = (ct.lesions == label)[:, ::-1, :].transpose(2, 1, 0)  # the lesion in the file's voxel order
-    assert mask_iou(drawn, truth & drawn.any(axis=(0, 1))[None, None, :]) > 0.5  # on its plane, where it was drawn
+    to_file_order = lambda volume: volume[:, ::-1, :].transpose(2, 1, 0)  # noqa: E731 (z, y, x) shown -> (i, j, k)
+    np.testing.assert_array_equal(drawn, to_file_order(labels.data > 0))  # the file holds exactly what was drawn
+    truth = to_file_order(ct.lesions == label)  # the lesion in the file's voxel order
+    # ...and it is the lesion, on its plane. The bar is the nuclei-trained fixture's on this CT (v2 fills a little
+    # more of the box than the lesion: 0.44 with this 1-voxel margin; v1 0.54): a flipped or shifted mask scores ~0
+    assert mask_iou(drawn, truth & drawn.any(axis=(0, 1))[None, None, :]) > 0.4
 
 
 def test_box_first_model_starts_and_resumes_in_box_mode(make_napari_viewer, qtbot, tiny_model, scan):

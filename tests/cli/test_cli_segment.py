@@ -258,12 +258,11 @@ def test_a_damaged_tiled_tiff_gives_exactly_one_line_in_a_fresh_process(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.tif", "tiled.tif", "tiny.pt"]
 
 
-def test_the_end_says_what_each_filter_rejected_and_which_thresholds_to_try(tmp_path, capsys):
-    from pathlib import Path
+def test_the_end_says_what_each_filter_rejected_and_which_thresholds_to_try(trained_model_path, tmp_path, capsys):
 
     import tifffile
 
-    trained = Path(__file__).parents[1] / "data" / "tiny_sam_synthetic.pt"
+    trained = trained_model_path
     tifffile.imwrite(tmp_path / "nuclei.tif", synthetic_image((256, 256), seed=41).image)
     out = tmp_path / "labels.tif"
     argv = ["segment", str(tmp_path / "nuclei.tif"), "--model", str(trained), "--out", str(out)]
@@ -330,6 +329,31 @@ def test_method_instance_writes_the_engines_instance_labels_and_is_the_default_w
             "--out", str(tmp_path / "amg.tif"), "--method", "amg", *LOOSE]
     assert main(argv) == 0
     assert "masks decoded" in capsys.readouterr().out
+
+
+def test_decoder_attaches_a_separate_decoder_file_to_a_model_without_one(
+    tmp_path, checkpoint, decoder_checkpoint, stack, capsys
+):
+    """micro-sam publishes a model and its decoder as two files: --decoder attaches the second."""
+    import tifffile
+
+    from napari_sam.engine.automatic.instance import InstanceParams
+    from napari_sam.model import load_model
+
+    np.save(tmp_path / "plane.npy", stack[0])
+    base = ["segment", str(tmp_path / "plane.npy"), "--model", str(checkpoint), "--no-progress", *LOOSE_INSTANCE]
+    assert main([*base, "--decoder", str(decoder_checkpoint), "--out", str(tmp_path / "labels.tif")]) == 0
+    expected = segment_everything(
+        stack[0], load_model(checkpoint, device="cpu", decoder=decoder_checkpoint), method="instance",
+        instance_params=InstanceParams(foreground_threshold=0.55, center_distance_threshold=0.5),
+    )
+    assert expected.max() >= 2
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "labels.tif"), expected)  # instance mode: the default
+    capsys.readouterr()
+    missing = tmp_path / "nowhere_decoder.pt"
+    assert main([*base, "--decoder", str(missing), "--out", str(tmp_path / "b.tif")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nowhere_decoder.pt" in err and not (tmp_path / "b.tif").exists()
 
 
 def test_method_mistakes_are_one_clear_line(tmp_path, checkpoint, decoder_checkpoint, stack, capsys):

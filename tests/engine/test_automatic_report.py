@@ -13,6 +13,7 @@ from napari_sam.engine.automatic.diagnostics import (
 from napari_sam.engine.automatic.segment import segment_everything
 from napari_sam.engine.automatic.tiling import make_tile_grid
 from napari_sam.engine.datasets.synthetic import synthetic_image
+from napari_sam.engine.errors import InputError
 from napari_sam.engine.metrics import f1_score
 
 
@@ -35,7 +36,9 @@ def test_reports_of_tiles_add_up():
 def test_counts_add_up_and_the_suggested_threshold_finds_more(trained_model):
     sample = synthetic_image((256, 256), seed=41)
     strict = FilterReport()
-    labels = segment_everything(sample.image, trained_model, points_per_side=12, report=strict, device="cpu")
+    # the fixture has an instance decoder: ask for automatic masks, the method the report is about
+    labels = segment_everything(sample.image, trained_model, points_per_side=12, report=strict, device="cpu",
+                                method="amg")
     # every decoded mask is rejected by exactly one filter or kept
     assert strict.decoded == 3 * (12 * 12 - strict.skipped_points)
     assert strict.rejected + strict.kept == strict.decoded
@@ -49,7 +52,8 @@ def test_counts_add_up_and_the_suggested_threshold_finds_more(trained_model):
 
     relaxed = FilterReport()
     found = segment_everything(
-        sample.image, trained_model, points_per_side=12, pred_iou_thresh=suggested, report=relaxed, device="cpu"
+        sample.image, trained_model, points_per_side=12, pred_iou_thresh=suggested, report=relaxed, device="cpu",
+        method="amg",
     )
     assert relaxed.rejected + relaxed.kept == relaxed.decoded
     assert relaxed.below_iou < strict.below_iou
@@ -87,8 +91,30 @@ def test_preview_segments_a_region_with_the_full_runs_scale(trained_model):
     sample = synthetic_image((512, 512), seed=61)
     report = FilterReport()
     params = AutomaticParams(points_per_side=16, pred_iou_thresh=0.5)
-    region, labels = preview_labels(sample.image, trained_model, (128, 384, 128, 384), params=params, report=report)
+    region, labels = preview_labels(sample.image, trained_model, (128, 384, 128, 384), params=params, report=report,
+                                    method="amg")
     assert region == (128, 384, 128, 384) and labels.shape == (256, 256) and labels.dtype == np.int32
     assert report.tiles == 1 and report.kept >= labels.max() >= 10
     assert np.array_equal(np.unique(labels), np.arange(labels.max() + 1))  # consecutive ids
     assert f1_score(sample.labels[128:384, 128:384], labels) > 0.45
+
+
+def test_a_preview_with_a_decoder_model_uses_instance_mode_and_finds_the_full_runs_objects(trained_model):
+    from napari_sam.engine.automatic.preview import preview_labels
+    from napari_sam.engine.metrics import match_instances
+
+    sample = synthetic_image((512, 512), seed=61)
+    box = (128, 384, 128, 384)
+    region, labels = preview_labels(sample.image, trained_model, box, device="cpu")  # the model decides: instance
+    _, explicit = preview_labels(sample.image, trained_model, box, device="cpu", method="instance")
+    np.testing.assert_array_equal(labels, explicit)
+    assert region == box and labels.dtype == np.int32 and labels.max() >= 10
+    assert np.array_equal(np.unique(labels), np.arange(labels.max() + 1))  # consecutive ids
+    assert f1_score(sample.labels[128:384, 128:384], labels) > 0.8
+    full = segment_everything(sample.image, trained_model, tile_shape=256, halo=32, device="cpu")
+    matched, in_preview, in_full = match_instances(labels, full[128:384, 128:384], iou_thresh=0.8)
+    assert matched >= 0.85 * max(in_preview, in_full)  # the full run's objects there (windows differ at the edges)
+    with pytest.raises(InputError, match="instance decoder"):
+        from napari_sam.model import build_sam
+
+        preview_labels(sample.image, build_sam("tiny_vit_test").eval(), box, method="instance")

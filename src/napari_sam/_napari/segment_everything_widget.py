@@ -262,7 +262,8 @@ def segment_job(
 
 
 def preview_job(
-    pixels, loaded: LoadedModel, box: Box, tile_shape: int | None, params: AutomaticParams, report: FilterReport
+    pixels, loaded: LoadedModel, box: Box, tile_shape: int | None, params: AutomaticParams, report: FilterReport,
+    method: str = "amg", instance_params: InstanceParams | None = None,
 ) -> Generator[tuple[int, int], None, tuple[Box, np.ndarray]]:
     """Worker generator: segments ``box`` of the plane ``pixels`` (one tile), returns (region, labels).
 
@@ -279,54 +280,17 @@ def preview_job(
     params
         The automatic-segmentation settings.
     report
-        Filled with what each filter rejected.
+        Filled with what each filter rejected (method "amg").
+    method, instance_params
+        ``"amg"`` or ``"instance"`` (the model's decoder), and the instance-mode settings.
     """
     from napari_sam.engine.automatic.preview import preview_labels
 
     yield 0, 1
-    result = preview_labels(pixels, loaded.model, box, tile_shape, params, loaded.key.torch_device, report)
+    result = preview_labels(pixels, loaded.model, box, tile_shape, params, loaded.key.torch_device, report,
+                            method=method, instance_params=instance_params)
     yield 1, 1
     return result
-
-
-def instance_preview_job(
-    pixels, loaded: LoadedModel, box: Box, tile_shape: int | None, params: InstanceParams
-) -> Generator[tuple[int, int], None, tuple[Box, np.ndarray]]:
-    """Worker generator: instance mode on the tile-sized window around ``box`` (as a full run's tile
-    sees it), returns (region, labels of the region).
-
-    Parameters
-    ----------
-    pixels
-        The whole plane (H, W[, C]), read only around ``box`` (and a subsample for the intensity range).
-    loaded
-        The model (with an instance decoder) and the device it was loaded for.
-    box
-        The region to preview, in the plane's pixels.
-    tile_shape
-        The full run's tile side (None: the model's input size).
-    params
-        The instance-mode settings.
-    """
-    from napari_sam.engine.automatic.instance import segment_instances
-    from napari_sam.engine.automatic.preview import preview_window
-    from napari_sam.engine.automatic.segment import open_segmentable_image
-    from napari_sam.engine.automatic.tiling import global_intensity_range
-    from napari_sam.engine.io.images import read_window
-    from napari_sam.engine.predict.predictor import Predictor
-
-    yield 0, 1
-    image, layout = open_segmentable_image(pixels)
-    tile = np.broadcast_to(tile_shape or loaded.model.config.img_size, (2,))
-    region, window = preview_window(layout.plane, box, (int(tile[0]), int(tile[1])))
-    predictor = Predictor(loaded.model, device=loaded.key.torch_device)
-    value_range = global_intensity_range(image, layout.has_channels)
-    labels = segment_instances(predictor, read_window(image, window), params, value_range)
-    crop = labels[region[0] - window[0] : region[1] - window[0], region[2] - window[2] : region[3] - window[2]]
-    _, consecutive = np.unique(crop, return_inverse=True)  # ids 1..n in the region, 0 stays background
-    consecutive = consecutive.reshape(crop.shape).astype(np.int32)
-    yield 1, 1
-    return region, consecutive if (crop == 0).any() else consecutive + 1
 
 
 class SegmentEverythingWidget(QWidget):
@@ -674,12 +638,10 @@ class SegmentEverythingWidget(QWidget):
                   job.instance_params)
         report = FilterReport()
         target = job.target
-        if job.preview and method == "instance":
+        if job.preview:  # the whole plane (not read) goes to the engine: the preview encodes a tile around the box
             plane = self.window_picker.windowed(target.image, plane_ops.plane_region(target.image, target.plane))
-            args = (instance_preview_job, plane, loaded, target.box, job.tile_shape, job.instance_params)
-        elif job.preview:  # the whole plane (not read) goes to the engine: the preview encodes a tile around the box
-            plane = self.window_picker.windowed(target.image, plane_ops.plane_region(target.image, target.plane))
-            args = (preview_job, plane, loaded, target.box, job.tile_shape, job.params, report)
+            args = (preview_job, plane, loaded, target.box, job.tile_shape, job.params, report, method,
+                    job.instance_params)
         elif job.link_planes:
             spacing = volume_segmentation.stack_spacing(target.image, target.stack_axis, target.plane.axes)
             pixels = self.window_picker.windowed(target.image, target.pixels())

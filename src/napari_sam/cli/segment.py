@@ -69,6 +69,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("image", type=Path, help="input image: .tif/.tiff, .zarr, .npy, .png, ..., .nii/.nii.gz, "
                    "a DICOM file or a folder holding one DICOM series")
     p.add_argument("--model", required=True, help="model-zoo name or checkpoint file")
+    p.add_argument("--decoder", type=Path, help="an instance segmentation decoder file to attach to --model (e.g. "
+                   "micro-sam's vit_b_lm_decoder.pt beside a checkpoint without it); default: the model's own")
     p.add_argument("--out", type=Path, required=True, help="output labels: .tif/.tiff, .zarr or .nii/.nii.gz "
                    "(NIfTI: in the scan's geometry)")
     p.add_argument("--window", help="intensity window for every plane: a CT preset (abdomen, liver, lung, bone, "
@@ -182,8 +184,13 @@ def run(args: argparse.Namespace) -> int:
     image, geometry = _open_input(args.image, args.window, args.out if to_nifti else None, args.overwrite)
     # every check (input, output, model, tiles) happens in the engine before anything is written
     report = FilterReport()
+    model = args.model
+    if args.decoder is not None:  # loaded here: the engine takes a name or path of one file, or a module
+        from napari_sam.model import load_model
+
+        model = load_model(args.model, device=args.device, decoder=args.decoder)
     steps = segment_everything_steps(
-        image, args.model, args.tile_size, args.halo, params, out=None if to_nifti else args.out,
+        image, model, args.tile_size, args.halo, params, out=None if to_nifti else args.out,
         scheduler=args.scheduler,
         device=args.device, precision=args.precision, overwrite=args.overwrite, resume=args.resume, report=report,
         method=args.method, instance_params=instance_params,

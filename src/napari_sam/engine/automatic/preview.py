@@ -1,5 +1,8 @@
 """A quick preview of automatic segmentation on a small region, as a full run would segment it there.
 
+Both methods: automatic masks (SAM prompts) and the instance decoder (``method``, as for
+:func:`~napari_sam.engine.automatic.segment.segment_everything`).
+
 Tuning thresholds on a whole slide takes a run per try; :func:`preview_labels` segments
 one region of at most one tile in seconds. The model sees the region at the scale a full
 run gives it: the window it encodes is one tile (``tile_shape``, default the model's
@@ -16,7 +19,12 @@ from typing import Any
 import numpy as np
 
 from napari_sam.engine.automatic.diagnostics import FilterReport
-from napari_sam.engine.automatic.params import AutomaticParams
+from napari_sam.engine.automatic.instance import InstanceParams
+from napari_sam.engine.automatic.params import (
+    AutomaticParams,
+    check_method,
+    resolve_method,
+)
 from napari_sam.engine.errors import InputError
 from napari_sam.engine.io.images import Box, read_window
 
@@ -58,6 +66,9 @@ def preview_labels(
     params: AutomaticParams | None = None,
     device: str | None = None,
     report: FilterReport | None = None,
+    *,
+    method: str | None = None,
+    instance_params: InstanceParams | None = None,
 ) -> tuple[Box, np.ndarray]:
     """Segment the objects of one region of a 2D image as a full tiled run would: (region, labels).
 
@@ -77,7 +88,12 @@ def preview_labels(
     device
         Where the model runs (None: the best available).
     report
-        If given, the preview's counts per filter are added to it.
+        If given, the preview's counts per filter are added to it (method "amg").
+    method
+        ``"instance"``, ``"amg"`` or None (the model's instance decoder when it has one), as for
+        ``segment_everything``.
+    instance_params
+        Settings of instance mode (default ``InstanceParams()``).
 
     Returns
     -------
@@ -89,9 +105,11 @@ def preview_labels(
     Raises
     ------
     InputError
-        A stack or otherwise unusable image, a box outside it, or bad settings.
+        A stack or otherwise unusable image, a box outside it, bad settings, an unknown method or
+        ``"instance"`` with a model that has no instance decoder.
     """
     from napari_sam.engine.automatic.generation import generate_labels, lattice_points
+    from napari_sam.engine.automatic.instance import segment_instances
     from napari_sam.engine.automatic.segment import (
         load_model_any,
         open_segmentable_image,
@@ -101,6 +119,9 @@ def preview_labels(
 
     params = params or AutomaticParams()
     params.validate()
+    check_method(method)
+    if instance_params is not None:
+        instance_params.validate()
     image, layout = open_segmentable_image(image)
     if layout.stack_axes:
         raise InputError("A preview segments one 2D plane; pass one plane of the stack.")
@@ -108,21 +129,25 @@ def preview_labels(
     if not (0 <= box[0] < box[1] <= height and 0 <= box[2] < box[3] <= width):
         raise InputError(f"The preview region {box} does not lie inside the image of {height} x {width} pixels.")
     model = load_model_any(model, device)
+    method = resolve_method(method, model)
     side = model.config.img_size if tile_shape is None else tile_shape
     tile = tuple(int(s) for s in np.broadcast_to(side, (2,)))
     region, window = preview_window((height, width), box, tile)
     pixels = read_window(image, window)
-    spacing = (tile[0] / params.points_per_side, tile[1] / params.points_per_side)
-    points, coarseness = lattice_points(spacing, (window[0], window[2]), pixels.shape[:2])
-    inside = (
-        (points[:, 0] >= region[0] - window[0]) & (points[:, 0] < region[1] - window[0])
-        & (points[:, 1] >= region[2] - window[2]) & (points[:, 1] < region[3] - window[2])
-    )
     predictor = Predictor(model, device=device)
-    labels = generate_labels(
-        predictor, pixels, params, global_intensity_range(image, layout.has_channels),
-        points=points[inside], coarseness=coarseness[inside], report=report,
-    )
+    value_range = global_intensity_range(image, layout.has_channels)
+    if method == "instance":
+        labels = segment_instances(predictor, pixels, instance_params or InstanceParams(), value_range)
+    else:
+        spacing = (tile[0] / params.points_per_side, tile[1] / params.points_per_side)
+        points, coarseness = lattice_points(spacing, (window[0], window[2]), pixels.shape[:2])
+        inside = (
+            (points[:, 0] >= region[0] - window[0]) & (points[:, 0] < region[1] - window[0])
+            & (points[:, 1] >= region[2] - window[2]) & (points[:, 1] < region[3] - window[2])
+        )
+        labels = generate_labels(
+            predictor, pixels, params, value_range, points=points[inside], coarseness=coarseness[inside], report=report,
+        )
     crop = labels[region[0] - window[0] : region[1] - window[0], region[2] - window[2] : region[3] - window[2]]
     _, consecutive = np.unique(crop, return_inverse=True)  # 0 stays 0: the crop is rarely all objects
     consecutive = consecutive.reshape(crop.shape).astype(np.int32)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-TRAINED = REPO / "tests" / "data" / "tiny_sam_synthetic.pt"
+TRAINED = REPO / "tests" / "data" / "tiny_sam_synthetic_v2.pt"
 
 
 def main() -> None:

@@ -85,7 +85,7 @@ def run_cli(image: Path, out: Path, args) -> tuple[float, float, str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[5000, 10000, 20000])
-    parser.add_argument("--model", default=str(REPO / "tests" / "data" / "tiny_sam_synthetic.pt"))
+    parser.add_argument("--model", default=str(REPO / "tests" / "data" / "tiny_sam_synthetic_v2.pt"))
     parser.add_argument("--tile-size", type=int, default=1024)
     parser.add_argument("--halo", type=int, default=128)
     parser.add_argument("--points-per-side", type=int, default=16)

@@ -47,8 +47,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-TRAINED = REPO / "tests" / "data" / "tiny_sam_synthetic.pt"
-TRAINED_V2 = REPO / "tests" / "data" / "tiny_sam_synthetic_v2.pt"  # has an instance decoder
+TRAINED_V2 = REPO / "tests" / "data" / "tiny_sam_synthetic_v2.pt"  # the trained fixture; has an instance decoder
 
 
 def tile_label_images(image, model, grid, params, cache: Path | None) -> dict[int, np.ndarray]:
@@ -286,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="amg: SAM prompts per tile; instance: the model's instance decoder and a watershed")
     parser.add_argument("--shift", type=int, default=0,
                         help="also measure translation and shifted-grid agreement for this shift (0: no)")
-    parser.add_argument("--model", type=Path, default=TRAINED_V2 if TRAINED_V2.exists() else TRAINED)
+    parser.add_argument("--model", type=Path, default=TRAINED_V2)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/napari_sam_seams"))
     args = parser.parse_args(argv)
 

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images")
-    parser.add_argument("--model", default=str(ROOT / "tests" / "data" / "tiny_sam_synthetic.pt"))
+    parser.add_argument("--model", default=str(ROOT / "tests" / "data" / "tiny_sam_synthetic_v2.pt"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 

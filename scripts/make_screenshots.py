@@ -1,7 +1,7 @@
 """Screenshots of the annotator in use, for docs/usage.md (run under Xvfb on a headless machine).
 
     xvfb-run -a -s "-screen 0 1920x1200x24" python scripts/make_screenshots.py \
-        [--model tests/data/tiny_sam_synthetic.pt] [--out docs/images]
+        [--model tests/data/tiny_sam_synthetic_v2.pt] [--out docs/images]
 
 Drives the widgets as a user would (clicks through the Points layer, a box, commits;
 segment everything inside a rectangle) on synthetic nuclei with the tiny model
@@ -124,7 +124,7 @@ def _at_size(app, out: Path, model: str, size: tuple[int, int]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(ROOT / "tests" / "data" / "tiny_sam_synthetic.pt"))
+    parser.add_argument("--model", default=str(ROOT / "tests" / "data" / "tiny_sam_synthetic_v2.pt"))
     parser.add_argument("--out", default=str(ROOT / "docs" / "images"))
     args = parser.parse_args()
     out = Path(args.out)

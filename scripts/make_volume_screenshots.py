@@ -1,7 +1,7 @@
 """Screenshots of Propagate and Segment volume at a laptop size (1366 x 768), for docs/usage.md.
 
     xvfb-run -a -s "-screen 0 1920x1200x24" python scripts/make_volume_screenshots.py \
-        [--model tests/data/tiny_sam_synthetic.pt] [--out docs/images] [--only propagate|volume]
+        [--model tests/data/tiny_sam_synthetic_v2.pt] [--out docs/images] [--only propagate|volume]
 
 Drives the widgets as a user would on a synthetic stack with the tiny model trained here:
 a click on one slice and Propagate (the 2D view with the propagation preview, then the
@@ -91,7 +91,7 @@ def _segment_volume(app, out: Path, model: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(ROOT / "tests" / "data" / "tiny_sam_synthetic.pt"))
+    parser.add_argument("--model", default=str(ROOT / "tests" / "data" / "tiny_sam_synthetic_v2.pt"))
     parser.add_argument("--out", default=str(ROOT / "docs" / "images"))
     parser.add_argument("--only", choices=("propagate", "volume"))
     args = parser.parse_args()

@@ -623,6 +623,42 @@ def test_an_instance_run_writes_the_engines_instance_labels(make_napari_viewer, 
     np.testing.assert_array_equal(layer.data, expected)
 
 
+def test_a_decoder_file_beside_a_checkpoint_runs_instance_mode(
+    make_napari_viewer, qtbot, tiny_checkpoint, decoder_checkpoint, tmp_path
+):
+    """micro-sam publishes a model and its decoder as two files: the Decoder field attaches the second."""
+    from napari_sam.engine.automatic.instance import InstanceParams
+    from napari_sam.engine.automatic.segment import segment_everything
+    from napari_sam.model import load_model
+
+    image = synthetic_image((300, 420), seed=4).image
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="nuclei")
+    widget = open_widget(viewer)
+    decoder_field = widget.model_picker.decoder_file
+    assert not shown(decoder_field)  # a zoo model: no file fields
+    choose_checkpoint(widget, tiny_checkpoint)  # SAM without a decoder: automatic masks
+    assert shown(decoder_field) and widget.method.value == "amg"
+    decoder_field.value = tmp_path / "missing_decoder.pt"  # a mistake first: said, nothing run
+    click_run_and_wait(qtbot, widget)
+    assert "missing_decoder.pt" in widget.status.value and "not a file" in widget.status.value
+    assert not labels_layers(viewer)
+    decoder_field.value = decoder_checkpoint  # the decoder: instance mode, before anything is loaded
+    assert widget.method.value == "instance"
+    for name, value in LOOSE_INSTANCE.items():
+        widget.instance_fields[name].value = value
+    widget.tile_size.value, widget.halo.value = 256, 32
+    click_run_and_wait(qtbot, widget)
+    (layer,) = labels_layers(viewer)
+    expected = segment_everything(
+        image, load_model(tiny_checkpoint, device="cpu", decoder=decoder_checkpoint), tile_shape=256, halo=32,
+        method="instance", instance_params=InstanceParams(**LOOSE_INSTANCE),
+    )
+    assert expected.max() >= 2
+    np.testing.assert_array_equal(layer.data, expected)
+    assert "tiny.pt + decoder.pt" in widget.model_picker.status.text()
+
+
 def test_instance_mode_picked_for_a_model_without_decoder_is_a_notification(widget, qtbot, notifications):
     widget.method.value = "instance"
     click_run_and_wait(qtbot, widget)

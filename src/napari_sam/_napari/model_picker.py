@@ -67,6 +67,8 @@ class ModelKey:
     source: str  # a zoo name or a checkpoint file's absolute path
     device: str = "auto"  # one of DEVICES
     file_stamp: tuple[int, int] | None = None
+    decoder: str | None = None  # an instance decoder file's absolute path, attached to a checkpoint file
+    decoder_stamp: tuple[int, int] | None = None
 
     @property
     def torch_device(self) -> str | None:
@@ -75,7 +77,7 @@ class ModelKey:
 
     @property
     def name(self) -> str:
-        return Path(self.source).name
+        return Path(self.source).name + (f" + {Path(self.decoder).name}" if self.decoder else "")
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,13 @@ def load_job(key: ModelKey) -> torch.nn.Module:
     from napari_sam.engine.predict.device import select_device
 
     device = select_device(key.torch_device)  # a device this machine lacks is an InputError, said before loading
-    return napari_sam.model.load_model(key.source, device=device, progress=False)
+    return napari_sam.model.load_model(key.source, device=device, progress=False, decoder=key.decoder)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    """(size, mtime_ns): a file replaced at the same path is another model."""
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
 
 
 class ModelPicker:
@@ -128,7 +136,7 @@ class ModelPicker:
 
     busy_changed = Signal(bool)
 
-    def __init__(self, viewer, file_label: str = "File"):
+    def __init__(self, viewer, file_label: str = "File", decoder: bool = False):
         self.viewer = viewer
         self.loaded: LoadedModel | None = None
         self._worker = None
@@ -143,6 +151,17 @@ class ModelPicker:
             visible=False,
             tooltip="A SAM checkpoint file (.pth / .pt): official, MobileSAM, or fine-tuned with napari-sam",
         )
+        # an optional instance decoder for a checkpoint file (micro-sam publishes model and decoder as two files);
+        # only widgets that segment without prompts offer it
+        self.decoder_file = widgets.FileEdit(
+            label="Decoder",
+            mode="r",
+            filter="*.pth *.pt",
+            visible=False,
+            tooltip="Optional: an instance decoder file for this checkpoint (micro-sam's vit_*_decoder.pt); "
+                    "leave empty to use the checkpoint's own decoder, if any",
+        )
+        self._offers_decoder = decoder
         self.device_choice = widgets.ComboBox(
             label="Device", choices=DEVICES, value="auto", tooltip="auto: a CUDA GPU, else Apple MPS, else the CPU"
         )
@@ -158,6 +177,8 @@ class ModelPicker:
         if keys:
             self.choose(keys[-1].source)
             self.device_choice.value = keys[-1].device
+            if keys[-1].decoder and self._offers_decoder:
+                self.decoder_file.value = keys[-1].decoder
 
     def _say(self, text: str) -> None:
         """Show plain ``text`` in the (rich-text) status label."""
@@ -165,8 +186,9 @@ class ModelPicker:
 
     @property
     def widgets(self) -> list[widgets.Widget]:
-        """The form fields: model, checkpoint file (shown for a local file) and device."""
-        return [self.model_choice, self.model_file, self.device_choice]
+        """The form fields: model, checkpoint file and (if offered) decoder file, shown for a local file, and device."""
+        files = [self.model_file, self.decoder_file] if self._offers_decoder else [self.model_file]
+        return [self.model_choice, *files, self.device_choice]
 
     # ------------------------------------------------------------ choosing
     def choose(self, model: str) -> None:
@@ -185,12 +207,28 @@ class ModelPicker:
         path = Path(str(self.model_file.value)).expanduser()
         if not path.is_file():
             raise InputError(f"Choose a checkpoint file first ({str(path)!r} is not a file).")
-        stat = path.stat()
-        return ModelKey(str(path.resolve()), self.device_choice.value, (stat.st_size, stat.st_mtime_ns))
+        decoder = decoder_stamp = None
+        text = self.decoder_file.line_edit.value.strip() if self._offers_decoder else ""
+        if text:  # the field's value is the working directory when empty: read its text
+            decoder_path = Path(text).expanduser()
+            if not decoder_path.is_file():
+                raise InputError(f"The decoder file {text!r} is not a file; choose one, or clear the Decoder field "
+                                 "to load the checkpoint alone.")
+            decoder, decoder_stamp = str(decoder_path.resolve()), _stamp(decoder_path)
+        return ModelKey(str(path.resolve()), self.device_choice.value, _stamp(path), decoder, decoder_stamp)
+
+    def decoder_chosen(self) -> bool:
+        """Whether a decoder file is entered for a checkpoint file (whether or not it exists yet)."""
+        return (self._offers_decoder and self.model_choice.value == LOCAL_FILE
+                and bool(self.decoder_file.line_edit.value.strip()))
 
     def _on_model_choice(self, name: str) -> None:
         self.model_file.visible = name == LOCAL_FILE
-        self.info.setText(describe_model(name))
+        self.decoder_file.visible = name == LOCAL_FILE and self._offers_decoder
+        text = describe_model(name)
+        if name == LOCAL_FILE and self._offers_decoder:
+            text += " A decoder file (optional) adds instance mode."
+        self.info.setText(text)
 
     # ------------------------------------------------------------- loading
     def ready(self) -> LoadedModel | None:

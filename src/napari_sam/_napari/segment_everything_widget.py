@@ -299,7 +299,7 @@ class SegmentEverythingWidget(QWidget):
     def __init__(self, napari_viewer: napari.Viewer):
         super().__init__()
         self.viewer = napari_viewer
-        self.model_picker = ModelPicker(napari_viewer, file_label="Checkpoint")
+        self.model_picker = ModelPicker(napari_viewer, file_label="Checkpoint", decoder=True)
         self.model_choice = self.model_picker.model_choice
         self.model_file = self.model_picker.model_file
         self.device_choice = self.model_picker.device_choice
@@ -322,6 +322,7 @@ class SegmentEverythingWidget(QWidget):
         self.method.changed.connect(self._on_method_changed)
         self.model_picker.model_choice.changed.connect(self._show_default_method)
         self.model_picker.model_file.changed.connect(self._show_default_method)
+        self.model_picker.decoder_file.changed.connect(self._show_default_method)
         self.model_picker.busy_changed.connect(self._update_buttons)
         self._connect_viewer()
         connect_segment_everything(self.window_picker, self)
@@ -446,6 +447,8 @@ class SegmentEverythingWidget(QWidget):
     def _default_method(self, model=None) -> str:
         """The method for ``model`` (or, before it is loaded, the chosen zoo entry): the decoder when there is one."""
         if model is None:
+            if self.model_picker.decoder_chosen():
+                return "instance"  # a decoder file entered with the checkpoint
             try:  # loaded already, by this widget or another of the viewer
                 model = viewer_models(self.viewer).get(self.model_picker.key())
             except InputError:  # no checkpoint file chosen yet

@@ -648,15 +648,53 @@ def varied_image(shape: tuple[int, int] = (256, 256), seed: int = 0, min_size: i
     return SyntheticSample(_render_varied(rng, labels, depth, style, look), labels)
 
 
-class SyntheticDataset(Sequence):
-    """A lazy sequence of ``count`` 2D samples; item ``i`` is generated on access with seed ``seed + i``.
+class SeededDataset(Sequence):
+    """A lazy sequence of ``count`` samples of ``shape``: item ``i`` is ``self.sample(seed + i)``, made on access.
+
+    Nothing is stored, so a training run can use millions of images without memory, and any
+    item can be regenerated alone. Subclasses say how one seed becomes a sample.
+
+    Parameters
+    ----------
+    count
+        Number of items.
+    shape
+        (H, W) of every image.
+    seed
+        Seed of the first item.
+    """
+
+    def __init__(self, count: int, shape: tuple[int, int] = (256, 256), seed: int = 0) -> None:
+        self.count = int(count)
+        self.shape = tuple(shape)
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> SyntheticSample:
+        if not -self.count <= index < self.count:
+            raise IndexError(index)
+        return self.sample(self.seed + index % self.count)
+
+    def sample(self, seed: int) -> SyntheticSample:
+        """The sample of ``seed``.
+
+        Parameters
+        ----------
+        seed
+            ``self.seed`` plus the item's index.
+        """
+        raise NotImplementedError
+
+
+class SyntheticDataset(SeededDataset):
+    """The images of :func:`synthetic_image` (or :func:`varied_image`), one seed per item (``SeededDataset``).
 
     With ``vary_style`` every image draws its own variation of ``style`` (see
-    ``random_style``), seeded by its own seed, so the dataset is deterministic and
-    any item can be regenerated alone. With ``varied`` every item is
-    ``varied_image(shape, seed + i)`` instead (``style``, ``vary_style`` and ``dtype`` are
-    then not used). Nothing is stored: a training run can use millions of images
-    without memory.
+    ``random_style``), seeded by its own seed, so the dataset is deterministic. With ``varied``
+    every item is ``varied_image(shape, seed + i)`` instead (``style``, ``vary_style`` and
+    ``dtype`` are then not used).
     """
 
     def __init__(
@@ -669,16 +707,11 @@ class SyntheticDataset(Sequence):
         dtype: npt.DTypeLike = np.float32,
         varied: bool = False,
     ) -> None:
-        self.count = int(count)
-        self.shape = tuple(shape)
-        self.seed = int(seed)
+        super().__init__(count, shape, seed)
         self.style = get_style(style)
         self.vary_style = vary_style
         self.dtype = dtype
         self.varied = bool(varied)
-
-    def __len__(self) -> int:
-        return self.count
 
     def style_of(self, index: int) -> SyntheticStyle:
         """The style item ``index`` is drawn with.
@@ -698,13 +731,17 @@ class SyntheticDataset(Sequence):
             return self.style
         return random_style(np.random.default_rng([self.seed + index, 7919]), self.style)
 
-    def __getitem__(self, index: int) -> SyntheticSample:
-        if not -self.count <= index < self.count:
-            raise IndexError(index)
-        index %= self.count
+    def sample(self, seed: int) -> SyntheticSample:
+        """The image of ``seed`` (see the class docstring).
+
+        Parameters
+        ----------
+        seed
+            ``self.seed`` plus the item's index.
+        """
         if self.varied:
-            return varied_image(self.shape, self.seed + index)
-        return synthetic_image(self.shape, self.seed + index, self.style_of(index), self.dtype)
+            return varied_image(self.shape, seed)
+        return synthetic_image(self.shape, seed, self.style_of(seed - self.seed), self.dtype)
 
 
 def synthetic_dataset(

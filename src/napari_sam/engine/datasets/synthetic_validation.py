@@ -22,11 +22,9 @@ frame, labels int32 with objects 1..N (0 background).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
-from napari_sam.engine.datasets.synthetic import SyntheticSample
+from napari_sam.engine.datasets.synthetic import SeededDataset, SyntheticSample
 from napari_sam.engine.errors import InputError
 
 STORAGE_KINDS = ("uint8", "uint16_12bit", "int32", "float64")
@@ -236,31 +234,18 @@ def validation_image(shape: tuple[int, int] = (256, 256), seed: int = 0, min_siz
     return SyntheticSample(_store(rng, _render(rng, labels), kind), labels)
 
 
-class ValidationDataset(Sequence):
-    """A lazy sequence of ``count`` validation images; item ``i`` is ``validation_image(shape, seed + i)``.
+class ValidationDataset(SeededDataset):
+    """``ValidationDataset(count, shape, seed)``: item ``i`` is ``validation_image(shape, seed + i)``, made on access."""
 
-    Parameters
-    ----------
-    count
-        Number of images.
-    shape
-        (H, W) of every image.
-    seed
-        Seed of the first image.
-    """
+    def sample(self, seed: int) -> SyntheticSample:
+        """``validation_image(self.shape, seed)``.
 
-    def __init__(self, count: int, shape: tuple[int, int] = (256, 256), seed: int = 0) -> None:
-        self.count = int(count)
-        self.shape = tuple(shape)
-        self.seed = int(seed)
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __getitem__(self, index: int) -> SyntheticSample:
-        if not -self.count <= index < self.count:
-            raise IndexError(index)
-        return validation_image(self.shape, self.seed + index % self.count)
+        Parameters
+        ----------
+        seed
+            ``self.seed`` plus the item's index.
+        """
+        return validation_image(self.shape, seed)
 
 
 __all__ = ["STORAGE_KINDS", "ValidationDataset", "validation_image"]

@@ -167,6 +167,26 @@ def test_click_previews_commits_as_one_undo_step(viewer):
     np.testing.assert_array_equal(labels.data == 1, expected_disc((64, 80), (30, 40), 3))
 
 
+def test_an_object_committed_after_an_undo_gets_the_current_class_not_the_undone_ones(viewer):
+    """Undo restores pixels, not records: the id freed by an undo is reused by the next commit, which is a
+    new object with the class chosen now (a redo of the undone one is impossible after a new edit)."""
+    controller, _ = annotator(viewer, disc_image())
+    controller.object_class = "nucleus"
+    click(controller.points_layer, (30, 40))
+    assert controller.commit() == [1]
+    labels = controller.labels_layer
+    assert list(labels.features["class"]) == ["nucleus"]
+    labels.undo()
+    assert len(controller.refresh_objects()) == 0
+    labels.redo()  # a redo brings the object back with its class
+    assert list(controller.refresh_objects()["class"]) == ["nucleus"]
+    labels.undo()
+    controller.object_class = "debris"
+    click(controller.points_layer, (30, 40))
+    assert controller.commit() == [1]  # the freed id
+    assert list(labels.features["class"]) == ["debris"]
+
+
 def test_shift_click_and_right_click_are_negative(viewer):
     controller, _ = annotator(viewer, disc_image())
     layer = controller.points_layer

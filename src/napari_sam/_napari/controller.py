@@ -724,7 +724,8 @@ class AnnotatorController:
 
     # ========================================================= object list
     # The committed objects: their score, class and plane are kept in labels.metadata
-    # (they survive undo, which only restores pixels); the labels' ``features`` table is
+    # (they survive undo, which only restores pixels, so a redo gets them back; a new commit reusing a
+    # freed id starts a fresh record); the labels' ``features`` table is
     # rebuilt from the pixels + that record by refresh_objects (areas are always counted).
     OBJECTS_METADATA = "napari_sam_objects"  # labels.metadata key of the record
     OBJECT_COLUMNS = ("index", "area", "score", "class", "plane")
@@ -739,14 +740,20 @@ class AnnotatorController:
             return [float(prediction.scores[prediction.index])]
         return [float(score) for score in prediction.scores]
 
-    def _write_plane(self, labels, plane: Plane, rows, cols, values, scores: dict[int, float]) -> None:
-        """Write ``values`` at plane pixels (rows, cols) as ONE undo step; record the objects' scores."""
+    def _write_plane(self, labels, plane: Plane, rows, cols, values, scores: dict[int, float],
+                     same_objects: bool = False) -> None:
+        """Write ``values`` at plane pixels (rows, cols) as ONE undo step; record the objects' scores.
+
+        ``same_objects``: the ids are existing objects re-segmented, which keep their class; else they
+        are new objects (an id may be one an undo freed, whose record is stale) with the current class.
+        """
         if len(rows):
             with labels.block_history():  # one undo step for the whole commit
                 labels.data_setitem(plane.full_index(rows, cols, labels.ndim), values.astype(labels.data.dtype))
         records = self._object_records(labels)
         for label_id, score in scores.items():
-            kept_class = records.get(label_id, {}).get("class", "") or self.object_class
+            kept = records.get(label_id, {}).get("class", "") if same_objects else ""
+            kept_class = kept or self.object_class
             records[label_id] = {"score": score, "class": kept_class, "plane": self.describe(plane)}
         self.refresh_objects()
 
@@ -874,7 +881,8 @@ class AnnotatorController:
         existing = np.asarray(labels.data[plane.selector(labels.ndim)])
         rows, cols, values = label_ops.resegment_pixels(existing, masks[0], label_id, self.paint_over)
         self.resegment_id = None  # before the write: listeners of objects_changed see normal commits again
-        self._write_plane(labels, plane, rows, cols, values, {label_id: self._object_scores(prediction)[0]})
+        self._write_plane(labels, plane, rows, cols, values, {label_id: self._object_scores(prediction)[0]},
+                          same_objects=True)
         self._set_status(f"Object {label_id} re-segmented on {self.describe(plane)}; Ctrl+Z restores it.")
         self.clear_prompts()
         return [label_id]

@@ -610,7 +610,8 @@ class PropagationController:
                 labels.data_setitem(index, values.astype(labels.data.dtype))
         score = float(np.nanmean(self._scores[found])) if np.isfinite(self._scores[found]).any() else float("nan")
         records = labels.metadata.setdefault(annotator.OBJECTS_METADATA, {})
-        kept_class = records.get(label_id, {}).get("class", "") or annotator.object_class  # the Class section's
+        # a re-segmented object keeps its class; a new one (maybe an id an undo freed) gets the Class section's
+        kept_class = (records.get(label_id, {}).get("class", "") if replacing else "") or annotator.object_class
         span = self._span_text(found)
         records[label_id] = {"score": score, "class": kept_class, "plane": span}
         if self.result is not None:

@@ -28,6 +28,11 @@ torch: run it from a separate environment with our package on the path::
 
 ``--quick`` times each variant once after one warm-up and shrinks the automatic stages
 (16 x 16 points, a 1536 x 1536 tiled image with 8 x 8 points per tile, 3 planes).
+
+``--compile`` adds a ``set_image`` row for our encoder through ``torch.compile`` (Inductor, at the
+precision ``auto`` picks; ``engine.predict.device.compile_encoder``); its compilation happens
+before the timed runs and is printed (minutes on a small CPU the first time, then Inductor's
+on-disk cache).
 """
 
 from __future__ import annotations
@@ -215,6 +220,8 @@ def bench_set_image_and_predict(name: str, image: np.ndarray, device, args, rows
             return masks, scores
 
         variants[f"ours {precision}"] = (set_image, predict)
+    if args.compile:
+        variants[f"ours {low or 'fp32'} compiled"] = _compiled_variant(ours_model, device, low or "fp32", image, (row, col))
 
     timer = Timer(device)
     repeats = 1 if args.quick else args.repeats
@@ -236,6 +243,29 @@ def bench_set_image_and_predict(name: str, image: np.ndarray, device, args, rows
 
     if args.tiles > 1:
         bench_tile_batch(name, ours_model, reference_model, image, device, precisions, args, rows)
+
+
+def _compiled_variant(model, device, precision: str, image: np.ndarray, point) -> tuple:
+    """(set_image, predict) of a copy of ``model`` whose encoder goes through ``torch.compile``, compiled here."""
+    import copy
+
+    from napari_sam.engine.predict.device import compile_encoder
+
+    compiled = copy.deepcopy(model)
+    compile_encoder(compiled)
+    predictor = our_predictor(compiled, device, precision)
+    started = time.perf_counter()
+    predictor.set_image(image)  # compiles (or reads Inductor's cache)
+    print(f"  torch.compile of the {precision} encoder: first call {time.perf_counter() - started:.1f} s", flush=True)
+
+    def set_image():
+        predictor.set_image(image)
+
+    def predict():
+        masks, scores, _ = predictor.predict(points=[list(point)], labels=[1], multimask=True)
+        return masks, scores
+
+    return set_image, predict
 
 
 def bench_tile_batch(name, ours_model, reference_model, image, device, precisions, args, rows) -> None:
@@ -417,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--no-reference", action="store_true", help="report ours alone")
     parser.add_argument("--no-int8", action="store_true")
+    parser.add_argument("--compile", action="store_true",
+                        help="add set_image with the encoder through torch.compile (Inductor) at auto precision")
     args = parser.parse_args(argv)
 
     import torch
@@ -475,8 +507,10 @@ def main(argv: list[str] | None = None) -> int:
     print("x columns: baseline time / this time (> 1: faster than the baseline); MP/s rows: this / baseline. "
           "Medians of interleaved runs; the machine may be shared (see the load average above).")
     for row in rows:
-        if row.stage == "set_image" and row.model == "vit_b" and row.variant == f"ours {'fp32' if low is None else 'bf16'}":
-            print(f"ABSOLUTE: vit_b set_image at auto precision on {device}: {row.seconds:.2f} s")
+        auto = f"ours {'fp32' if low is None else 'bf16'}"
+        if row.stage == "set_image" and row.model == "vit_b" and row.variant in (auto, f"{auto} compiled"):
+            how = " with torch.compile" if row.variant.endswith("compiled") else ""
+            print(f"ABSOLUTE: vit_b set_image at auto precision{how} on {device}: {row.seconds:.2f} s")
     for line in failed:
         print(f"FAILED stage {line}")
     return 1 if failed else 0

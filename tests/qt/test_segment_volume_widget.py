@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from napari.layers import Labels
 from test_segment_everything_widget import (
-    TRAINED_CHECKPOINT,
     choose_checkpoint,
     open_widget,
 )
@@ -28,20 +27,20 @@ def stack():
     return synthetic_volume((5, 128, 128), seed=5, z_spacing=2.0)
 
 
-def stack_widget(make_napari_viewer, stack):
+def stack_widget(make_napari_viewer, stack, checkpoint):
     viewer = make_napari_viewer()
     image = viewer.add_image(stack.image, name="stack", scale=(2.0, 1.0, 1.0), translate=(4.0, 0.0, 0.0))
     widget = open_widget(viewer)
-    choose_checkpoint(widget, TRAINED_CHECKPOINT)
+    choose_checkpoint(widget, checkpoint)
     widget.points_per_side.value = 8
     widget.pred_iou_thresh.value = 0.5  # the trained test model's scores stay below SAM's 0.88
     return viewer, widget, image
 
 
 def test_link_planes_gives_a_new_labels_layer_of_3d_objects_with_one_id_through_the_slices(
-    make_napari_viewer, qtbot, stack
+    make_napari_viewer, qtbot, stack, trained_model_path
 ):
-    viewer, widget, image = stack_widget(make_napari_viewer, stack)
+    viewer, widget, image = stack_widget(make_napari_viewer, stack, trained_model_path)
     assert widget.link_planes.enabled and widget.link_planes.text == LINK_TEXT
     widget.link_planes.value = True
     assert widget.all_planes.value  # linking needs every plane
@@ -64,8 +63,8 @@ def test_link_planes_gives_a_new_labels_layer_of_3d_objects_with_one_id_through_
     assert widget.status.value.startswith(describe_volume(data))
 
 
-def test_cancel_stops_between_slices_and_adds_no_layer(make_napari_viewer, qtbot, stack):
-    viewer, widget, _ = stack_widget(make_napari_viewer, stack)
+def test_cancel_stops_between_slices_and_adds_no_layer(make_napari_viewer, qtbot, stack, trained_model_path):
+    viewer, widget, _ = stack_widget(make_napari_viewer, stack, trained_model_path)
     widget.link_planes.value = True
     widget.run_button.native.click()
     qtbot.waitUntil(lambda: widget.status.value.startswith("slice 1 / 5"), timeout=RUN_TIMEOUT_MS)
@@ -75,8 +74,10 @@ def test_cancel_stops_between_slices_and_adds_no_layer(make_napari_viewer, qtbot
     assert not [layer for layer in viewer.layers if isinstance(layer, Labels)]
 
 
-def test_link_planes_is_offered_for_stacks_only_and_unticking_all_planes_unticks_it(make_napari_viewer, stack):
-    viewer, widget, _ = stack_widget(make_napari_viewer, stack)
+def test_link_planes_is_offered_for_stacks_only_and_unticking_all_planes_unticks_it(
+    make_napari_viewer, stack, trained_model_path
+):
+    viewer, widget, _ = stack_widget(make_napari_viewer, stack, trained_model_path)
     widget.link_planes.value = True
     widget.all_planes.value = False
     assert not widget.link_planes.value

@@ -742,20 +742,26 @@ class AnnotatorController:
 
     def _write_plane(self, labels, plane: Plane, rows, cols, values, scores: dict[int, float],
                      same_objects: bool = False) -> None:
-        """Write ``values`` at plane pixels (rows, cols) as ONE undo step; record the objects' scores.
+        """Write ``values`` at plane pixels (rows, cols) as ONE undo step; record the objects (``record_object``).
 
-        ``same_objects``: the ids are existing objects re-segmented, which keep their class; else they
-        are new objects (an id may be one an undo freed, whose record is stale) with the current class.
+        ``same_objects``: the ids are existing objects re-segmented, which keep their class.
         """
         if len(rows):
             with labels.block_history():  # one undo step for the whole commit
                 labels.data_setitem(plane.full_index(rows, cols, labels.ndim), values.astype(labels.data.dtype))
-        records = self._object_records(labels)
         for label_id, score in scores.items():
-            kept = records.get(label_id, {}).get("class", "") if same_objects else ""
-            kept_class = kept or self.object_class
-            records[label_id] = {"score": score, "class": kept_class, "plane": self.describe(plane)}
+            self.record_object(labels, label_id, score, self.describe(plane), same_objects)
         self.refresh_objects()
+
+    def record_object(self, labels, label_id: int, score: float, where: str, same_object: bool = False) -> None:
+        """Keep a committed object's score, class and where it was committed in ``labels``' records.
+
+        ``same_object``: an existing object re-segmented keeps its class; a new one (its id maybe one an
+        undo freed, whose record is stale) gets the class chosen now (``object_class``).
+        """
+        records = self._object_records(labels)
+        kept = records.get(label_id, {}).get("class", "") if same_object else ""
+        records[label_id] = {"score": score, "class": kept or self.object_class, "plane": where}
 
     def _object_records(self, labels) -> dict[int, dict]:
         """{id: {"score", "class", "plane"}} kept with ``labels`` (created empty)."""

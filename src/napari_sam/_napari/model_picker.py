@@ -208,8 +208,8 @@ class ModelPicker:
         if not path.is_file():
             raise InputError(f"Choose a checkpoint file first ({str(path)!r} is not a file).")
         decoder = decoder_stamp = None
-        text = self.decoder_file.line_edit.value.strip() if self._offers_decoder else ""
-        if text:  # the field's value is the working directory when empty: read its text
+        text = self._decoder_text()
+        if text:
             decoder_path = Path(text).expanduser()
             if not decoder_path.is_file():
                 raise InputError(f"The decoder file {text!r} is not a file; choose one, or clear the Decoder field "
@@ -219,8 +219,11 @@ class ModelPicker:
 
     def decoder_chosen(self) -> bool:
         """Whether a decoder file is entered for a checkpoint file (whether or not it exists yet)."""
-        return (self._offers_decoder and self.model_choice.value == LOCAL_FILE
-                and bool(self.decoder_file.line_edit.value.strip()))
+        return self.model_choice.value == LOCAL_FILE and bool(self._decoder_text())
+
+    def _decoder_text(self) -> str:
+        """The Decoder field's text ("" when not offered): its value is the working directory when empty."""
+        return self.decoder_file.line_edit.value.strip() if self._offers_decoder else ""
 
     def _on_model_choice(self, name: str) -> None:
         self.model_file.visible = name == LOCAL_FILE

@@ -609,11 +609,8 @@ class PropagationController:
             with labels.block_history():  # ONE undo step for every plane
                 labels.data_setitem(index, values.astype(labels.data.dtype))
         score = float(np.nanmean(self._scores[found])) if np.isfinite(self._scores[found]).any() else float("nan")
-        records = labels.metadata.setdefault(annotator.OBJECTS_METADATA, {})
-        # a re-segmented object keeps its class; a new one (maybe an id an undo freed) gets the Class section's
-        kept_class = (records.get(label_id, {}).get("class", "") if replacing else "") or annotator.object_class
         span = self._span_text(found)
-        records[label_id] = {"score": score, "class": kept_class, "plane": span}
+        annotator.record_object(labels, label_id, score, span, same_object=replacing)
         if self.result is not None:
             self._results[label_id] = self.result
         annotator.resegment_id = None
